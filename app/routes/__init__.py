@@ -1,0 +1,11 @@
+"""Routers grouped by domain; app.main includes them all."""
+
+from fastapi import APIRouter
+
+from app.routes import health, jobs, models, versions
+
+api_router = APIRouter()
+api_router.include_router(health.router)
+api_router.include_router(models.router)
+api_router.include_router(versions.router)
+api_router.include_router(jobs.router)

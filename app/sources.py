@@ -1,0 +1,80 @@
+"""Model sources: what POST /v1/models accepts, read with json only (no torch).
+
+A source is the built-in SmolLM2, a local Hugging Face directory (with config.json),
+or a .gguf file. For a directory the API reads config.json itself to fill
+"architecture" and "num_layers"; for the others the worker's prepare job fills them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.errors import InvalidInput
+from app.schemas import BUILTIN_SMOLLM2
+
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+"""config.json keys that hold the number of decoder layers, by model family."""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """A validated source: the string to store and what config.json told us."""
+
+    source: str
+    architecture: str | None = None
+    num_layers: int | None = None
+
+
+def inspect_source(source: str) -> SourceInfo:
+    """Validate a model source; InvalidInput naming "source" when it is not usable."""
+    if source == BUILTIN_SMOLLM2:
+        return SourceInfo(source=source)
+    if source.startswith("builtin:"):
+        raise InvalidInput(f"source: the only built-in model is {BUILTIN_SMOLLM2!r}")
+    path = Path(source).expanduser()
+    if not path.is_absolute():
+        path = path.resolve()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return SourceInfo(source=str(path))
+    if path.is_dir():
+        return _inspect_directory(path)
+    raise InvalidInput(
+        f"source: must be {BUILTIN_SMOLLM2!r}, an existing directory with config.json, "
+        "or an existing .gguf file"
+    )
+
+
+def _inspect_directory(path: Path) -> SourceInfo:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise InvalidInput("source: the directory has no config.json")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidInput("source: config.json is not readable JSON") from None
+    if not isinstance(config, dict):
+        raise InvalidInput("source: config.json does not hold a JSON object")
+    architectures = config.get("architectures")
+    architecture = None
+    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
+        architecture = architectures[0]
+    elif isinstance(config.get("model_type"), str):
+        architecture = config["model_type"]
+    num_layers = next(
+        (config[k] for k in LAYER_KEYS if isinstance(config.get(k), int) and config[k] > 0), None
+    )
+    return SourceInfo(source=str(path), architecture=architecture, num_layers=num_layers)
+
+
+def check_edit_layers(edit_layers: list[int] | None, num_layers: int | None) -> None:
+    """InvalidInput naming the field when a layer does not exist in the model."""
+    if edit_layers is None or num_layers is None:
+        return
+    for i, layer in enumerate(edit_layers):
+        if layer >= num_layers:
+            raise InvalidInput(
+                f"edit_layers[{i}]: layer {layer} is out of range (the model has "
+                f"{num_layers} layers: 0..{num_layers - 1})"
+            )

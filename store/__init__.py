@@ -1,0 +1,31 @@
+"""The artifact store: models, versions and jobs as JSON files under one root.
+
+Plain Python, JSON and os: no torch, no engine import, so the API can use it.
+"""
+
+from store.artifacts import ArtifactStore
+from store.documents import (
+    JOB_KINDS,
+    JOB_STATUSES,
+    MODEL_STATUSES,
+    TERMINAL_JOB_STATUSES,
+    new_job_id,
+    new_model_id,
+    utc_now,
+)
+from store.errors import Conflict, InvalidDocument, NotFound, StoreError
+
+__all__ = [
+    "JOB_KINDS",
+    "JOB_STATUSES",
+    "MODEL_STATUSES",
+    "TERMINAL_JOB_STATUSES",
+    "ArtifactStore",
+    "Conflict",
+    "InvalidDocument",
+    "NotFound",
+    "StoreError",
+    "new_job_id",
+    "new_model_id",
+    "utc_now",
+]
