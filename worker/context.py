@@ -1,0 +1,59 @@
+"""The worker's per-process state: settings, the store and the resident model cache.
+
+RQ calls the task functions by dotted path, so they cannot receive this state as an
+argument. It lives in ONE per-process WorkerContext, created by `python -m worker` at
+start-up (or lazily from the environment on first use, e.g. by a burst worker in a test)
+and reached through `get_context()`. Nothing else in the worker package is global.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from store import ArtifactStore
+from worker.model_cache import ModelCache
+from worker.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    settings: WorkerSettings
+    store: ArtifactStore
+    models: ModelCache
+    name: str | None = None  # the RQ worker's name, recorded in job documents
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings, name: str | None = None) -> WorkerContext:
+        store = ArtifactStore(settings.data_dir)
+        models = ModelCache(
+            store, device=settings.device, max_entries=settings.model_cache_size
+        )
+        return cls(settings=settings, store=store, models=models, name=name)
+
+
+class _Holder:
+    """Holds the process's context; a class attribute rather than a bare module global."""
+
+    context: WorkerContext | None = None
+    guard = threading.Lock()
+
+
+def set_context(context: WorkerContext | None) -> None:
+    """Install (or with None, drop) this process's context."""
+    with _Holder.guard:
+        _Holder.context = context
+
+
+def get_context() -> WorkerContext:
+    """This process's context, created from the environment on first use."""
+    with _Holder.guard:
+        if _Holder.context is None:
+            settings = WorkerSettings.from_env(require_redis=False)
+            _Holder.context = WorkerContext.from_settings(settings)
+            logger.info("worker context created from the environment (%s)", settings.data_dir)
+        return _Holder.context

@@ -1,0 +1,199 @@
+"""The life of one job document: queued -> running -> succeeded | failed.
+
+`run_job` wraps a task body: it claims the job with `transition_job(["queued"],
+"running")` (a job cancelled meanwhile is skipped), hands the body a `JobRun` for
+progress, and records the outcome. Failures become `{"code", "message"}` documents
+(worker.errors) and are logged by code and exception type only, never by message text.
+After recording a failure the exception is re-raised as a `TaskFailed` that carries only
+that safe document, so RQ's failed registry agrees with the job document without ever
+seeing a message that could quote a request.
+
+`recover_orphaned_jobs` fails the jobs that a dead worker left "running".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis import Redis
+from rq import get_current_job
+from rq.timeouts import JobTimeoutException
+from rq.worker import BaseWorker, Worker
+
+from store import ArtifactStore, NotFound
+from worker.errors import WorkerLost, WorkerStopped, error_document
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 1.0
+"""Least time between two progress writes of one phase (each write is a file + fsync)."""
+
+
+class TaskFailed(Exception):
+    """Raised to RQ after a job document was marked failed; its text is the safe error."""
+
+    def __init__(self, error: dict[str, str]) -> None:
+        super().__init__(f"{error['code']}: {error['message']}")
+        self.error = error
+
+
+class JobRun:
+    """A running job: throttled progress into the job document and the RQ job's meta."""
+
+    def __init__(self, store: ArtifactStore, job_id: str, kind: str) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.kind = kind
+        self._phase: str | None = None
+        self._last_write = 0.0
+
+    def progress(self, phase: str, fraction: float) -> None:
+        """Engine-style callback `(phase, fraction in [0, 1])`."""
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        now = time.monotonic()
+        if phase == self._phase and fraction < 1.0 and now - self._last_write < PROGRESS_INTERVAL_S:
+            return
+        self._phase, self._last_write = phase, now
+        progress = {"phase": phase, "fraction": round(fraction, 4)}
+        self.store.update_job(self.job_id, progress=progress)
+        rq_job = get_current_job()
+        if rq_job is not None:
+            rq_job.meta["progress"] = progress
+            rq_job.save_meta()
+
+    def scaled(self, start: float, end: float) -> Callable[[str, float], None]:
+        """A callback mapping a sub-step's [0, 1] onto [start, end] of this job."""
+        return lambda phase, fraction: self.progress(phase, start + (end - start) * fraction)
+
+
+def run_job(
+    store: ArtifactStore,
+    job_id: str,
+    kind: str,
+    body: Callable[[JobRun], dict[str, Any]],
+    *,
+    worker_name: str | None = None,
+    secrets: Iterable[str] = (),
+    on_failure: Callable[[dict[str, str]], None] | None = None,
+) -> dict[str, Any]:
+    """Run `body` as job `job_id`; return its result (or a note when the job was skipped)."""
+    started = store.transition_job(job_id, ["queued"], "running", worker=worker_name)
+    if started is None:
+        status = store.get_job(job_id).get("status")
+        logger.info("job %s (%s) is %s, not queued: skipped", job_id, kind, status)
+        return {"skipped": True, "status": status}
+    logger.info("job %s (%s) started", job_id, kind)
+    run = JobRun(store, job_id, kind)
+    began = time.perf_counter()
+    try:
+        result = body(run)
+    except BaseException as exc:
+        stopping = isinstance(exc, SystemExit | KeyboardInterrupt)
+        error = error_document(
+            WorkerStopped("the worker was stopped while the job ran; submit it again")
+            if stopping
+            else exc,
+            secrets=secrets,
+            job_id=job_id,
+        )
+        _log_failure(job_id, kind, exc, error)
+        store.transition_job(job_id, ["running"], "failed", error=error)
+        if on_failure is not None:
+            on_failure(error)
+        if stopping or isinstance(exc, JobTimeoutException):
+            raise
+        raise TaskFailed(error) from None
+    store.transition_job(
+        job_id,
+        ["running"],
+        "succeeded",
+        result=result,
+        progress={"phase": "done", "fraction": 1.0},
+    )
+    logger.info("job %s (%s) succeeded in %.1f s", job_id, kind, time.perf_counter() - began)
+    return result
+
+
+def _log_failure(job_id: str, kind: str, exc: BaseException, error: dict[str, str]) -> None:
+    """Log a failure by code and type; frames (file, line, code) only for the unexpected."""
+    if error["code"] == "internal_error":
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        logger.error(
+            "job %s (%s) failed: internal_error %s\n%s", job_id, kind, type(exc).__name__, frames
+        )
+    else:
+        logger.warning(
+            "job %s (%s) failed: %s (%s)", job_id, kind, error["code"], type(exc).__name__
+        )
+
+
+def dead_local_workers(connection: Redis, me: str | None = None) -> list[BaseWorker]:
+    """Registered workers of THIS host whose process is gone (killed, crashed).
+
+    A worker killed by SIGKILL cannot unregister; its RQ registration lingers until the
+    running job's timeout + 60 s. On the same host the pid tells: no such process, or
+    our own pid under another name (a restarted container runs its worker as pid 1).
+    """
+    host, pid = socket.gethostname(), os.getpid()
+    dead = []
+    for worker in Worker.all(connection=connection):
+        if worker.name == me or worker.hostname != host or not worker.pid:
+            continue
+        if worker.pid == pid or not _pid_exists(worker.pid):
+            dead.append(worker)
+    return dead
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def recover_orphaned_jobs(
+    store: ArtifactStore,
+    connection: Redis,
+    *,
+    me: str | None = None,
+    on_failure: Callable[[dict[str, Any], dict[str, str]], None] | None = None,
+) -> list[str]:
+    """Fail the "running" jobs whose worker is gone; runs at every worker start.
+
+    Gone: not registered in Redis any more (a clean stop, or its registration expired)
+    or registered by a dead process of this host (`dead_local_workers`, whose stale
+    registrations are removed too, so /readyz stops counting them). Returns the ids.
+    """
+    for worker in dead_local_workers(connection, me):
+        logger.warning("worker %s (pid %s) is dead; removing its registration",
+                       worker.name, worker.pid)
+        worker.register_death()
+    alive = {w.name for w in Worker.all(connection=connection)}
+    failed = []
+    for job in store.list_jobs():
+        owner = job.get("worker")
+        if job.get("status") != "running" or not owner or owner in alive or owner == me:
+            continue
+        error = error_document(
+            WorkerLost(f"worker {owner} stopped before the job ended; submit it again")
+        )
+        try:
+            done = store.transition_job(job["id"], ["running"], "failed", error=error)
+        except NotFound:
+            continue
+        if done is not None:
+            logger.warning("job %s (%s) failed: its worker %s is gone", job["id"],
+                           job.get("kind"), owner)
+            failed.append(job["id"])
+            if on_failure is not None:
+                on_failure(done, error)
+    return failed

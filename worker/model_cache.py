@@ -1,0 +1,172 @@
+"""ModelCache: materialised model versions kept resident between jobs (LRU).
+
+An entry is keyed by everything that identifies its weights: (model_id, version, dtype,
+device). A miss loads the base model from its source (`zerounlearn.load_model`, which
+converts a builtin or GGUF source once into the store's cache dir) and applies the
+patches of the version's lineage v1..vN in order. Each patch holds the full new down
+projection W of the layers it edited, so the result is exact and repeatable.
+
+Before a patch is applied its file is checked against the sha256 in its manifest, and
+the base's fingerprint against the one recorded when the model was prepared: a base
+directory edited after registration must not silently receive patches.
+
+`get` hands out a shared model: callers must not modify it. `take` removes an entry so
+the caller may edit it in place (the forget task applies its new patch to the parent's
+weights) and `put` files it under its new version.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from store import ArtifactStore
+from worker.errors import BaseModelChanged, PatchIntegrityError
+from zerounlearn import LoadedModel, apply_patch, load_model, load_patch
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[..., LoadedModel]
+
+
+class CacheKey(NamedTuple):
+    model_id: str
+    version: str
+    dtype: str
+    device: str
+
+
+class ModelCache:
+    """LRU of materialised versions; one instance per worker process (see worker.context)."""
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        *,
+        device: str = "cpu",
+        max_entries: int = 2,
+        loader: Loader = load_model,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.store = store
+        self.device = device
+        self.max_entries = max_entries
+        self._loader = loader
+        self._entries: OrderedDict[CacheKey, LoadedModel] = OrderedDict()
+        self.loads = 0  # base loads so far (tests and logs)
+
+    # ---------------------------------------------------------------- public
+    def key(self, model_id: str, version: str, dtype: str | None = None) -> CacheKey:
+        if dtype is None:
+            dtype = str(self.store.get_model(model_id).get("dtype") or "float32")
+        return CacheKey(model_id, version, dtype, self.device)
+
+    def get(self, model_id: str, version: str) -> LoadedModel:
+        """The materialised version, shared: do NOT modify its weights."""
+        key = self.key(model_id, version)
+        lm = self._entries.get(key)
+        if lm is not None:
+            self._entries.move_to_end(key)
+            logger.debug("model cache hit %s", key)
+            return lm
+        lm = self._materialise(key)
+        self._insert(key, lm)
+        return lm
+
+    def take(self, model_id: str, version: str) -> LoadedModel:
+        """The materialised version, removed from the cache: the caller owns it now."""
+        key = self.key(model_id, version)
+        lm = self._entries.pop(key, None)
+        return lm if lm is not None else self._materialise(key)
+
+    def put(self, model_id: str, version: str, lm: LoadedModel) -> None:
+        """File a model whose weights are exactly `version` (e.g. after apply_patch)."""
+        self._insert(self.key(model_id, version), lm)
+
+    def discard(self, model_id: str | None = None) -> None:
+        """Drop every entry (of one model when given)."""
+        for key in [k for k in self._entries if model_id is None or k.model_id == model_id]:
+            del self._entries[key]
+        _release_memory(self.device)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def keys(self) -> list[CacheKey]:
+        return list(self._entries)
+
+    # -------------------------------------------------------------- internals
+    def _insert(self, key: CacheKey, lm: LoadedModel) -> None:
+        self._entries[key] = lm
+        self._entries.move_to_end(key)
+        evicted = False
+        while len(self._entries) > self.max_entries:
+            old, _ = self._entries.popitem(last=False)
+            logger.info("model cache evicts %s/%s (%s, %s)", *old)
+            evicted = True
+        if evicted:
+            _release_memory(self.device)
+
+    def _materialise(self, key: CacheKey) -> LoadedModel:
+        model = self.store.get_model(key.model_id)
+        chain = self.store.lineage(key.model_id, key.version)  # v0 .. version
+        # Make room first: a new model must not sit next to max_entries old ones.
+        while len(self._entries) >= self.max_entries:
+            old, _ = self._entries.popitem(last=False)
+            logger.info("model cache evicts %s/%s (%s, %s)", *old)
+            _release_memory(self.device)
+        lm = self._loader(
+            model["source"], dtype=key.dtype, device=key.device, cache_dir=self.store.cache_dir
+        )
+        self.loads += 1
+        expected = model.get("fingerprint")
+        if expected and expected != lm.fingerprint:
+            raise BaseModelChanged(
+                f"the base model of {key.model_id} changed since it was prepared "
+                f"(fingerprint {lm.fingerprint[:12]}, expected {expected[:12]}); "
+                "register it again as a new model"
+            )
+        for version in chain[1:]:
+            self._apply_version(key.model_id, version, lm)
+        logger.info(
+            "materialised %s/%s (%s on %s, %d patches)",
+            key.model_id, key.version, key.dtype, key.device, len(chain) - 1,
+        )
+        return lm
+
+    def _apply_version(self, model_id: str, version: str, lm: LoadedModel) -> None:
+        manifest = self.store.get_version(model_id, version)
+        if manifest.get("patch") is None:  # a version without changes (not written today)
+            return
+        path = self.store.patch_path(model_id, version)
+        check_patch_file(path, manifest["patch"], f"{model_id}/{version}")
+        apply_patch(lm, load_patch(path))
+
+
+def check_patch_file(path: Path, described: dict[str, Any], label: str) -> None:
+    """Raise PatchIntegrityError unless the file's sha256 matches its manifest."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    if digest.hexdigest() != described.get("sha256"):
+        raise PatchIntegrityError(
+            f"the patch of {label} does not match the sha256 in its manifest"
+        )
+
+
+def _release_memory(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()

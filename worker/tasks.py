@@ -1,0 +1,309 @@
+"""The job functions the API enqueues by dotted path ("worker.tasks.<name>").
+
+Signatures are the contract of docs/design.md; arguments are plain JSON. Each function
+with a job document runs through `worker.jobs.run_job`: queued -> running (skipped when
+cancelled meanwhile), progress into the document, then succeeded with a result or failed
+with a `{"code", "message"}` error that never holds request text. Record text lives only
+in these arguments (Redis): never in logs, the store or an error message.
+
+Versions are written only through `ArtifactStore.publish_version` (temp dir + atomic
+rename): a crash mid-job leaves no half-written version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from store import utc_now
+from worker.context import WorkerContext, get_context
+from worker.errors import InvalidRequest, ModelNotReady, error_document, record_texts
+from worker.jobs import JobRun, TaskFailed, run_job
+from worker.reports import merge_thresholds, verification_report
+from zerounlearn import (
+    LoadedModel,
+    apply_patch,
+    inspect_model_source,
+    save_patch,
+    validate_records,
+)
+from zerounlearn import forget as engine_forget
+from zerounlearn.config import default_layers, hparams_class
+
+# from the submodule: the package attribute `zerounlearn.evaluate` is the module itself
+# whenever something imported zerounlearn.evaluate first
+from zerounlearn.evaluate import evaluate, greedy_generate
+from zerounlearn.stats import CorpusSpec, StatsCache
+
+logger = logging.getLogger(__name__)
+
+EXPORT_MARKER = "zerounlearn-export.json"
+"""Written last into an export: its presence means the checkpoint is complete."""
+
+MAX_GENERATE_TOKENS = 4096
+"""Backstop for generate; the API enforces its own (lower) limit first."""
+
+
+# ------------------------------------------------------------------ prepare
+def prepare_model(job_id: str, model_id: str) -> dict[str, Any]:
+    """Fill architecture, layers and fingerprint into model.json; compute the statistics."""
+    ctx = get_context()
+    store = ctx.store
+
+    def body(run: JobRun) -> dict[str, Any]:
+        model = store.get_model(model_id)
+        run.progress("inspect", 0.0)
+        info = inspect_model_source(model["source"], cache_dir=store.cache_dir)
+        run.progress("load", 0.02)
+        ctx.models.discard(model_id)  # a re-prepare must not trust resident weights
+        lm = ctx.models.get(model_id, "v0")
+        layers = model.get("edit_layers") or default_layers(lm)
+        for layer in layers:
+            lm.adapter.check_layer(lm.model, layer)  # LayerOutOfRange names the layer
+        store.update_model(
+            model_id,
+            architecture=info["architecture"],
+            num_layers=info["num_layers"],
+            family=lm.family,
+            edit_layers=list(layers),
+            fingerprint=lm.fingerprint,
+        )
+        run.progress("statistics", 0.05)
+        StatsCache(store.stats_dir).ensure(
+            lm, list(layers), _corpus(ctx), progress=run.scaled(0.05, 1.0)
+        )
+        store.update_model(model_id, status="ready", error=None)
+        return {
+            "architecture": info["architecture"],
+            "num_layers": info["num_layers"],
+            "edit_layers": list(layers),
+            "statistics": {"samples": ctx.settings.stats_samples, "layers": list(layers)},
+        }
+
+    def failed(error: dict[str, str]) -> None:
+        store.update_model(model_id, status="failed", error=error)
+
+    return run_job(
+        store, job_id, "prepare", body, worker_name=ctx.name, on_failure=failed
+    )
+
+
+# ------------------------------------------------------------------- forget
+def forget(
+    job_id: str,
+    model_id: str,
+    base_version: str,
+    records: list[dict],
+    method: str = "zerounlearn",
+    hparams: dict | None = None,
+) -> dict[str, Any]:
+    """Forget `records` on top of `base_version`; publish and activate the new version."""
+    ctx = get_context()
+    store = ctx.store
+
+    def body(run: JobRun) -> dict[str, Any]:
+        model = _ready_model(ctx, model_id)
+        store.get_version(model_id, base_version)  # NotFound before any heavy work
+        parsed = validate_records(records)
+        overrides = _method_overrides(ctx, model, method, hparams)
+        run.progress("load", 0.0)
+        lm = ctx.models.take(model_id, base_version)
+        applied = False
+        try:
+            before = evaluate(lm, parsed, progress=run.scaled(0.0, 0.05))
+            patch = engine_forget(
+                lm,
+                parsed,
+                method,
+                overrides,
+                stats=StatsCache(store.stats_dir),
+                progress=run.scaled(0.05, 0.85),
+            )
+            run.progress("apply", 0.85)
+            apply_patch(lm, patch)
+            applied = True
+            after = evaluate(lm, parsed, progress=run.scaled(0.88, 0.97))
+            metrics = {"before": before["summary"], "after": after["summary"]}
+            run.progress("publish", 0.97)
+            published = _publish(ctx, model_id, base_version, job_id, parsed, patch, metrics)
+        except BaseException:
+            if not applied:  # the engine leaves the model unchanged: keep it resident
+                ctx.models.put(model_id, base_version, lm)
+            raise
+        ctx.models.put(model_id, published["id"], lm)  # its weights ARE the new version
+        store.update_model(model_id, active_version=published["id"])
+        return {"version": published["id"], "parent": base_version, "metrics": metrics}
+
+    return run_job(
+        store, job_id, "forget", body, worker_name=ctx.name, secrets=record_texts(records)
+    )
+
+
+def _method_overrides(
+    ctx: WorkerContext, model: dict[str, Any], method: str, hparams: dict | None
+) -> dict[str, Any]:
+    """The caller's overrides plus the model's edit layers and the worker's sample count."""
+    if hparams is not None and not isinstance(hparams, dict):
+        raise InvalidRequest("hparams must be an object")
+    overrides = dict(hparams or {})
+    names = {f.name for f in dataclasses.fields(hparams_class(method))}  # UnknownMethod
+    if model.get("edit_layers") and "layers" in names:
+        overrides.setdefault("layers", list(model["edit_layers"]))
+    if "stats_samples" in names:  # the statistics prepare computed: a cache hit
+        overrides.setdefault("stats_samples", ctx.settings.stats_samples)
+    return overrides
+
+
+def _publish(
+    ctx: WorkerContext,
+    model_id: str,
+    parent: str,
+    job_id: str,
+    records: list,
+    patch: Any,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Save the patch to a temp file and publish it as the next version (atomic)."""
+    store = ctx.store
+    store.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".tmp-worker-", dir=store.root) as tmp:
+        patch_file = Path(tmp) / "patch.safetensors"
+        info = save_patch(patch, patch_file)
+        manifest = {
+            "parent": parent,
+            "method": patch.method,
+            "hparams": patch.hparams,
+            "job_id": job_id,
+            "records": [{"sha256": r.sha256()} for r in records],
+            "patch": {"bytes": info["bytes"], "sha256": info["sha256"], "layers": info["layers"]},
+            "metrics": metrics,
+        }
+        return store.publish_version(model_id, manifest, patch_file)
+
+
+# ------------------------------------------------------------------- verify
+def verify(
+    job_id: str,
+    model_id: str,
+    version: str,
+    records: list[dict],
+    reference_texts: list[str] | None = None,
+    thresholds: dict | None = None,
+) -> dict[str, Any]:
+    """Evaluate `version` and its parent on the records; judge against thresholds."""
+    ctx = get_context()
+    store = ctx.store
+
+    def body(run: JobRun) -> dict[str, Any]:
+        limits = merge_thresholds(thresholds)
+        parsed = validate_records(records)
+        parent = store.get_version(model_id, version).get("parent")
+        run.progress("load", 0.0)
+        lm = ctx.models.get(model_id, version)
+        after = evaluate(lm, parsed, reference_texts, progress=run.scaled(0.1, 0.5))
+        if parent is None:  # v0 has no parent: it is compared with itself
+            before = after
+        else:
+            run.progress("load", 0.5)
+            parent_lm = ctx.models.get(model_id, parent)
+            before = evaluate(
+                parent_lm, parsed, reference_texts, progress=run.scaled(0.6, 1.0)
+            )
+        return verification_report(version, parent, after, before, limits)
+
+    secrets = record_texts(records) + record_texts(reference_texts or [])
+    return run_job(store, job_id, "verify", body, worker_name=ctx.name, secrets=secrets)
+
+
+# ------------------------------------------------------------------- export
+def export(job_id: str, model_id: str, version: str) -> dict[str, Any]:
+    """Write a full HF checkpoint of `version` to exports/<model>/<version> (atomic)."""
+    ctx = get_context()
+    store = ctx.store
+
+    def body(run: JobRun) -> dict[str, Any]:
+        target = store.exports_dir / model_id / version
+        store.get_version(model_id, version)
+        if (target / EXPORT_MARKER).is_file():  # versions are immutable: reuse
+            return {"path": str(target), "reused": True}
+        run.progress("load", 0.0)
+        lm = ctx.models.get(model_id, version)
+        run.progress("export", 0.3)
+        _write_export(ctx, model_id, version, lm, target)
+        return {"path": str(target), "reused": False}
+
+    return run_job(store, job_id, "export", body, worker_name=ctx.name)
+
+
+def _write_export(
+    ctx: WorkerContext, model_id: str, version: str, lm: LoadedModel, target: Path
+) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
+    try:
+        lm.model.save_pretrained(str(tmp))
+        lm.tokenizer.save_pretrained(str(tmp))
+        marker = {
+            "model_id": model_id,
+            "version": version,
+            "lineage": ctx.store.lineage(model_id, version),
+            "base_fingerprint": lm.fingerprint,
+            "dtype": str(lm.dtype).removeprefix("torch."),
+            "exported_at": utc_now(),
+        }
+        (tmp / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / EXPORT_MARKER).is_file():
+                raise
+            logger.info("export %s/%s was written by another job; reusing it", model_id, version)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------- generate
+def generate(
+    model_id: str, version: str, prompt: str, max_new_tokens: int = 32
+) -> dict[str, Any]:
+    """Greedy continuation of `prompt` by `version` (no job document): {"text"}."""
+    ctx = get_context()
+    try:
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidRequest("prompt must be a non-empty string")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not (
+            1 <= max_new_tokens <= MAX_GENERATE_TOKENS
+        ):
+            raise InvalidRequest(f"max_new_tokens must be an integer in 1..{MAX_GENERATE_TOKENS}")
+        lm = ctx.models.get(model_id, version)
+        text = greedy_generate(lm, prompt, max_new_tokens=max_new_tokens)
+    except Exception as exc:
+        error = error_document(exc, secrets=[prompt] if isinstance(prompt, str) else [])
+        logger.warning("generate on %s/%s failed: %s (%s)", model_id, version, error["code"],
+                       type(exc).__name__)
+        raise TaskFailed(error) from None
+    return {"text": text}
+
+
+# ------------------------------------------------------------------ helpers
+def _ready_model(ctx: WorkerContext, model_id: str) -> dict[str, Any]:
+    model = ctx.store.get_model(model_id)
+    if model.get("status") != "ready":
+        raise ModelNotReady(
+            f"model {model_id} is {model.get('status')!r}, not 'ready': wait for its "
+            "prepare job to succeed"
+        )
+    return model
+
+
+def _corpus(ctx: WorkerContext) -> CorpusSpec:
+    """The statistics corpus: model-sampled text, ZEROUNLEARN_STATS_SAMPLES tokens."""
+    return CorpusSpec(samples=ctx.settings.stats_samples)
