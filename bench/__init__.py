@@ -1,0 +1,1 @@
+"""Benchmark scripts (not tests): print tables, write JSON under bench/results/."""
