@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     logging.getLogger().setLevel(settings.log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # callback URLs may hold tokens
+    if not settings.auth_enabled and args.host not in ("127.0.0.1", "::1", "localhost"):
+        logger.error("ZEROUNLEARN_AUTH=disabled is for development: refusing to listen on %s "
+                     "(bind 127.0.0.1, or enable authentication)", args.host)
+        return 2
     server = None
     if settings.redis_url is None:
         server = _start_embedded_redis(settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Header, Path, Request
 
 from app.queue import JobQueue
 from app.settings import Settings
@@ -30,6 +30,16 @@ QueueDep = Annotated[JobQueue, Depends(get_queue)]
 ModelId = Annotated[str, Path(description="Model id, e.g. m-0123456789ab")]
 Version = Annotated[str, Path(description="Version id, e.g. v0")]
 JobId = Annotated[str, Path(description="Job id, e.g. j-0123456789abcdef")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Retrying with the same key and body returns the same job (409 with "
+        "another body).",
+    ),
+]
 
 
 def get_model(model_id: ModelId, store: StoreDep) -> dict[str, Any]:

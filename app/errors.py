@@ -35,6 +35,21 @@ class ApiError(Exception):
         self.extra = extra or {}
 
 
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    code = "forbidden"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    code = "payload_too_large"
+
+
 class NotFoundError(ApiError):
     status_code = 404
     code = "not_found"
@@ -98,7 +113,10 @@ def _json(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return _json(exc.status_code, exc.code, exc.message, **exc.extra)
+    response = _json(exc.status_code, exc.code, exc.message, **exc.extra)
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -108,7 +126,10 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+    codes = {
+        404: "not_found", 405: "method_not_allowed", 400: "bad_request",
+        413: "payload_too_large",
+    }  # fmt: skip
     code = codes.get(exc.status_code, "http_error")
     response = _json(exc.status_code, code, str(exc.detail))
     for name, value in (exc.headers or {}).items():

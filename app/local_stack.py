@@ -6,7 +6,9 @@
 - spawns one worker (`python -m worker`) with that REDIS_URL;
 - runs the API (uvicorn, `app.main:create_app`) in the foreground;
 - once the API answers, registers the demo model through HTTP unless a model with the
-  same source exists, and prints its preparation progress until it is ready.
+  same source exists, and prints its preparation progress until it is ready;
+- without ZEROUNLEARN_ADMIN_TOKEN, generates an admin API key once, prints it once and
+  keeps it in `<ZEROUNLEARN_DATA_DIR>/secrets/admin-token` (mode 0600) for later runs.
 
 ZEROUNLEARN_DEMO_MODEL chooses the demo source (default the built-in SmolLM2; "none"
 skips the registration). Ctrl-C or SIGTERM stops the API, the worker (after its current
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -130,10 +133,36 @@ def stop_worker(proc: subprocess.Popen, grace_s: float = WORKER_STOP_GRACE_S) ->
         proc.wait(timeout=5.0)
 
 
+# ---------------------------------------------------------------------- admin key
+def admin_token_path(data_dir: Path) -> Path:
+    return data_dir / "secrets" / "admin-token"
+
+
+def ensure_admin_token(data_dir: Path) -> str:
+    """ZEROUNLEARN_ADMIN_TOKEN, else the saved one, else a new one (saved 0600, shown once)."""
+    configured = os.environ.get("ZEROUNLEARN_ADMIN_TOKEN", "").strip()
+    if configured:
+        return configured
+    path = admin_token_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    if path.is_file():
+        _say(f"admin API key: saved in {path} (export TOKEN=$(cat {path}))")
+        return path.read_text().strip()
+    token = "zu_admin_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    _say(f"generated an admin API key (shown once; saved in {path}, mode 0600):")
+    _say(f"    export TOKEN={token}")
+    return token
+
+
 # ---------------------------------------------------------------------- demo model
-def register_demo(base_url: str, source: str, stop: threading.Event) -> None:
+def register_demo(base_url: str, source: str, stop: threading.Event, token: str) -> None:
     """Register `source` unless some model has it; then report preparation progress."""
-    with httpx.Client(base_url=base_url, timeout=10.0) as client:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=base_url, timeout=10.0, headers=headers) as client:
         if not _wait_healthy(client, stop):
             return
         models = client.get("/v1/models").json()
@@ -222,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["ZEROUNLEARN_DATA_DIR"] = str(data_dir)
     demo = os.environ.get("ZEROUNLEARN_DEMO_MODEL", BUILTIN_SMOLLM2).strip()
+    if demo.lower() != "none" and not demo.startswith("builtin:"):
+        # a local demo model: allow its directory unless the roots are configured
+        os.environ.setdefault("ZEROUNLEARN_MODEL_ROOTS", str(Path(demo).expanduser().resolve()))
 
     # uvicorn restores this handler after its own shutdown and re-raises the signal
     # into it, so SIGTERM ends here as StackStop and the clean-up below runs.
@@ -234,13 +266,16 @@ def main(argv: list[str] | None = None) -> int:
             server = start_embedded_redis(data_dir)
             os.environ["REDIS_URL"] = server.connection_url
             _say(f"embedded Valkey at {server.connection_url} (files in {server.data_dir})")
-        worker = start_worker(dict(os.environ))
+        worker_env = {k: v for k, v in os.environ.items() if k != "ZEROUNLEARN_ADMIN_TOKEN"}
+        token = ensure_admin_token(data_dir)
+        os.environ["ZEROUNLEARN_ADMIN_TOKEN"] = token  # read by the API (create_app)
+        worker = start_worker(worker_env)
         _say(f"worker started (pid {worker.pid}); artifacts in {data_dir}")
         threading.Thread(target=watch_worker, args=(worker, stop), daemon=True).start()
         base_url = f"http://{args.host}:{args.port}"
         if demo.lower() != "none":
             threading.Thread(
-                target=_register_safely, args=(base_url, demo, stop), daemon=True
+                target=_register_safely, args=(base_url, demo, stop, token), daemon=True
             ).start()
         _say(f"API at {base_url} (OpenAPI: {base_url}/docs); Ctrl-C stops everything")
         import uvicorn
@@ -268,9 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _register_safely(base_url: str, source: str, stop: threading.Event) -> None:
+def _register_safely(base_url: str, source: str, stop: threading.Event, token: str) -> None:
     try:
-        register_demo(base_url, source, stop)
+        register_demo(base_url, source, stop, token)
     except Exception as exc:  # a status thread must never take the stack down
         _say(f"demo registration stopped: {type(exc).__name__}: {exc}")
 

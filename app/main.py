@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.errors import install_error_handlers
+from app.limits import BodySizeLimit
 from app.queue import JobQueue, connect_redis
+from app.reconciler import Reconciler
 from app.routes import api_router
 from app.settings import Settings, load_settings
-from store import ArtifactStore
+from store import ArtifactStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -25,18 +27,33 @@ Errors are always `{"error": {"code", "message"}}`: 404 unknown model, version o
 job; 409 conflicts; 422 invalid input (the message names the field); 503 queue or
 store unavailable; 504 no worker answered in time. Request text (prompts, answers)
 is never logged, stored or echoed.
+
+Every /v1 call needs an API key, `Authorization: Bearer <key>` (401 without a valid one,
+403 when its role or model scope does not allow the call): viewer reads; operator also
+submits forget, verify, export and generate requests; admin also registers models,
+activates versions, manages keys and reads the audit trail.
 """
+AUTH_DISABLED_WARNING = (
+    "AUTHENTICATION IS DISABLED (ZEROUNLEARN_AUTH=disabled): anyone who can reach this "
+    "API can submit, read and roll back everything. Development only."
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for `settings` (default: from the environment)."""
     settings = settings or load_settings()
     redis = connect_redis(settings)
+    store = ArtifactStore(settings.data_dir)
+    queue = JobQueue(redis, settings)
+    reconciler = Reconciler(store, queue, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _bootstrap_auth(settings, store)
+        reconciler.start()
         logger.info("API ready: store %s, queue %s", settings.data_dir, settings.queue_name)
         yield
+        reconciler.stop()
         redis.close()
 
     app = FastAPI(
@@ -46,9 +63,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.store = ArtifactStore(settings.data_dir)
+    app.state.store = store
     app.state.redis = redis
-    app.state.queue = JobQueue(redis, settings)
+    app.state.queue = queue
+    app.state.reconciler = reconciler
     install_error_handlers(app)
     app.include_router(api_router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _bootstrap_auth(settings: Settings, store: ArtifactStore) -> None:
+    """Say loudly when auth is off; register the configured admin token's hash."""
+    if not settings.auth_enabled:
+        logger.warning(AUTH_DISABLED_WARNING)
+        return
+    if settings.admin_token is None:
+        logger.warning("ZEROUNLEARN_ADMIN_TOKEN is not set: only keys already in the store "
+                       "are accepted")
+        return
+    try:
+        doc = store.keys.ensure_bootstrap(settings.admin_token.get_secret_value())
+    except (StoreError, OSError) as exc:
+        logger.error("could not register the admin token: %s", exc)
+        return
+    logger.info("bootstrap admin key %s is active", doc["id"])

@@ -7,6 +7,8 @@ Validation messages name the field and never quote the rejected text.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -27,6 +29,17 @@ MAX_PER_RECORD = 32
 """Most paraphrases, and most neighbours, one record may carry."""
 HARD_MAX_RECORDS = 1000
 """Schema ceiling; the configured ZEROUNLEARN_MAX_RECORDS (default 100) applies first."""
+
+
+HPARAM_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def _hparam_scalar(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int | float):
+        return math.isfinite(value) and abs(value) <= 1e9
+    return isinstance(value, str) and len(value) <= 64
 
 
 def _not_blank(value: str) -> str:
@@ -129,8 +142,32 @@ class ForgetRequest(Request):
     method: Method = "zerounlearn"
     base_version: VersionId | None = Field(None, description="Default: the active version.")
     hparams: dict[str, Any] = Field(
-        default_factory=dict, max_length=64, description="Overrides of the method's defaults."
+        default_factory=dict,
+        max_length=64,
+        description="Overrides of the method's defaults: names, JSON scalars or lists of "
+        "them; the worker checks names and ranges against the method.",
     )
+    callback_url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = Field(
+        None,
+        description="POSTed (signed) when the job ends; its host must be on the allow-list.",
+    )
+
+    @field_validator("hparams")
+    @classmethod
+    def _hparams_shape(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, item in value.items():
+            if not HPARAM_NAME_RE.match(name):
+                raise ValueError("names must be lower_snake_case identifiers (at most 64 chars)")
+            items = item if isinstance(item, list) else [item]
+            if isinstance(item, list) and len(item) > 64:
+                raise ValueError(f"{name}: at most 64 values")
+            for one in items:
+                if not _hparam_scalar(one):
+                    raise ValueError(
+                        f"{name}: values must be null, booleans, finite numbers within "
+                        "1e9, or strings of at most 64 characters (or lists of them)"
+                    )
+        return value
 
 
 class VerifyThresholds(Request):

@@ -12,17 +12,17 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from app.auth import Principal
+from app.callbacks import check_callback_url
 from app.errors import ConflictError, InvalidInput, Unavailable
 from app.queue import JobQueue
 from app.schemas import CreateModel, ForgetRequest, GenerateRequest, RecordIn, VerifyRequest
 from app.settings import Settings
 from app.sources import check_edit_layers, inspect_source
+from app.submission import QUEUE_DOWN, Submission, submit_job
 from store import ArtifactStore
 
 logger = logging.getLogger(__name__)
-
-QUEUE_DOWN = {"code": "queue_unavailable", "message": "the job could not be queued"}
-
 
 def job_links(job_id: str) -> dict[str, str]:
     return {"job": f"/v1/jobs/{job_id}"}
@@ -33,23 +33,11 @@ def accepted(job: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": job["id"], "status": job["status"], "links": job_links(job["id"])}
 
 
-def submit_job(
-    store: ArtifactStore, queue: JobQueue, kind: str, model_id: str, version: str, *args: Any
+def register_model(
+    store: ArtifactStore, queue: JobQueue, settings: Settings, who: Principal, req: CreateModel
 ) -> dict[str, Any]:
-    """Record a job document, then enqueue worker.tasks.<kind>(job_id, *args)."""
-    queue.ping()
-    job = store.create_job({"kind": kind, "model_id": model_id, "version": version})
-    try:
-        queue.enqueue(kind, job["id"], *args)
-    except RedisError:
-        store.transition_job(job["id"], ["queued"], "failed", error=QUEUE_DOWN)
-        raise
-    return job
-
-
-def register_model(store: ArtifactStore, queue: JobQueue, req: CreateModel) -> dict[str, Any]:
     """Validate the source, record the model and its v0, and queue its prepare job."""
-    info = inspect_source(req.source)
+    info = inspect_source(req.source, settings.model_root_paths)
     check_edit_layers(req.edit_layers, info.num_layers)
     queue.ping()
     model = store.create_model(
@@ -65,14 +53,24 @@ def register_model(store: ArtifactStore, queue: JobQueue, req: CreateModel) -> d
         }
     )
     store.publish_version(model["id"], {"parent": None, "method": None}, None)
+    store.audit.append(who.key_id, "model.registered", ids={"model": model["id"]},
+                       detail={"source_kind": _source_kind(info.source)})
     try:
-        job = submit_job(store, queue, "prepare", model["id"], "v0", model["id"])
+        job = submit_job(
+            store, queue, who, Submission("prepare", model["id"], "v0", (model["id"],))
+        )
     except RedisError:
         store.update_model(model["id"], status="failed", error=QUEUE_DOWN)
         raise
     model = store.update_model(model["id"], prepare_job_id=job["id"])
     logger.info("model %s registered; prepare job %s queued", model["id"], job["id"])
     return model
+
+
+def _source_kind(source: str) -> str:
+    return "builtin" if source.startswith("builtin:") else (
+        "gguf" if source.endswith(".gguf") else "directory"
+    )
 
 
 def require_ready(model: dict[str, Any]) -> None:
@@ -93,17 +91,26 @@ def _records(records: list[RecordIn], settings: Settings) -> list[dict[str, Any]
 
 
 def forget(
-    store: ArtifactStore, queue: JobQueue, settings: Settings, model: dict, req: ForgetRequest
+    store: ArtifactStore,
+    queue: JobQueue,
+    settings: Settings,
+    who: Principal,
+    model: dict,
+    req: ForgetRequest,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     """Queue a forget job on base_version (default: the active version)."""
     require_ready(model)
     base = req.base_version or model["active_version"]
     store.get_version(model["id"], base)
     records = _records(req.records, settings)
-    job = submit_job(
-        store, queue, "forget", model["id"], base, model["id"], base, records,
-        req.method, req.hparams,
+    callback = check_callback_url(req.callback_url, settings) if req.callback_url else None
+    args = (model["id"], base, records, req.method, req.hparams)
+    sub = Submission(
+        "forget", model["id"], base, args, tuple(store.record_hashes(records)), callback,
+        req.model_dump(mode="json"),
     )  # fmt: skip
+    job = submit_job(store, queue, who, sub, idempotency_key)
     logger.info(
         "forget job %s queued: model %s, base %s, method %s, %d record(s)",
         job["id"], model["id"], base, req.method, len(records),
@@ -115,31 +122,49 @@ def verify(
     store: ArtifactStore,
     queue: JobQueue,
     settings: Settings,
+    who: Principal,
     model: dict,
     version: str,
     req: VerifyRequest,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     """Queue a verification of `version` against its parent."""
     require_ready(model)
     store.get_version(model["id"], version)
     records = _records(req.records, settings)
-    job = submit_job(
-        store, queue, "verify", model["id"], version, model["id"], version, records,
-        req.reference_texts, req.thresholds.model_dump(mode="json"),
+    args = (model["id"], version, records, req.reference_texts,
+            req.thresholds.model_dump(mode="json"))  # fmt: skip
+    sub = Submission(
+        "verify", model["id"], version, args, tuple(store.record_hashes(records)),
+        body=req.model_dump(mode="json"),
     )  # fmt: skip
+    job = submit_job(store, queue, who, sub, idempotency_key)
     logger.info("verify job %s queued: model %s, version %s", job["id"], model["id"], version)
     return job
 
 
-def export(store: ArtifactStore, queue: JobQueue, model: dict, version: str) -> dict[str, Any]:
+def export(
+    store: ArtifactStore, queue: JobQueue, who: Principal, model: dict, version: str
+) -> dict[str, Any]:
     """Queue the export of `version` as a Hugging Face checkpoint."""
     require_ready(model)
     store.get_version(model["id"], version)
-    return submit_job(store, queue, "export", model["id"], version, model["id"], version)
+    sub = Submission("export", model["id"], version, (model["id"], version))
+    return submit_job(store, queue, who, sub)
 
 
-def cancel_job(store: ArtifactStore, queue: JobQueue, job_id: str) -> dict[str, Any]:
+def get_job(store: ArtifactStore, who: Principal, job_id: str) -> dict[str, Any]:
+    """A job document, if the caller's scope includes its model."""
+    job = store.get_job(job_id)
+    who.check_model(job["model_id"])
+    return job
+
+
+def cancel_job(
+    store: ArtifactStore, queue: JobQueue, who: Principal, job_id: str
+) -> dict[str, Any]:
     """Cancel a queued job (idempotent); 409 once it runs or has finished."""
+    get_job(store, who, job_id)
     job = store.transition_job(job_id, ["queued"], "cancelled")
     if job is None:
         current = store.get_job(job_id)
@@ -150,14 +175,18 @@ def cancel_job(store: ArtifactStore, queue: JobQueue, job_id: str) -> dict[str, 
             code="job_not_cancellable",
         )
     queue.cancel(job_id)
+    store.audit.append(who.key_id, "job.cancelled", ids={"job": job_id, "model": job["model_id"]})
     logger.info("job %s cancelled", job_id)
     return job
 
 
-def activate(store: ArtifactStore, model: dict, version: str) -> dict[str, Any]:
+def activate(store: ArtifactStore, who: Principal, model: dict, version: str) -> dict[str, Any]:
     """Make `version` the active one (an older one: rollback); returns its manifest."""
     manifest = store.get_version(model["id"], version)
     store.update_model(model["id"], active_version=version)
+    store.audit.append(who.key_id, "version.activated",
+                       ids={"model": model["id"], "version": version},
+                       detail={"previous": model.get("active_version")})
     logger.info("model %s: version %s is active", model["id"], version)
     return {**manifest, "active": True}
 

@@ -6,16 +6,22 @@ prefix (the convention the worker and docker-compose share).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ZEROUNLEARN_"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 DEVICE_CLASS_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+SECRET_FIELDS = ("admin_token", "receipt_key", "callback_secret")
+"""Settings whose values are never echoed in an error message."""
 
 
 class SettingsError(ValueError):
@@ -55,6 +61,33 @@ class Settings(BaseSettings):
     redis_connect_timeout_s: float = Field(2.0, gt=0, le=60)
     log_level: str = "INFO"
 
+    # --- security (see README "Security model")
+    # "disabled" turns authentication off: for development on one machine only.
+    auth: Literal["enabled", "disabled"] = "enabled"
+    # Bootstrap admin key (at least 32 characters); a changed value revokes the old one.
+    admin_token: SecretStr | None = Field(None, min_length=32, max_length=512)
+    # HMAC key of deletion receipts; default: a generated file under <data_dir>/secrets.
+    receipt_key: SecretStr | None = Field(None, min_length=32)
+    # HMAC key that signs callback bodies; default: a generated file under <data_dir>/secrets.
+    callback_secret: SecretStr | None = Field(None, min_length=32)
+    # Comma-separated host names (or host:port) callbacks may go to; empty: none.
+    callback_allowed_hosts: str = ""
+    # Retry a failed callback with exponential backoff (base, cap) for at most max_age.
+    callback_backoff_s: float = Field(2.0, gt=0, le=600)
+    callback_backoff_max_s: float = Field(300.0, gt=0)
+    callback_max_age_s: float = Field(3600.0, gt=0)
+    callback_timeout_s: float = Field(5.0, gt=0, le=60)
+    # Seconds a finished job's request text is kept (for retries and checks) before purge.
+    request_retention_s: float = Field(300.0, ge=0)
+    # Reconciler period: re-enqueue lost jobs, deliver callbacks, purge request text.
+    reconcile_interval_s: float = Field(5.0, gt=0, le=3600)
+    # A queued request younger than this is never re-enqueued (its enqueue may be in flight).
+    reconcile_grace_s: float = Field(10.0, ge=0)
+    # Largest request body accepted (413 beyond).
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    # os.pathsep-separated directories model sources must lie in (builtin always allowed).
+    model_roots: str = ""
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
@@ -84,6 +117,21 @@ class Settings(BaseSettings):
         return value.upper()
 
     @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "enabled"
+
+    @property
+    def allowed_callback_hosts(self) -> frozenset[str]:
+        hosts = self.callback_allowed_hosts.split(",")
+        return frozenset(h.strip().lower() for h in hosts if h.strip())
+
+    @property
+    def model_root_paths(self) -> tuple[Path, ...]:
+        """The configured model roots, resolved (symlinks followed)."""
+        parts = [p.strip() for p in self.model_roots.split(os.pathsep) if p.strip()]
+        return tuple(Path(p).expanduser().resolve() for p in parts)
+
+    @property
     def queue_name(self) -> str:
         """The RQ queue the workers of this device class listen on."""
         return f"zerounlearn-{self.device_class}"
@@ -105,8 +153,7 @@ def load_settings(**overrides: object) -> Settings:
             field = str(err["loc"][0]) if err["loc"] else "?"
             env = "REDIS_URL" if field in ("redis_url", "REDIS_URL") else ENV_PREFIX + field.upper()
             message = err["msg"].removeprefix("Value error, ")
-            shown = (
-                "" if env == "REDIS_URL" else f" (got {err.get('input')!r})"
-            )  # may hold a password
+            secret = env == "REDIS_URL" or field in SECRET_FIELDS  # may hold a password
+            shown = "" if secret else f" (got {err.get('input')!r})"
             lines.append(f"{env}: {message}{shown}")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -27,15 +27,27 @@ class SourceInfo:
     num_layers: int | None = None
 
 
-def inspect_source(source: str) -> SourceInfo:
-    """Validate a model source; InvalidInput naming "source" when it is not usable."""
+def inspect_source(source: str, roots: tuple[Path, ...] = ()) -> SourceInfo:
+    """Validate a model source; InvalidInput naming "source" when it is not usable.
+
+    A local path must lie, once every symlink is resolved, inside one of `roots`
+    (ZEROUNLEARN_MODEL_ROOTS): no traversal ("..") or symlink leads out of them. The
+    resolved path is what gets stored and loaded.
+    """
     if source == BUILTIN_SMOLLM2:
         return SourceInfo(source=source)
     if source.startswith("builtin:"):
         raise InvalidInput(f"source: the only built-in model is {BUILTIN_SMOLLM2!r}")
-    path = Path(source).expanduser()
-    if not path.is_absolute():
-        path = path.resolve()
+    if "\x00" in source or not Path(source).is_absolute():
+        raise InvalidInput("source: a local model must be given as an absolute path")
+    if not roots:
+        raise InvalidInput(
+            "source: local model paths are disabled (ZEROUNLEARN_MODEL_ROOTS is empty); "
+            f"use {BUILTIN_SMOLLM2!r}"
+        )
+    path = Path(source).resolve()
+    if not any(path == root or path.is_relative_to(root) for root in roots):
+        raise InvalidInput("source: the path is outside the allowed model roots")
     if path.is_file() and path.suffix.lower() == ".gguf":
         return SourceInfo(source=str(path))
     if path.is_dir():

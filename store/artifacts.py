@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from store.audit import AuditLog
 from store.documents import (
     JOB_ID_RE,
     JOB_KINDS,
@@ -48,6 +49,10 @@ from store.files import (
     read_json,
     write_json_atomic,
 )
+from store.hashing import RECORD_SALT, salted_hash
+from store.keys import KeyStore
+from store.requests import RequestStore
+from store.secretfiles import load_or_create_secret
 
 MANIFEST_FILE = "manifest.json"
 PATCH_FILE = "patch.safetensors"
@@ -59,6 +64,20 @@ class ArtifactStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        self.keys = KeyStore(self.root)
+        self.audit = AuditLog(self.root)
+        self.requests = RequestStore(self.root)
+        self._salt: bytes | None = None
+
+    def secret(self, name: str) -> bytes:
+        """A server secret kept under secrets/ (0600), created on first use."""
+        return load_or_create_secret(self.root, name)
+
+    def record_hashes(self, records: list[dict[str, Any]]) -> list[str]:
+        """Salted hashes of request records: what stays once their text is purged."""
+        if self._salt is None:
+            self._salt = self.secret(RECORD_SALT)
+        return [salted_hash(self._salt, record) for record in records]
 
     # ------------------------------------------------------------------ paths
     def _model_dir(self, model_id: str) -> Path:

@@ -9,6 +9,8 @@ unexpected exception, which could quote anything.
 
 from __future__ import annotations
 
+import errno
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,6 +56,12 @@ class InvalidRequest(WorkerError, ValueError):
     code = "invalid_request"
 
 
+class RequestGone(WorkerError):
+    """The stored request text was purged (retention passed) before the job ran."""
+
+    code = "request_purged"
+
+
 class WorkerStopped(WorkerError):
     """The worker was stopped (cold shutdown) while the job ran."""
 
@@ -83,6 +91,9 @@ _ENGINE_CODES: tuple[tuple[type[BaseException], str], ...] = (
     (StoreError, "store_error"),
 )
 
+STORAGE_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Disk full, quota exceeded, file size limit: the store cannot take the write."""
+
 SCRUBBED_MESSAGE = "the error message quoted request text and was withheld"
 """Replaces a message in which the text of a forget record appears."""
 
@@ -97,10 +108,20 @@ def error_code(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return "out_of_memory"
+    if isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS:
+        return "storage_full"
+    if _wrapped_errno(exc) in STORAGE_FULL_ERRNOS:  # e.g. safetensors' "(os error 28)"
+        return "storage_full"
     for cls, code in _ENGINE_CODES:
         if isinstance(exc, cls):
             return code
     return "internal_error"
+
+
+def _wrapped_errno(exc: BaseException) -> int | None:
+    """The errno a library (safetensors, written in Rust) quotes as "(os error N)"."""
+    match = re.search(r"\(os error (\d+)\)", str(exc))
+    return int(match.group(1)) if match else None
 
 
 def error_document(
@@ -113,6 +134,8 @@ def error_document(
         message = f"unexpected {type(exc).__name__} in the worker{where}; see the worker log"
     elif code == "timeout":
         message = "the job ran past its time limit and was stopped"
+    elif code == "storage_full":
+        message = "the artifact store ran out of space; nothing was published"
     elif code == "out_of_memory":
         message = f"the worker ran out of memory ({type(exc).__name__})"
     else:

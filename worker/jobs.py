@@ -89,6 +89,7 @@ def run_job(
         logger.info("job %s (%s) is %s, not queued: skipped", job_id, kind, status)
         return {"skipped": True, "status": status}
     logger.info("job %s (%s) started", job_id, kind)
+    audit(store, worker_name, "job.started", started)
     run = JobRun(store, job_id, kind)
     began = time.perf_counter()
     try:
@@ -103,21 +104,53 @@ def run_job(
             job_id=job_id,
         )
         _log_failure(job_id, kind, exc, error)
-        store.transition_job(job_id, ["running"], "failed", error=error)
+        done = store.transition_job(job_id, ["running"], "failed", error=error)
+        if done is not None:
+            audit(store, worker_name, "job.failed", done, detail={"code": error["code"]})
         if on_failure is not None:
             on_failure(error)
         if stopping or isinstance(exc, JobTimeoutException):
             raise
         raise TaskFailed(error) from None
-    store.transition_job(
+    done = store.transition_job(
         job_id,
         ["running"],
         "succeeded",
         result=result,
         progress={"phase": "done", "fraction": 1.0},
     )
+    if done is not None:
+        audit(store, worker_name, "job.succeeded", done, detail=_outcome(result))
     logger.info("job %s (%s) succeeded in %.1f s", job_id, kind, time.perf_counter() - began)
     return result
+
+
+def audit(
+    store: ArtifactStore,
+    worker_name: str | None,
+    action: str,
+    job: dict[str, Any],
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Append a job event to the audit trail; a failure to do so is logged, not raised
+    (the job's own outcome is already durable in its document)."""
+    request = store.requests.find(job["id"])
+    try:
+        store.audit.append(
+            f"worker:{worker_name or 'unnamed'}",
+            action,
+            ids={"job": job["id"], "model": job.get("model_id"), "version": job.get("version")},
+            record_hashes=(request or {}).get("record_hashes") or [],
+            detail=detail,
+        )
+    except OSError as exc:
+        logger.error("could not append %s of job %s to the audit trail: %s",
+                     action, job["id"], type(exc).__name__)
+
+
+def _outcome(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("version", "parent", "passed", "path")
+    return {k: result[k] for k in keys if k in result and not isinstance(result[k], dict)}
 
 
 def _log_failure(job_id: str, kind: str, exc: BaseException, error: dict[str, str]) -> None:
@@ -194,6 +227,7 @@ def recover_orphaned_jobs(
             logger.warning("job %s (%s) failed: its worker %s is gone", job["id"],
                            job.get("kind"), owner)
             failed.append(job["id"])
+            audit(store, me, "job.failed", done, detail={"code": error["code"]})
             if on_failure is not None:
                 on_failure(done, error)
     return failed

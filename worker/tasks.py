@@ -22,9 +22,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from store import utc_now
+from store import ArtifactStore, utc_now
+from store.requests import FROM_REQUEST, RequestPurged
 from worker.context import WorkerContext, get_context
-from worker.errors import InvalidRequest, ModelNotReady, error_document, record_texts
+from worker.errors import (
+    InvalidRequest,
+    ModelNotReady,
+    RequestGone,
+    error_document,
+    record_texts,
+)
 from worker.jobs import JobRun, TaskFailed, run_job
 from worker.reports import merge_thresholds, verification_report
 from zerounlearn import (
@@ -36,6 +43,7 @@ from zerounlearn import (
 )
 from zerounlearn import forget as engine_forget
 from zerounlearn.config import default_layers, hparams_class
+from zerounlearn.errors import NonFiniteResult
 
 # from the submodule: the package attribute `zerounlearn.evaluate` is the module itself
 # whenever something imported zerounlearn.evaluate first
@@ -108,7 +116,10 @@ def forget(
     ctx = get_context()
     store = ctx.store
 
+    stored = _stored_text(store, job_id, records, 2)
+
     def body(run: JobRun) -> dict[str, Any]:
+        records = _require_records(stored, job_id)
         model = _ready_model(ctx, model_id)
         store.get_version(model_id, base_version)  # NotFound before any heavy work
         parsed = validate_records(records)
@@ -127,12 +138,14 @@ def forget(
                 progress=run.scaled(0.05, 0.85),
             )
             run.progress("apply", 0.85)
+            check_finite(patch)  # before the resident model is touched
             apply_patch(lm, patch)
             applied = True
             after = evaluate(lm, parsed, progress=run.scaled(0.88, 0.97))
             metrics = {"before": before["summary"], "after": after["summary"]}
             run.progress("publish", 0.97)
-            published = _publish(ctx, model_id, base_version, job_id, parsed, patch, metrics)
+            hashes = store.record_hashes(records)
+            published = _publish(ctx, model_id, base_version, job_id, hashes, patch, metrics)
         except BaseException:
             if not applied:  # the engine leaves the model unchanged: keep it resident
                 ctx.models.put(model_id, base_version, lm)
@@ -142,7 +155,7 @@ def forget(
         return {"version": published["id"], "parent": base_version, "metrics": metrics}
 
     return run_job(
-        store, job_id, "forget", body, worker_name=ctx.name, secrets=record_texts(records)
+        store, job_id, "forget", body, worker_name=ctx.name, secrets=record_texts(stored or [])
     )
 
 
@@ -161,12 +174,22 @@ def _method_overrides(
     return overrides
 
 
+def check_finite(patch: Any) -> None:
+    """NonFiniteResult unless every weight of the patch is finite (never publish NaN/inf)."""
+    import torch
+
+    for layer, weight in patch.weights.items():
+        if not bool(torch.isfinite(weight).all()):
+            raise NonFiniteResult(f"the patch of layer {layer} has non-finite weights; "
+                                  "nothing was published")
+
+
 def _publish(
     ctx: WorkerContext,
     model_id: str,
     parent: str,
     job_id: str,
-    records: list,
+    record_hashes: list[str],
     patch: Any,
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
@@ -181,7 +204,7 @@ def _publish(
             "method": patch.method,
             "hparams": patch.hparams,
             "job_id": job_id,
-            "records": [{"sha256": r.sha256()} for r in records],
+            "records": [{"sha256": h} for h in record_hashes],
             "patch": {"bytes": info["bytes"], "sha256": info["sha256"], "layers": info["layers"]},
             "metrics": metrics,
         }
@@ -201,9 +224,12 @@ def verify(
     ctx = get_context()
     store = ctx.store
 
+    stored = _stored_text(store, job_id, records, 2)
+    reference_texts = _stored_text(store, job_id, reference_texts, 3)
+
     def body(run: JobRun) -> dict[str, Any]:
         limits = merge_thresholds(thresholds)
-        parsed = validate_records(records)
+        parsed = validate_records(_require_records(stored, job_id))
         parent = store.get_version(model_id, version).get("parent")
         run.progress("load", 0.0)
         lm = ctx.models.get(model_id, version)
@@ -218,7 +244,7 @@ def verify(
             )
         return verification_report(version, parent, after, before, limits)
 
-    secrets = record_texts(records) + record_texts(reference_texts or [])
+    secrets = record_texts(stored or []) + record_texts(reference_texts or [])
     return run_job(store, job_id, "verify", body, worker_name=ctx.name, secrets=secrets)
 
 
@@ -294,6 +320,22 @@ def generate(
 
 
 # ------------------------------------------------------------------ helpers
+def _stored_text(store: ArtifactStore, job_id: str, value: Any, position: int) -> Any:
+    """The request text the API left in the store (the queue carries a placeholder);
+    None when it was purged (the task body then fails with `request_purged`)."""
+    if value != FROM_REQUEST:
+        return value
+    try:
+        return store.requests.task_text(job_id, position)
+    except RequestPurged:
+        return None
+
+
+def _require_records(records: list[dict] | None, job_id: str) -> list[dict]:
+    if records is None:
+        raise RequestGone(f"the text of request {job_id} was purged before the job ran; "
+                          "submit it again")
+    return records
 def _ready_model(ctx: WorkerContext, model_id: str) -> dict[str, Any]:
     model = ctx.store.get_model(model_id)
     if model.get("status") != "ready":

@@ -135,7 +135,10 @@ def answer_batch(
 
 
 def prompt_batch(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *, device: torch.device | str = "cpu"
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Right-padded prompts: (input_ids (B, T), attention_mask (B, T), lengths)."""
     rows = [encode_prompt(tokenizer, p) for p in prompts]

@@ -2,10 +2,11 @@
 
 from fastapi import APIRouter
 
-from app.routes import health, jobs, models, versions
+from app.routes import health, jobs, models, security, versions
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(models.router)
 api_router.include_router(versions.router)
 api_router.include_router(jobs.router)
+api_router.include_router(security.router)

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from app.deps import QueueDep, StoreDep
+from app.deps import QueueDep, SettingsDep, StoreDep
 from app.errors import error_body
 from store import StoreError
 
@@ -22,9 +22,12 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "Not ready; the message lists why"}})
-def readyz(store: StoreDep, queue: QueueDep) -> Any:
+def readyz(store: StoreDep, queue: QueueDep, settings: SettingsDep) -> Any:
     """Redis answers, the store is writable and at least one worker is alive."""
     checks: dict[str, Any] = {"redis": "ok", "store": "ok", "workers": 0, "queue": queue.name}
+    checks["auth"] = "enabled" if settings.auth_enabled else (
+        "DISABLED: development only, anyone can call the API"
+    )
     reasons = []
     try:
         queue.ping()

@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 
 from app import services
-from app.deps import ModelDep, QueueDep, SettingsDep, StoreDep
+from app.auth import Admin, Operator, Viewer
+from app.deps import IdempotencyKey, ModelDep, QueueDep, SettingsDep, StoreDep
 from app.routes.responses import errors
 from app.schemas import CreateModel, ForgetRequest, JobAccepted, ModelOut
 
@@ -18,23 +19,30 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ModelOut,
-    responses=errors(422, 503),
+    responses=errors(401, 403, 422, 503),
 )
-def create_model(body: CreateModel, store: StoreDep, queue: QueueDep, response: Response) -> Any:
-    """Register a base model as version v0 and queue its prepare job."""
-    model = services.register_model(store, queue, body)
+def create_model(
+    body: CreateModel,
+    who: Admin,
+    store: StoreDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    response: Response,
+) -> Any:
+    """Register a base model as version v0 and queue its prepare job (admin)."""
+    model = services.register_model(store, queue, settings, who, body)
     response.headers["Location"] = f"/v1/models/{model['id']}"
     return model
 
 
-@router.get("", response_model=list[ModelOut])
-def list_models(store: StoreDep) -> Any:
-    """All registered models, oldest first."""
-    return store.list_models()
+@router.get("", response_model=list[ModelOut], responses=errors(401))
+def list_models(who: Viewer, store: StoreDep) -> Any:
+    """The registered models the key may see, oldest first."""
+    return [m for m in store.list_models() if who.allows_model(m["id"])]
 
 
-@router.get("/{model_id}", response_model=ModelOut, responses=errors(404))
-def get_model(model: ModelDep) -> Any:
+@router.get("/{model_id}", response_model=ModelOut, responses=errors(401, 403, 404))
+def get_model(who: Viewer, model: ModelDep) -> Any:
     """One model."""
     return model
 
@@ -43,17 +51,19 @@ def get_model(model: ModelDep) -> Any:
     "/{model_id}/forget",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=errors(404, 409, 422, 503),
+    responses=errors(401, 403, 404, 409, 413, 422, 503),
 )
 def forget(
     body: ForgetRequest,
+    who: Operator,
     model: ModelDep,
     store: StoreDep,
     queue: QueueDep,
     settings: SettingsDep,
     response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> Any:
-    """Queue a forget job; its result names the new version."""
-    job = services.forget(store, queue, settings, model, body)
+    """Queue a forget job (operator); its result names the new version."""
+    job = services.forget(store, queue, settings, who, model, body, idempotency_key)
     response.headers["Location"] = services.job_links(job["id"])["job"]
     return services.accepted(job)

@@ -7,6 +7,9 @@ from typing import Any
 from app.schemas import ErrorBody
 
 _TEXT = {
+    401: "No valid API key (send 'Authorization: Bearer <key>')",
+    403: "The key's role or model scope does not allow this call",
+    413: "The request body is too large",
     404: "Unknown model, version or job",
     409: "Conflict (model not ready, job no longer cancellable)",
     422: "Invalid input; the message names the field",

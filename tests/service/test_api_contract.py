@@ -24,8 +24,11 @@ from rq.job import Job
 from app.main import create_app
 from app.settings import Settings
 from store import ArtifactStore
+from store.requests import FROM_REQUEST
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
+ADMIN_TOKEN = "contract-admin-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 BUILTIN = "builtin:smollm2-135m-instruct"
 SECRET_PROMPT = "The home address of Zorblax Quimby is"
 SECRET_ANSWER = " 17 Vexel Lane"
@@ -63,6 +66,8 @@ def _settings(tmp_path: Path, **overrides: object) -> Settings:
         "data_dir": tmp_path / "data",
         "generate_timeout_s": 1.0,
         "max_records": 3,
+        "admin_token": ADMIN_TOKEN,
+        "model_roots": str(tmp_path),
     }
     values.update(overrides)
     return Settings(**values)
@@ -75,7 +80,7 @@ def settings(tmp_path: Path, redis: Redis) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), headers=AUTH) as test_client:
         yield test_client
 
 
@@ -288,23 +293,30 @@ def test_forget_queues_a_job_and_keeps_text_out_of_store_responses_and_logs(
     assert job["kind"] == "forget" and job["status"] == "queued" and job["version"] == "v0"
     assert set(job) >= {"id", "kind", "model_id", "status", "progress", "created_at"}
     assert set(job) >= {"started_at", "finished_at", "result", "error"}
-    # the text travels only as the RQ job's arguments, with a text-free description
+    # the text is not sent through Redis: the worker reads it from the stored request
     rq_job = Job.fetch(job_id, connection=redis)
     assert rq_job.func_name == "worker.tasks.forget"
-    records = rq_job.args[3]
     assert rq_job.args[:3] == (job_id, ready_model["id"], "v0")
+    assert rq_job.args[3] == FROM_REQUEST
     assert rq_job.args[4:] == ("zerounlearn", {})
+    records = store.requests.task_text(job_id, 2)
     assert records[0]["prompt"] == SECRET_PROMPT and records[0]["target"] is None
     assert records[0]["neighbors"][0] == body["records"][0]["neighbors"][0]
     assert rq_job.timeout == settings.forget_timeout_s
     assert_no_secret(rq_job.description or "")
+    for key in redis.scan_iter():
+        assert_no_secret(str(redis.dump(key)))
     # ... and nowhere else
     assert_no_secret(response.text + client.get(f"/v1/jobs/{job_id}").text)
     assert_no_secret(client.get("/v1/jobs").text)
     assert f"forget job {job_id} queued" in caplog.text  # logging was captured
     assert_no_secret(caplog.text)
+    # the accepted request is kept durably (owner-only) until its job ends + retention
+    request_file = store.root / "requests" / f"{job_id}.json"
+    assert SECRET_PROMPT in request_file.read_text()
+    assert (store.root / "requests").stat().st_mode & 0o077 == 0
     for path in store.root.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path != request_file:
             assert_no_secret(path.read_text(errors="replace"))
 
 
@@ -448,7 +460,8 @@ def test_verify_queues_a_job_with_default_thresholds(
     rq_job = Job.fetch(job_id, connection=redis)
     assert rq_job.func_name == "worker.tasks.verify"
     assert rq_job.args[:3] == (job_id, ready_model["id"], "v0")
-    assert rq_job.args[4] == ["A plain sentence."]
+    assert rq_job.args[3:5] == (FROM_REQUEST, FROM_REQUEST)
+    assert client.app.state.store.requests.task_text(job_id, 3) == ["A plain sentence."]
     assert rq_job.args[5] == {
         "max_efficacy": 0.0,
         "max_generalization": None,
@@ -517,7 +530,7 @@ def test_generate_rejects_bad_input(
 def test_unreachable_redis_is_503_and_writes_nothing(tmp_path: Path, hf_dir: Path) -> None:
     settings = _settings(tmp_path, redis_url=f"redis://127.0.0.1:{_closed_port()}/0")
     store = ArtifactStore(settings.data_dir)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         body = {"name": "tiny", "source": str(hf_dir)}
         assert_error(client.post("/v1/models", json=body), 503, "queue_unavailable")
         assert client.get("/v1/models").json() == []  # reads need no Redis
@@ -537,7 +550,8 @@ def test_unreachable_redis_is_503_and_writes_nothing(tmp_path: Path, hf_dir: Pat
 def test_unwritable_store_is_503(tmp_path: Path, redis: Redis, hf_dir: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    with TestClient(create_app(_settings(tmp_path, data_dir=not_a_dir))) as client:
+    app = create_app(_settings(tmp_path, data_dir=not_a_dir))
+    with TestClient(app, headers=AUTH) as client:
         body = {"name": "tiny", "source": str(hf_dir)}
         assert_error(client.post("/v1/models", json=body), 503, "store_unavailable")
         assert_error(client.get("/readyz"), 503, "not_ready", names="store")

@@ -212,6 +212,7 @@ def test_worker_killed_mid_job_leaves_no_version(
     c = stack.client
     mid = model["id"]
     versions_before = [v["id"] for v in c.get(f"/v1/models/{mid}/versions").json()]
+    active_before = c.get(f"/v1/models/{mid}").json()["active_version"]
     groups = people()
     records = [
         {"prompt": g[3]["prompt"], "subject": g[3]["subject"], "answer": g[3]["answer"]}
@@ -239,6 +240,10 @@ def test_worker_killed_mid_job_leaves_no_version(
     assert job["error"]["code"] == "worker_lost", job["error"]
     versions_after = [v["id"] for v in c.get(f"/v1/models/{mid}/versions").json()]
     assert versions_after == versions_before
+    assert c.get(f"/v1/models/{mid}").json()["active_version"] == active_before
+    audit = c.get("/v1/audit", params={"limit": 1000}).json()["items"]
+    lost = [e for e in audit if e["ids"].get("job") == job_id and e["action"] == "job.failed"]
+    assert [e["detail"]["code"] for e in lost] == ["worker_lost"]
     model_dir = stack.data_dir / "models" / mid / "versions"
     assert sorted(p.name for p in model_dir.iterdir() if not p.name.startswith(".tmp-")) == (
         sorted(versions_before)

@@ -17,10 +17,17 @@ from tests.support import processes
 pytestmark = pytest.mark.timeout(300)
 
 
+def _headers(tmp_path: Path) -> dict[str, str]:
+    """The admin key the stack generated (saved owner-only under the data dir)."""
+    path = tmp_path / "data" / "secrets" / "admin-token"
+    assert path.stat().st_mode & 0o077 == 0
+    return processes.auth_headers(path.read_text().strip())
+
+
 def _start_stack(tmp_path: Path, demo: str) -> tuple[processes.ServiceProcess, str]:
     port = processes.free_port()
     env = processes.service_env(None, tmp_path / "data", ZEROUNLEARN_DEMO_MODEL=demo)
-    assert "REDIS_URL" not in env
+    assert "REDIS_URL" not in env and "ZEROUNLEARN_ADMIN_TOKEN" not in env
     proc = processes.spawn(
         "local-stack", ["-m", "app.local_stack", "--port", str(port)], env, tmp_path / "logs"
     )
@@ -52,9 +59,13 @@ def test_stack_serves_registers_demo_and_stops_cleanly(
         ready = httpx.get(f"{url}/readyz").json()
         assert ready["checks"]["workers"] >= 1
 
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert "export TOKEN=zu_admin_" in proc.log_tail()  # shown once, at generation
+        headers = _headers(tmp_path)
+
         def demo_ready() -> bool:
             proc.check_alive()
-            models = httpx.get(f"{url}/v1/models").json()
+            models = httpx.get(f"{url}/v1/models", headers=headers).json()
             return any(
                 m["source"] == str(tiny_gpt2_dir) and m["status"] == "ready" for m in models
             )
@@ -82,8 +93,10 @@ def test_stack_stops_on_ctrl_c_and_does_not_register_twice(
                 lambda p=proc: "ready:" in p.log_tail() or "is registered" in p.log_tail(),
                 120, 0.5, "demo registration",
             )
-            models = httpx.get(f"{url}/v1/models").json()
+            models = httpx.get(f"{url}/v1/models", headers=_headers(tmp_path)).json()
             assert len(models) == 1, models
+            if run == 1:  # the saved key was reused, not shown again
+                assert "export TOKEN=zu_admin_" not in proc.log_tail()
             children = processes.descendants(proc.pid)
         except BaseException:
             proc.stop(kill=True)

@@ -31,6 +31,26 @@ TEST_REDIS_DB = int(os.environ.get("ZEROUNLEARN_TEST_REDIS_DB", "14"))
 LOCAL_REDIS = "redis://127.0.0.1:6379"
 TEST_STATS_SAMPLES = 2000
 """Statistics tokens for the tiny model: enough for its 512-wide MLP, seconds on CPU."""
+TEST_ADMIN_TOKEN = "test-admin-token-" + "0123456789abcdef" * 2
+"""The bootstrap admin key (ZEROUNLEARN_ADMIN_TOKEN) of the API processes started here."""
+TEST_MODEL_ROOTS = os.environ.get("ZEROUNLEARN_TEST_CACHE", str(REPO / ".cache"))
+"""Where test models live (the tiny GPT-2 is built under the test cache)."""
+
+
+def auth_headers(token: str = TEST_ADMIN_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def api_defaults(root: Path) -> dict[str, str]:
+    """API settings of the test stacks: the admin token, model roots, a fast reconciler."""
+    return {
+        "ZEROUNLEARN_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
+        "ZEROUNLEARN_MODEL_ROOTS": os.pathsep.join([TEST_MODEL_ROOTS, str(root)]),
+        "ZEROUNLEARN_RECONCILE_INTERVAL_S": "0.5",
+        "ZEROUNLEARN_RECONCILE_GRACE_S": "1",
+        "ZEROUNLEARN_CALLBACK_ALLOWED_HOSTS": "127.0.0.1",
+        "ZEROUNLEARN_CALLBACK_BACKOFF_S": "0.2",
+    }
 
 
 class ProcessFailed(RuntimeError):
@@ -161,8 +181,16 @@ def service_env(redis_url: str | None, data_dir: Path, **extra: str) -> dict[str
     return env
 
 
-def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> ServiceProcess:
-    """Start `python <args>` in the repository, in a new process group, logging to a file."""
+def spawn(
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    preexec_fn: Callable[[], None] | None = None,
+) -> ServiceProcess:
+    """Start `python <args>` in the repository, in a new process group, logging to a file.
+
+    preexec_fn runs in the child before exec (e.g. to set a resource limit)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with open(log_path, "ab") as log:
@@ -174,6 +202,7 @@ def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Ser
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=preexec_fn,
         )
     return ServiceProcess(name=name, popen=popen, log_path=log_path)
 
@@ -186,6 +215,7 @@ def start_worker(
     name: str,
     timeout: float = 60.0,
     env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> ServiceProcess:
     """`python -m worker --name <name>`; returns once it is registered with RQ.
 
@@ -196,6 +226,7 @@ def start_worker(
         ["-m", "worker", "--name", name],
         service_env(redis_url, data_dir, **(env or {})),
         log_dir,
+        preexec_fn,
     )
     conn = Redis.from_url(redis_url)
     try:
@@ -324,14 +355,28 @@ class ServiceStack:
     client: httpx.Client
     worker_env: dict[str, str] = field(default_factory=dict)
     workers_started: int = 1
+    api_env: dict[str, str] = field(default_factory=dict)
 
-    def restart_worker(self, *, kill: bool = False) -> None:
-        """Stop the worker (SIGTERM, or SIGKILL) and start a fresh one."""
+    def restart_worker(
+        self,
+        *,
+        kill: bool = False,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        """Stop the worker (SIGTERM, or SIGKILL) and start a fresh one (extra env: once)."""
         self.worker.stop(kill=kill)
+        self.start_worker(env, preexec_fn)
+
+    def start_worker(
+        self, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None
+    ) -> None:
+        """Start a fresh worker (the current one must be stopped)."""
         self.workers_started += 1
         self.worker = start_worker(
             self.redis_url, self.data_dir, self.log_dir,
-            name=f"test-w{self.workers_started}", env=self.worker_env,
+            name=f"test-w{self.workers_started}", env={**self.worker_env, **(env or {})},
+            preexec_fn=preexec_fn,
         )
 
     def logs(self) -> str:
@@ -339,19 +384,26 @@ class ServiceStack:
 
 
 @contextlib.contextmanager
-def service_stack(root: Path, **worker_env: str) -> Iterator[ServiceStack]:
-    """Redis (db TEST_REDIS_DB, flushed), `python -m app` and `python -m worker`."""
+def service_stack(
+    root: Path, *, api_env: dict[str, str] | None = None, db: int = TEST_REDIS_DB,
+    **worker_env: str,
+) -> Iterator[ServiceStack]:
+    """Redis (database `db`, flushed), `python -m app` and `python -m worker`; the client
+    sends the admin key."""
     data_dir, log_dir = root / "data", root / "logs"
     data_dir.mkdir(parents=True, exist_ok=True)
-    with redis_server() as base, flushed_db(base) as url:
-        api = start_api(url, data_dir, log_dir)
+    api_env = {**api_defaults(root), **(api_env or {})}
+    with redis_server() as base, flushed_db(base, db) as url:
+        api = start_api(url, data_dir, log_dir, **api_env)
         try:
             worker = start_worker(url, data_dir, log_dir, name="test-w1", env=worker_env)
         except BaseException:
             api.stop()
             raise
-        client = httpx.Client(base_url=api.extra["url"], timeout=60.0)
-        stack = ServiceStack(url, data_dir, log_dir, api, worker, client, dict(worker_env))
+        client = httpx.Client(base_url=api.extra["url"], timeout=60.0, headers=auth_headers())
+        stack = ServiceStack(
+            url, data_dir, log_dir, api, worker, client, dict(worker_env), api_env=api_env
+        )
         try:
             yield stack
         finally:

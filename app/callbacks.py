@@ -1,0 +1,122 @@
+"""Job-end callbacks: allow-listed URLs, signed bodies, retries with backoff.
+
+Signature scheme (for receivers): the body is JSON; the request carries
+    ZeroUnlearn-Timestamp: <unix seconds>
+    ZeroUnlearn-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>." + raw body)>
+where the secret is ZEROUNLEARN_CALLBACK_SECRET (or the generated secrets/callback-key
+file of the data dir). A receiver recomputes the HMAC over the raw bytes, compares in
+constant time, and refuses timestamps older than a few minutes (replays). Deliveries
+are retried with exponential backoff until a 2xx answer or the maximum age; redirects
+are never followed; every attempt is in the audit trail (host and outcome, not the URL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from app.errors import InvalidInput
+from app.receipts import build_receipt, receipt_key
+from app.settings import Settings
+from store import ArtifactStore
+
+logger = logging.getLogger(__name__)
+
+CALLBACK_KEY = "callback-key"
+SIGNATURE_HEADER = "ZeroUnlearn-Signature"
+TIMESTAMP_HEADER = "ZeroUnlearn-Timestamp"
+LOOPBACK_NAMES = ("localhost",)
+
+
+def check_callback_url(url: str, settings: Settings) -> str:
+    """The URL if its host is allowed; InvalidInput naming callback_url otherwise."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise InvalidInput("callback_url: not a valid URL") from None
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidInput("callback_url: must be an http(s) URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidInput("callback_url: must not carry credentials")
+    if parts.scheme == "http" and not _loopback(host):
+        raise InvalidInput("callback_url: must use https (http only for loopback hosts)")
+    allowed = settings.allowed_callback_hosts
+    if host not in allowed and f"{host}:{port}" not in allowed:
+        raise InvalidInput("callback_url: the host is not on ZEROUNLEARN_CALLBACK_ALLOWED_HOSTS")
+    return url
+
+
+def _loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def callback_secret(settings: Settings, store: ArtifactStore) -> bytes:
+    if settings.callback_secret is not None:
+        return settings.callback_secret.get_secret_value().encode()
+    return store.secret(CALLBACK_KEY)
+
+
+def signature(secret: bytes, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"v1={mac}"
+
+
+def payload(store: ArtifactStore, settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
+    """What a callback says: the job's end, its version and (forget) its receipt."""
+    receipt = None
+    if job.get("kind") == "forget" and job.get("status") == "succeeded":
+        receipt = build_receipt(store, receipt_key(settings, store), job)
+    return {
+        "event": "job.finished",
+        "job_id": job["id"],
+        "kind": job.get("kind"),
+        "model_id": job.get("model_id"),
+        "status": job.get("status"),
+        "version": (job.get("result") or {}).get("version"),
+        "error": job.get("error"),
+        "finished_at": job.get("finished_at"),
+        "receipt": receipt,
+    }
+
+
+def deliver(
+    client: httpx.Client, url: str, secret: bytes, body: dict[str, Any], attempt: int
+) -> str | None:
+    """POST once; None on a 2xx answer, else a short reason (status or error type)."""
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    timestamp = int(time.time())
+    headers = {
+        "content-type": "application/json",
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: signature(secret, timestamp, raw),
+        "ZeroUnlearn-Delivery": body["job_id"],
+        "ZeroUnlearn-Attempt": str(attempt),
+    }
+    try:
+        response = client.post(url, content=raw, headers=headers)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    if 200 <= response.status_code < 300:
+        return None
+    return f"HTTP {response.status_code}"
+
+
+def next_delay(settings: Settings, attempts: int) -> float:
+    """Exponential backoff after `attempts` failed attempts, capped."""
+    return float(min(settings.callback_backoff_s * 2 ** (attempts - 1),
+                     settings.callback_backoff_max_s))

@@ -1,0 +1,78 @@
+"""API keys (admin), the audit trail (admin) and receipt verification."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, status
+
+from app.auth import Admin, Viewer
+from app.deps import SettingsDep, StoreDep
+from app.receipts import check_receipt, receipt_key
+from app.routes.responses import errors
+from app.schemas_security import (
+    AuditPage,
+    AuditVerification,
+    CreateKey,
+    KeyCreated,
+    KeyOut,
+    Receipt,
+    ReceiptCheck,
+)
+
+router = APIRouter(tags=["security"])
+KeyId = Annotated[str, Path(description="Key id, e.g. k-0123456789abcdef")]
+
+
+@router.post(
+    "/v1/keys",
+    status_code=status.HTTP_201_CREATED,
+    response_model=KeyCreated,
+    responses=errors(401, 403, 422),
+)
+def create_key(body: CreateKey, who: Admin, store: StoreDep) -> Any:
+    """Create an API key; `key` is in this answer only (the store keeps its hash)."""
+    doc, token = store.keys.create(body.role, body.models, created_by=who.key_id)
+    store.audit.append(who.key_id, "key.created", ids={"key": doc["id"]},
+                       detail={"role": doc["role"], "models": doc["models"]})
+    return {**doc, "key": token}
+
+
+@router.get("/v1/keys", response_model=list[KeyOut], responses=errors(401, 403))
+def list_keys(who: Admin, store: StoreDep) -> Any:
+    """Every key (never the secret nor its hash), oldest first."""
+    return store.keys.list()
+
+
+@router.delete("/v1/keys/{key_id}", response_model=KeyOut, responses=errors(401, 403, 404))
+def revoke_key(key_id: KeyId, who: Admin, store: StoreDep) -> Any:
+    """Revoke a key: it fails with 401 from the next request on."""
+    doc = store.keys.revoke(key_id)
+    store.audit.append(who.key_id, "key.revoked", ids={"key": key_id})
+    return doc
+
+
+@router.get("/v1/audit", response_model=AuditPage, responses=errors(401, 403))
+def audit_page(
+    who: Admin,
+    store: StoreDep,
+    after: int = Query(0, ge=0, description="Entries with a seq above this"),
+    limit: int = Query(100, ge=1, le=1000),
+) -> Any:
+    """A page of the audit trail, oldest first."""
+    items, next_after = store.audit.page(after, limit)
+    return {"items": items, "next_after": next_after}
+
+
+@router.get("/v1/audit/verify", response_model=AuditVerification, responses=errors(401, 403))
+def audit_verify(who: Admin, store: StoreDep) -> Any:
+    """Check the whole hash chain; the first broken entry is named."""
+    return store.audit.verify()
+
+
+@router.post("/v1/receipts/verify", response_model=ReceiptCheck, responses=errors(401, 422))
+def verify_receipt(body: Receipt, who: Viewer, store: StoreDep, settings: SettingsDep) -> Any:
+    """Is this receipt genuine (signed by this server's key, unchanged)?"""
+    return check_receipt(
+        receipt_key(settings, store), body.receipt, body.signature.model_dump()
+    )

@@ -1,0 +1,111 @@
+"""Accepting a job: durably, idempotently, audited, then enqueued.
+
+Request text is not sent through Redis: the queued task gets a placeholder and the worker
+reads the text from the stored request. Order: Redis is pinged first (503 before anything
+is written); the job document and the request (the task's arguments, so the job can be
+enqueued again) are written and fsynced; the acceptance is appended to the audit trail;
+then the job is enqueued. The reconciler
+re-enqueues a durable request whose queue entry is lost. With an Idempotency-Key, the
+same key and body give back the same job and a different body is 409.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from app.auth import Principal
+from app.errors import ConflictError
+from app.queue import JobQueue
+from store import ArtifactStore, new_job_id
+from store.hashing import RECORD_SALT, salted_hash
+from store.requests import queue_args
+
+logger = logging.getLogger(__name__)
+
+QUEUE_DOWN = {"code": "queue_unavailable", "message": "the job could not be queued"}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One job to accept: what to run and what to remember about it."""
+
+    kind: str
+    model_id: str
+    version: str
+    args: tuple[Any, ...]
+    record_hashes: tuple[str, ...] = ()
+    callback_url: str | None = None
+    body: dict[str, Any] | None = None  # the request body, for the idempotency check
+
+
+def submit_job(
+    store: ArtifactStore,
+    queue: JobQueue,
+    principal: Principal,
+    sub: Submission,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """Accept `sub` (or return the job an earlier identical request created)."""
+    queue.ping()
+    if not idempotency_key:
+        return _accept(store, queue, principal, sub)
+    salt = store.secret(RECORD_SALT)
+    key_hash = salted_hash(salt, ["idempotency", principal.key_id, idempotency_key])
+    body_hash = salted_hash(salt, [sub.kind, sub.model_id, sub.version, sub.body])
+    with store.requests.idempotency(key_hash) as seen:
+        if seen is not None:
+            if seen["body_hash"] != body_hash:
+                raise ConflictError(
+                    "this Idempotency-Key was used with a different request body",
+                    code="idempotency_key_reused",
+                )
+            return store.get_job(seen["job_id"])
+        job = _accept(store, queue, principal, sub)
+        store.requests.remember_idempotency(key_hash, job["id"], body_hash)
+        return job
+
+
+def _accept(
+    store: ArtifactStore, queue: JobQueue, principal: Principal, sub: Submission
+) -> dict[str, Any]:
+    job_id = new_job_id()
+    callback = None
+    if sub.callback_url:
+        callback = {"url": sub.callback_url, "state": "pending", "attempts": 0,
+                    "next_attempt_at": 0.0, "last_error": None}
+    job = store.create_job(
+        {"id": job_id, "kind": sub.kind, "model_id": sub.model_id, "version": sub.version}
+    )
+    store.requests.create(
+        {
+            "job_id": job_id,
+            "kind": sub.kind,
+            "model_id": sub.model_id,
+            "version": sub.version,
+            "actor": principal.key_id,
+            "task_args": list(sub.args),
+            "record_hashes": list(sub.record_hashes),
+            "callback": callback,
+        }
+    )
+    store.audit.append(
+        principal.key_id,
+        "request.accepted",
+        ids={"job": job_id, "model": sub.model_id, "version": sub.version},
+        record_hashes=list(sub.record_hashes),
+        detail={"kind": sub.kind, "callback": callback is not None},
+    )
+    try:
+        queue.enqueue(sub.kind, job_id, *queue_args(sub.kind, list(sub.args)))
+    except RedisError:
+        failed = store.transition_job(job_id, ["queued"], "failed", error=QUEUE_DOWN)
+        store.requests.purge(job_id)
+        if failed is not None:
+            store.audit.append(principal.key_id, "job.failed", ids={"job": job_id},
+                               detail={"code": QUEUE_DOWN["code"]})
+        raise
+    return job
