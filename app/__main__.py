@@ -12,6 +12,7 @@ import os
 import sys
 
 from app.settings import Settings, SettingsError, load_settings
+from store.logs import configure_logging, log_format
 
 logger = logging.getLogger("app")
 
@@ -41,9 +42,12 @@ def _start_embedded_redis(settings: Settings):  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging("api", logging.INFO, log_format())
+    except ValueError as exc:
+        configure_logging("api", logging.INFO, "text")
+        logger.error("%s", exc)
+        return 2
     try:
         settings = load_settings()
     except SettingsError as exc:

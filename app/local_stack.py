@@ -35,6 +35,8 @@ from typing import Any
 
 import httpx
 
+from store.logs import configure_logging, log_format
+
 logger = logging.getLogger("app.local_stack")
 
 BUILTIN_SMOLLM2 = "builtin:smollm2-135m-instruct"  # zerounlearn.BUILTIN_SMOLLM2, not imported
@@ -243,9 +245,12 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging("api", logging.INFO, log_format())
+    except ValueError as exc:
+        configure_logging("api", logging.INFO, "text")
+        logger.error("%s", exc)
+        return 2
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the status thread's polling
     data_dir = Path(os.environ.get("ZEROUNLEARN_DATA_DIR") or "data").expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -278,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 target=_register_safely, args=(base_url, demo, stop, token), daemon=True
             ).start()
         _say(f"API at {base_url} (OpenAPI: {base_url}/docs); Ctrl-C stops everything")
+        _say(f"dashboard: {base_url}/ (paste the admin API key into its key field)")
         import uvicorn
 
         uvicorn.run(

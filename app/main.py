@@ -7,12 +7,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
 
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimit
+from app.observability import RequestContext, RequestMetrics, ServiceCollector
 from app.queue import JobQueue, connect_redis
 from app.reconciler import Reconciler
 from app.routes import api_router
+from app.routes.observe import STATIC_DIR
 from app.settings import Settings, load_settings
 from store import ArtifactStore, StoreError
 
@@ -67,9 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis = redis
     app.state.queue = queue
     app.state.reconciler = reconciler
+    registry = CollectorRegistry()
+    app.state.metrics_registry = registry
+    request_metrics = RequestMetrics(registry)
+    registry.register(ServiceCollector(store, queue))
     install_error_handlers(app)
     app.include_router(api_router)
+    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext, metrics=request_metrics)  # outermost: sees 413s
     return app
 
 

@@ -307,6 +307,9 @@ class JobOut(BaseModel):
     finished_at: str | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = Field(None, description='{"code", "message"} when failed.')
+    timings: dict[str, float] | None = Field(
+        None, description="Seconds spent per phase, once the job has ended."
+    )
 
 
 class JobAccepted(BaseModel):

@@ -128,3 +128,11 @@ class Receipt(BaseModel):
 class ReceiptCheck(BaseModel):
     genuine: bool
     reason: str | None = None
+
+
+class WhoAmI(BaseModel):
+    """The key that made the call (GET /v1/keys/me)."""
+
+    id: str = Field(description="Key id; 'auth-disabled' when authentication is off")
+    role: Role
+    models: list[str] | None = Field(None, description="Model scope; null: every model")

@@ -2,12 +2,20 @@
 # Installs the project into ./.venv from a fresh clone (Python 3.11 and pip assumed).
 #   scripts/install.sh          runtime (service, worker, engine)
 #   scripts/install.sh test     plus the test and lint tools
+#   scripts/install.sh browser  only Debian's chromium + chromium-driver (for the dashboard's
+#                               browser test; apt-get, as root or with sudo)
 # torch is pinned to the CPU build that lies on this project's machines. On a GPU
 # machine install the CUDA build first (see README), then run this script: an
 # installed torch that satisfies the pin range is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=${1:-}
+if [ "$extra" = "browser" ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium chromium-driver
+  exit 0
+fi
 python3 -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate

@@ -22,6 +22,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 
+from store.logs import configure_logging, log_format
 from worker.settings import SettingsError, WorkerSettings
 
 logger = logging.getLogger("worker")
@@ -49,13 +50,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _configure_logging(level: int) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:  # handler filters see propagated records
-        handler.addFilter(_DropJobArguments())
+    # handler filters see propagated records: RQ's job arguments are dropped there
+    configure_logging("worker", level, log_format(), filters=[_DropJobArguments()])
 
 
 def _setup_torch(settings: WorkerSettings) -> None:
@@ -86,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         settings = WorkerSettings.from_env()
-    except SettingsError as exc:
+        log_format()
+    except (SettingsError, ValueError) as exc:
         logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
         logger.error("%s", exc)
         return 2
@@ -100,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     # imported after torch is configured: the engine imports torch and transformers
     from worker.context import WorkerContext, set_context
     from worker.jobs import recover_orphaned_jobs
+    from worker.metrics import ResidentPublisher
 
     connection = Redis.from_url(settings.redis_url)
     try:
@@ -130,9 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         name, settings.queue_name, settings.device, settings.torch_threads, settings.data_dir,
         settings.stats_samples,
     )
-    worker.work(
-        burst=args.burst, max_jobs=args.max_jobs, logging_level=settings.log_level
+    # its own client: RQ's connection is blocked in BLPOP while the worker waits
+    publisher = ResidentPublisher(
+        Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5),
+        name,
+        lambda: [f"{k.model_id}/{k.version}" for k in context.models.keys()],
+        settings.queue_name,
     )
+    publisher.start()
+    try:
+        worker.work(
+            burst=args.burst, max_jobs=args.max_jobs, logging_level=settings.log_level
+        )
+    finally:
+        publisher.stop()
     logger.info("worker %s stopped", name)
     return 0
 

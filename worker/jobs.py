@@ -27,6 +27,7 @@ from rq.timeouts import JobTimeoutException
 from rq.worker import BaseWorker, Worker
 
 from store import ArtifactStore, NotFound
+from store.logs import job_id_var
 from worker.errors import WorkerLost, WorkerStopped, error_document
 
 logger = logging.getLogger(__name__)
@@ -52,11 +53,32 @@ class JobRun:
         self.kind = kind
         self._phase: str | None = None
         self._last_write = 0.0
+        self._timed_phase: str | None = None
+        self._phase_began = time.monotonic()
+        self.timings: dict[str, float] = {}  # phase -> seconds spent in it (for /metrics)
+
+    def _time_phase(self, phase: str | None, now: float) -> None:
+        if self._timed_phase is not None:
+            spent = now - self._phase_began
+            self.timings[self._timed_phase] = round(
+                self.timings.get(self._timed_phase, 0.0) + spent, 4
+            )
+        if phase != self._timed_phase:
+            self._timed_phase, self._phase_began = phase, now
+        else:
+            self._phase_began = now
+
+    def finish_timings(self) -> dict[str, float]:
+        """Close the current phase; the seconds spent per phase."""
+        self._time_phase(None, time.monotonic())
+        return dict(self.timings)
 
     def progress(self, phase: str, fraction: float) -> None:
         """Engine-style callback `(phase, fraction in [0, 1])`."""
         fraction = min(max(float(fraction), 0.0), 1.0)
         now = time.monotonic()
+        if phase != self._timed_phase:
+            self._time_phase(phase, now)
         if phase == self._phase and fraction < 1.0 and now - self._last_write < PROGRESS_INTERVAL_S:
             return
         self._phase, self._last_write = phase, now
@@ -83,6 +105,22 @@ def run_job(
     on_failure: Callable[[dict[str, str]], None] | None = None,
 ) -> dict[str, Any]:
     """Run `body` as job `job_id`; return its result (or a note when the job was skipped)."""
+    token = job_id_var.set(job_id)
+    try:
+        return _run_job(store, job_id, kind, body, worker_name, secrets, on_failure)
+    finally:
+        job_id_var.reset(token)
+
+
+def _run_job(
+    store: ArtifactStore,
+    job_id: str,
+    kind: str,
+    body: Callable[[JobRun], dict[str, Any]],
+    worker_name: str | None,
+    secrets: Iterable[str],
+    on_failure: Callable[[dict[str, str]], None] | None,
+) -> dict[str, Any]:
     started = store.transition_job(job_id, ["queued"], "running", worker=worker_name)
     if started is None:
         status = store.get_job(job_id).get("status")
@@ -104,7 +142,9 @@ def run_job(
             job_id=job_id,
         )
         _log_failure(job_id, kind, exc, error)
-        done = store.transition_job(job_id, ["running"], "failed", error=error)
+        done = store.transition_job(
+            job_id, ["running"], "failed", error=error, timings=run.finish_timings()
+        )
         if done is not None:
             audit(store, worker_name, "job.failed", done, detail={"code": error["code"]})
         if on_failure is not None:
@@ -118,6 +158,7 @@ def run_job(
         "succeeded",
         result=result,
         progress={"phase": "done", "fraction": 1.0},
+        timings=run.finish_timings(),
     )
     if done is not None:
         audit(store, worker_name, "job.succeeded", done, detail=_outcome(result))

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.routes import health, jobs, models, security, versions
+from app.routes import health, jobs, models, observe, security, versions
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -10,3 +10,4 @@ api_router.include_router(models.router)
 api_router.include_router(versions.router)
 api_router.include_router(jobs.router)
 api_router.include_router(security.router)
+api_router.include_router(observe.router)

@@ -18,6 +18,7 @@ from app.schemas_security import (
     KeyOut,
     Receipt,
     ReceiptCheck,
+    WhoAmI,
 )
 
 router = APIRouter(tags=["security"])
@@ -36,6 +37,13 @@ def create_key(body: CreateKey, who: Admin, store: StoreDep) -> Any:
     store.audit.append(who.key_id, "key.created", ids={"key": doc["id"]},
                        detail={"role": doc["role"], "models": doc["models"]})
     return {**doc, "key": token}
+
+
+@router.get("/v1/keys/me", response_model=WhoAmI, responses=errors(401))
+def who_am_i(who: Viewer) -> Any:
+    """The calling key: its id, role and model scope (what the dashboard may offer)."""
+    models = sorted(who.models) if who.models is not None else None
+    return {"id": who.key_id, "role": who.role, "models": models}
 
 
 @router.get("/v1/keys", response_model=list[KeyOut], responses=errors(401, 403))

@@ -1,0 +1,1 @@
+"""The `zerounlearn` command: the API from a terminal (see `zerounlearn --help`)."""

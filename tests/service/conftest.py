@@ -1,0 +1,20 @@
+"""The live service shared by the client, CLI and metrics tests (Redis database 7)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.live import LiveService, live_service
+
+LIVE_REDIS_DB = 7  # 9-14 belong to other service tests, 8 to tests/ui
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -> Iterator[LiveService]:
+    """API + worker with JSON logs and the tiny model ready."""
+    root = tmp_path_factory.mktemp("live")
+    with live_service(root, tiny_gpt2_dir, LIVE_REDIS_DB, ZEROUNLEARN_LOG_FORMAT="json") as svc:
+        yield svc
