@@ -136,7 +136,7 @@ def verify(
             req.thresholds.model_dump(mode="json"))  # fmt: skip
     sub = Submission(
         "verify", model["id"], version, args, tuple(store.record_hashes(records)),
-        body=req.model_dump(mode="json"),
+        body={"version": version, **req.model_dump(mode="json")},
     )  # fmt: skip
     job = submit_job(store, queue, who, sub, idempotency_key)
     logger.info("verify job %s queued: model %s, version %s", job["id"], model["id"], version)

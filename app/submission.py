@@ -39,7 +39,10 @@ class Submission:
     args: tuple[Any, ...]
     record_hashes: tuple[str, ...] = ()
     callback_url: str | None = None
-    body: dict[str, Any] | None = None  # the request body, for the idempotency check
+    # The request as the caller sent it (path parameters included), for the idempotency
+    # check. Not `version`: a forget without base_version resolves to the active version,
+    # which a retry after the first job succeeded would see moved on.
+    body: dict[str, Any] | None = None
 
 
 def submit_job(
@@ -55,7 +58,7 @@ def submit_job(
         return _accept(store, queue, principal, sub)
     salt = store.secret(RECORD_SALT)
     key_hash = salted_hash(salt, ["idempotency", principal.key_id, idempotency_key])
-    body_hash = salted_hash(salt, [sub.kind, sub.model_id, sub.version, sub.body])
+    body_hash = salted_hash(salt, [sub.kind, sub.model_id, sub.body])
     with store.requests.idempotency(key_hash) as seen:
         if seen is not None:
             if seen["body_hash"] != body_hash:

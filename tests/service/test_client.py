@@ -25,10 +25,9 @@ def test_forget_wait_and_read_back(live: LiveService) -> None:
         mid = live.model["id"]
         assert api.whoami()["role"] == "admin"
         assert [m["id"] for m in api.list_models()] == [mid]
-        base = api.get_model(mid)["active_version"]
-        # an explicit base: without one a retry after the job resolves to the new version
-        accepted = api.forget(mid, records(10), hparams=TINY_HPARAMS, base_version=base,
-                              idempotency_key="c-1")
+        # no base_version: the retry below comes after the active version moved on, and
+        # must still be recognised as the same request
+        accepted = api.forget(mid, records(10), hparams=TINY_HPARAMS, idempotency_key="c-1")
         seen: list[str] = []
         job = api.wait_job(accepted["job_id"], timeout=300,
                            on_progress=lambda j: seen.append(j["status"]))
@@ -37,9 +36,10 @@ def test_forget_wait_and_read_back(live: LiveService) -> None:
         version = job["result"]["version"]
         assert api.get_version(mid, version)["active"] is True
         assert version in [v["id"] for v in api.list_versions(mid)]
-        again = api.forget(mid, records(10), hparams=TINY_HPARAMS, base_version=base,
-                           idempotency_key="c-1")
+        again = api.forget(mid, records(10), hparams=TINY_HPARAMS, idempotency_key="c-1")
         assert again["job_id"] == accepted["job_id"]
+        with pytest.raises(Conflict):  # same key, different body
+            api.forget(mid, records(9), hparams=TINY_HPARAMS, idempotency_key="c-1")
         receipt = api.receipt(job["id"])
         assert api.verify_receipt(receipt)["genuine"] is True
 
