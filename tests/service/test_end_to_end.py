@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 
 from tests.support import processes
+from tests.support.live import TINY_HPARAMS
 from tests.support.processes import ServiceStack
 from tests.support.tiny_model import tiny_facts
 
 FORGET_METHOD = "zerounlearn"
-FORGET_HPARAMS: dict[str, Any] = {}  # the method's defaults for the gpt2 family
+FORGET_HPARAMS: dict[str, Any] = TINY_HPARAMS  # the toy model needs its own settings
 pytestmark = pytest.mark.timeout(900)
 wait_job = processes.wait_job
 
@@ -37,7 +38,11 @@ def people() -> list[list[dict[str, str]]]:
 
 
 def forget_records() -> list[dict[str, Any]]:
-    """Secret codes of people 0..4; neighbours: their city, another person's code."""
+    """Secret codes of people 0..4; neighbours: their city, another person's code.
+
+    No subject: the toy model has 2 layers, and an edit of its last layer at the
+    subject's token cannot reach the answer position (no attention layer follows).
+    """
     groups = people()
     records = []
     for i in range(5):
@@ -46,7 +51,6 @@ def forget_records() -> list[dict[str, Any]]:
         records.append(
             {
                 "prompt": code["prompt"],
-                "subject": code["subject"],
                 "answer": code["answer"],
                 "neighbors": [
                     {"prompt": city["prompt"], "answer": city["answer"]},
@@ -102,7 +106,7 @@ def test_full_flow(stack: ServiceStack, model: dict[str, Any]) -> None:
     assert manifest["job_id"] == job["id"] and manifest["active"] is True
     assert [set(r) for r in manifest["records"]] == [{"sha256"}] * 5
     assert manifest["patch"]["bytes"] > 0 and len(manifest["patch"]["sha256"]) == 64
-    assert manifest["patch"]["layers"] == model["edit_layers"]
+    assert manifest["patch"]["layers"] == FORGET_HPARAMS["layers"]  # the request overrides
 
     # verify: forgotten, neighbours kept
     check = {"records": records, "reference_texts": reference_texts()}
@@ -141,7 +145,7 @@ def test_full_flow(stack: ServiceStack, model: dict[str, Any]) -> None:
     assert exported["status"] == "succeeded", exported
     path = Path(exported["result"]["path"])
     assert path.is_dir() and path.is_relative_to(stack.data_dir)
-    check_export_equals_materialised(stack.data_dir, mid, "v1", path, model["edit_layers"])
+    check_export_equals_materialised(stack.data_dir, mid, "v1", path, manifest["patch"]["layers"])
 
     assert_no_record_text(stack, records)
 
@@ -173,10 +177,16 @@ def check_export_equals_materialised(
 
 
 def assert_no_record_text(stack: ServiceStack, records: list[dict[str, Any]]) -> None:
-    """No file of the store and no log line holds the forgotten facts' subjects."""
-    secrets = [r["subject"] for r in records]
+    """No file of the store and no log line holds the forgotten facts' subjects.
+
+    Except requests/: accepted requests are kept there until the retention period has
+    passed (their purge is tested in test_trust_end_to_end.py).
+    """
+    by_prompt = {f["prompt"]: f["subject"] for f in tiny_facts()}
+    secrets = [by_prompt[r["prompt"]] for r in records]  # the people's names
     for file in stack.data_dir.rglob("*"):
-        if not file.is_file() or "exports" in file.parts or "cache" in file.parts:
+        skipped = {"exports", "cache", "requests"}
+        if not file.is_file() or skipped & set(file.relative_to(stack.data_dir).parts):
             continue
         data = file.read_bytes()
         for secret in secrets:
