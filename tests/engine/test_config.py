@@ -1,0 +1,85 @@
+"""Hyper-parameter files, typing and validation (no model needed except for layers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zerounlearn.config import (
+    HPARAMS_CLASSES,
+    config_for_model,
+    default_layers,
+    resolve_config,
+    resolve_hparams,
+)
+from zerounlearn.errors import InvalidHyperParameters, LayerOutOfRange, UnknownMethod
+from zerounlearn.loading import LoadedModel, load_model
+from zerounlearn.methods.registry import list_methods
+
+FAMILIES = ["smollm2", "gpt2", "llama", None]
+
+
+@pytest.mark.parametrize("method", sorted(HPARAMS_CLASSES))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_file_resolves_to_json(method: str, family: str | None) -> None:
+    hp = resolve_hparams(method, family, None)
+    assert json.loads(json.dumps(hp)) == hp
+
+
+def test_every_registered_method_has_hyper_parameters() -> None:
+    assert set(list_methods()) <= set(HPARAMS_CLASSES)
+
+
+def test_paper_settings_are_the_papers() -> None:
+    hp = resolve_hparams("zerounlearn-paper", "smollm2", None)
+    assert hp["orthogonality"] == "global" and hp["update"] == "multiplicative"
+    assert hp["sensitive_state"] == "optimized" and hp["step_units"] == "absolute"
+    assert hp["target_lr"] == 0.1 and hp["forget_weight"] == 50
+    assert hp["corpus_weight"] == 15000 and hp["eps"] == 0.01 and hp["reg_lambda"] == 1
+    assert hp["layers"] == [16, 17, 18]
+
+
+def test_overrides_win_and_are_typed() -> None:
+    hp = resolve_hparams("zerounlearn", "smollm2", {"eps": 0, "layers": [3, 4]})
+    assert hp["eps"] == 0.0 and isinstance(hp["eps"], float)
+    assert hp["layers"] == [3, 4]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"eps": 2.0}, "eps"),
+        ({"clamp": 0}, "clamp"),
+        ({"target_steps": 1.5}, "target_steps"),
+        ({"batch_records": 1}, "batch_records"),
+        ({"layers": [3, 3]}, "layers"),
+        ({"layers": []}, "layers"),
+        ({"sensitive_state": "both"}, "sensitive_state"),
+        ({"update": "sideways"}, "update"),
+        ({"epsilon": 0.1}, "epsilon"),
+        ({"reg_lambda": float("nan")}, "reg_lambda"),
+    ],
+)
+def test_bad_values_name_the_field(overrides: dict, field: str) -> None:
+    with pytest.raises(InvalidHyperParameters, match=field):
+        resolve_config("zerounlearn", None, overrides)
+
+
+def test_unknown_method() -> None:
+    with pytest.raises(UnknownMethod):
+        resolve_hparams("memit", None, None)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_gpt2_dir: Path) -> LoadedModel:
+    return load_model(str(tiny_gpt2_dir))
+
+
+def test_layers_against_the_model(tiny_lm: LoadedModel) -> None:
+    assert tiny_lm.num_layers == 2
+    assert default_layers(tiny_lm) == [0, 1]  # 3 at 70% depth, cut to the model's 2
+    assert config_for_model("zerounlearn", tiny_lm, {"layers": [1]}).layers == [1]
+    with pytest.raises(LayerOutOfRange, match="layers"):
+        config_for_model("zerounlearn", tiny_lm, {"layers": [1, 2]})

@@ -1,0 +1,57 @@
+"""The engine's one-call entry point: forget(lm, records, method, hparams, stats=...)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+
+from zerounlearn.errors import NonFiniteResult
+from zerounlearn.keys import prepare_requests
+from zerounlearn.methods.registry import get_method
+from zerounlearn.patch import Patch
+from zerounlearn.records import ForgetRecord, validate_records
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+
+
+def check_records(
+    lm: Any, records: Iterable[ForgetRecord | Mapping[str, Any]]
+) -> list[ForgetRecord]:
+    """validate_records plus the token-level rules (InvalidRecord naming records[i]):
+    the subject maps to a token, prompt + answer (+ target) fit the model's positions."""
+    recs = validate_records(records)
+    prepare_requests(lm, recs, neutral_target=None)
+    return recs
+
+
+def check_patch_finite(patch: Patch) -> None:
+    for layer, w in patch.weights.items():
+        if not torch.isfinite(w).all():
+            raise NonFiniteResult(f"the edit of layer {layer} produced non-finite weights")
+
+
+def forget(
+    lm: Any,
+    records: Iterable[ForgetRecord | Mapping[str, Any]],
+    method: str = "zerounlearn",
+    hparams: dict[str, Any] | None = None,
+    *,
+    stats: Any,
+    progress: Progress | None = None,
+) -> Patch:
+    """Compute a patch that makes `lm` forget `records` with `method`.
+
+    Validates the records (InvalidRecord), resolves and checks hyper-parameters
+    (InvalidHyperParameters, LayerOutOfRange), refuses non-finite results
+    (NonFiniteResult). lm.model is unchanged on return: apply the patch to use it.
+    """
+    impl = get_method(method)  # UnknownMethod before any work
+    recs = check_records(lm, records)
+    patch = impl.compute_patch(lm, recs, hparams, stats=stats, progress=progress)
+    check_patch_finite(patch)
+    return patch

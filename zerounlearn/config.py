@@ -1,0 +1,319 @@
+"""Typed, validated hyper-parameters: one dataclass per method, values from JSON files.
+
+Resolution order (later wins): the dataclass defaults, `hparams/<method>/default.json`,
+`hparams/<method>/<family>.json`, then the caller's overrides. Unknown keys anywhere are
+an error (InvalidHyperParameters naming the key), so a typo never silently does nothing.
+`layers: null` means "the family default": the family file's layers when they exist in
+the model, else 3 consecutive layers at `relative_depth` of the model's depth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from typing import Any
+
+from zerounlearn.errors import InvalidHyperParameters, LayerOutOfRange, UnknownMethod
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _range(name: str, value: float, lo: float, hi: float = math.inf, *, lo_open=False) -> None:
+    ok = math.isfinite(value) or hi == math.inf and value == math.inf
+    ok = ok and (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+        raise InvalidHyperParameters(f"hyper-parameter {name!r} = {value!r} is outside {bound}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InvalidHyperParameters(
+            f"hyper-parameter {name!r} = {value!r} is not one of: {', '.join(choices)}"
+        )
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    """Return value if it fits the annotation (int accepted for float); else raise."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(name, value, option)
+            except InvalidHyperParameters:
+                continue
+        raise InvalidHyperParameters(f"hyper-parameter {name!r} has the wrong type")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, list | tuple):
+            return [_check_type(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise InvalidHyperParameters(
+        f"hyper-parameter {name!r} must be of type {getattr(hint, '__name__', hint)}"
+    )
+
+
+# ----------------------------------------------------------------------------- classes
+
+
+@dataclass
+class BaseHParams:
+    """Fields every method shares: where it edits."""
+
+    layers: list[int] | None = None  # edited layers, ascending; None = family default
+    relative_depth: float = 0.7  # where the default layers sit (spec: ~0.7 beat 0.55-0.6)
+
+    def validate(self) -> None:
+        _range("relative_depth", self.relative_depth, 0.0, 1.0)
+        if self.layers is not None:
+            if not self.layers:
+                raise InvalidHyperParameters("hyper-parameter 'layers' is empty")
+            if any(x < 0 for x in self.layers):
+                raise LayerOutOfRange(f"hyper-parameter 'layers' = {self.layers} has a negative")
+            if sorted(set(self.layers)) != list(self.layers):
+                raise InvalidHyperParameters(
+                    f"hyper-parameter 'layers' = {self.layers} must be ascending and unique"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TargetHParams(BaseHParams):
+    """Context templates and the batched delta optimisation (targets.py)."""
+
+    template_count: int = 5  # prefixed templates besides the raw prompt (spec: 5)
+    template_tokens: int = 10  # tokens sampled per prefix (spec: 10)
+    template_seed: int = 0  # sampling seed: same model + seed -> same templates
+    neutral_target: str = "endoftext"  # "endoftext" | "eos" | literal text (" I don't know.")
+    step_units: str = "relative"  # "relative": delta = ||h|| u, lr on u; "absolute": paper
+    target_lr: float = 0.1  # step size: ~fraction of ||h|| per step (relative), or absolute
+    target_steps: int = 25  # optimisation steps per record (spec: 25)
+    target_stop_loss: float = 0.05  # per-record early stop threshold
+    early_stop_on: str = "nll"  # "nll": target reached; "total": paper (nll + kl + decay)
+    kl_weight: float = 0.0625  # KL on "{subject} is a" vs the unedited model: keeps meaning
+    weight_decay: float = 0.5  # penalty on ||delta|| / ||h||: prefers small shifts
+    clamp: float = 0.75  # ||delta_b|| <= clamp ||h_b||
+    batch_records: bool = True  # False: one record at a time, the paper's way (benchmarks)
+
+    def validate(self) -> None:
+        super().validate()
+        _range("template_count", self.template_count, 0, 64)
+        _range("template_tokens", self.template_tokens, 1, 64)
+        _range("template_seed", self.template_seed, 0)
+        if not self.neutral_target.strip():
+            raise InvalidHyperParameters("hyper-parameter 'neutral_target' is empty")
+        _choice("step_units", self.step_units, ("relative", "absolute"))
+        _range("target_lr", self.target_lr, 0.0, lo_open=True)
+        _range("target_steps", self.target_steps, 0, 10_000)
+        _range("target_stop_loss", self.target_stop_loss, 0.0)
+        _choice("early_stop_on", self.early_stop_on, ("nll", "total"))
+        _range("kl_weight", self.kl_weight, 0.0)
+        _range("weight_decay", self.weight_decay, 0.0)
+        _range("clamp", self.clamp, 0.0, lo_open=True)
+
+
+@dataclass
+class ZeroUnlearnHParams(TargetHParams):
+    """The closed form (solve.py); defaults are ours, the paper's are in its JSON files."""
+
+    sensitive_state: str = "activation"  # M_f: "activation" (W K_f) | "optimized" (paper)
+    orthogonality: str = "key_gated"  # "global" (paper) | "key_gated" | "none"
+    update: str = "additive"  # "additive": solve W' in key space | "multiplicative": W <- D W
+    corpus_weight: float = 100_000.0  # a: keep outputs on corpus keys C (paper: 15000)
+    forget_weight: float = 5000.0  # b: forget keys map to P V*; key-gated needs >= 500
+    preserve_weight: float = 100.0  # c: protected prompts keep their outputs, per key
+    protect_neighbors: bool = True  # protected keys include the records' neighbours
+    protect_substitutions: bool = True  # ... and forget prompts with other subjects
+    reg_lambda: float = 1.0  # lam: ridge towards the old W; keeps B invertible
+    eps: float = 0.01  # projector P = (1 + eps) I - Q Q^T
+    rank_rtol: float = 1e-6  # singular values of M_f below rtol * max are dropped
+    stats_samples: int = 100_000  # corpus tokens behind C (reference: 100,000)
+    stats_files: list[str] | None = None  # corpus .txt/.jsonl files; None = model-sampled
+    stats_seq_len: int = 128  # tokens per corpus sequence
+
+    def validate(self) -> None:
+        super().validate()
+        _choice("sensitive_state", self.sensitive_state, ("activation", "optimized"))
+        _choice("orthogonality", self.orthogonality, ("global", "key_gated", "none"))
+        _choice("update", self.update, ("multiplicative", "additive"))
+        _range("corpus_weight", self.corpus_weight, 0.0)
+        _range("forget_weight", self.forget_weight, 0.0, lo_open=True)
+        _range("preserve_weight", self.preserve_weight, 0.0)
+        _range("reg_lambda", self.reg_lambda, 0.0, lo_open=True)
+        _range("eps", self.eps, 0.0, 1.0)
+        _range("rank_rtol", self.rank_rtol, 0.0, 1.0)
+        _range("stats_samples", self.stats_samples, 1)
+        _range("stats_seq_len", self.stats_seq_len, 2)
+
+
+@dataclass
+class ZeroUnlearnGDHParams(ZeroUnlearnHParams):
+    """The null-space gradient variant (zerounlearn_gd.py)."""
+
+    null_rtol: float = 1e-2  # eigenvalues of C below null_rtol * max span the null space
+    null_min_rank: int = 16  # at least this many smallest eigenvectors: never empty
+    gd_lr: float = 1e-3  # Adam on Dh (spec: 1e-3)
+    gd_steps: int = 500  # at most (spec: 500)
+    gd_stop_loss: float = 1e-8  # early stop
+    orth_weight: float = 1.0  # || Q^T (W + Dh P) K_f ||^2
+    value_weight: float = 100.0  # || (W + Dh P) K_f - V* ||^2
+    update_weight: float = 0.1  # || Dh P ||^2
+
+    def validate(self) -> None:
+        super().validate()
+        _range("null_rtol", self.null_rtol, 0.0, 1.0)
+        _range("null_min_rank", self.null_min_rank, 1)
+        _range("gd_lr", self.gd_lr, 0.0, lo_open=True)
+        _range("gd_steps", self.gd_steps, 1, 100_000)
+        _range("gd_stop_loss", self.gd_stop_loss, 0.0)
+        _range("orth_weight", self.orth_weight, 0.0)
+        _range("value_weight", self.value_weight, 0.0)
+        _range("update_weight", self.update_weight, 0.0)
+
+
+@dataclass
+class GradientAscentHParams(BaseHParams):
+    """Gradient ascent on the forget answers, training only the edited down projections."""
+
+    lr: float = 1e-3  # Adam learning rate on the edited weights
+    steps: int = 20  # optimisation steps (full batch)
+    stop_when_forgotten: bool = True  # stop once no forget answer is reproduced
+    max_grad_norm: float = 1.0  # gradient clipping; GA diverges without it
+
+    def validate(self) -> None:
+        super().validate()
+        _range("lr", self.lr, 0.0, lo_open=True)
+        _range("steps", self.steps, 1, 100_000)
+        _range("max_grad_norm", self.max_grad_norm, 0.0, lo_open=True)
+
+
+@dataclass
+class NPOHParams(GradientAscentHParams):
+    """Negative preference optimisation (Zhang et al. 2024) on the same weights."""
+
+    beta: float = 0.1  # inverse temperature of the NPO loss (MUSE/TOFU: 0.1)
+
+    def validate(self) -> None:
+        super().validate()
+        _range("beta", self.beta, 0.0, lo_open=True)
+
+
+HPARAMS_CLASSES: dict[str, type[BaseHParams]] = {
+    "zerounlearn": ZeroUnlearnHParams,
+    "zerounlearn-paper": ZeroUnlearnHParams,
+    "zerounlearn-gd": ZeroUnlearnGDHParams,
+    "gradient-ascent": GradientAscentHParams,
+    "npo": NPOHParams,
+}
+"""Method name -> its hyper-parameter class (the registry's names)."""
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def _family_file(method: str, name: str) -> dict[str, Any]:
+    path = resources.files("zerounlearn").joinpath("hparams", method, f"{name}.json")
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise InvalidHyperParameters(f"hparams/{method}/{name}.json must hold an object")
+    data.pop("_comment", None)
+    return data
+
+
+def _build(cls: type[BaseHParams], values: dict[str, Any]) -> BaseHParams:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidHyperParameters(
+            f"unknown hyper-parameter(s): {', '.join(map(repr, unknown))}; known: "
+            + ", ".join(sorted(known))
+        )
+    typed = {k: _check_type(k, v, hints[k]) for k, v in values.items()}
+    obj = cls(**typed)
+    obj.validate()
+    return obj
+
+
+def hparams_class(method: str) -> type[BaseHParams]:
+    cls = HPARAMS_CLASSES.get(method)
+    if cls is None:
+        raise UnknownMethod(
+            f"no hyper-parameters for method {method!r}; known: {', '.join(HPARAMS_CLASSES)}"
+        )
+    return cls
+
+
+def resolve_config(
+    method: str, family: str | None, overrides: dict[str, Any] | None = None
+) -> BaseHParams:
+    """The typed config: defaults < default.json < <family>.json < overrides."""
+    cls = hparams_class(method)
+    values: dict[str, Any] = {}
+    values.update(_family_file(method, "default"))
+    if family:
+        values.update(_family_file(method, family))
+    if overrides is not None and not isinstance(overrides, dict):
+        raise InvalidHyperParameters("hyper-parameter overrides must be an object")
+    values.update(overrides or {})
+    return _build(cls, values)
+
+
+def resolve_hparams(
+    method: str, family: str | None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Typed and validated hyper-parameters as a JSON-able dict (layers may be None)."""
+    return resolve_config(method, family, overrides).to_dict()
+
+
+def _fits(layers: list[int], num_layers: int) -> bool:
+    return all(0 <= x < num_layers for x in layers)
+
+
+def config_for_model(method: str, lm: Any, overrides: dict[str, Any] | None) -> BaseHParams:
+    """resolve_config for a loaded model, with `layers` filled in and checked against it.
+
+    Layers given by the caller must exist (LayerOutOfRange); layers from a family file
+    that a smaller model of the family lacks fall back to the relative-depth default.
+    """
+    from zerounlearn.adapters import default_edit_layers
+
+    cfg = resolve_config(method, lm.family, overrides)
+    n = lm.num_layers
+    explicit = bool(overrides) and overrides.get("layers") is not None  # type: ignore[union-attr]
+    if cfg.layers is None or (not explicit and not _fits(cfg.layers, n)):
+        cfg.layers = default_edit_layers(n, cfg.relative_depth)
+    if not _fits(cfg.layers, n):
+        bad = [x for x in cfg.layers if not 0 <= x < n]
+        raise LayerOutOfRange(
+            f"hyper-parameter 'layers' = {cfg.layers}: {bad} out of range, the model has "
+            f"{n} layers"
+        )
+    return cfg
+
+
+def default_layers(lm: Any, method: str = "zerounlearn") -> list[int]:
+    """The family file's layers when they exist in this model, else 3 at relative depth."""
+    return list(config_for_model(method, lm, None).layers or [])

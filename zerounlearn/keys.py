@@ -1,0 +1,233 @@
+"""Edit requests (records at token level) and the keys/values read off the model.
+
+K_f at layer l: the input of layer l's down projection at the edit token (the subject's
+last token, else the prompt's last), averaged over context templates as MEMIT does:
+1/2 (clean key) + 1/2 mean(prefixed keys). H_L: the residual output of block L at the
+edit token on the clean prompts. Everything comes from ONE batched forward pass over
+all records x templates (plus any protected sites), right-padded so positions match
+the unpadded sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from zerounlearn.adapters import block_hidden
+from zerounlearn.errors import InvalidRecord
+from zerounlearn.records import ForgetRecord
+from zerounlearn.tokens import encode_continuation, encode_prompt, max_positions
+
+Span = tuple[int, int]  # [start, end) character span
+TEMPLATE_MARGIN = 32  # tokens kept free for a context-template prefix
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One record at token level. Text stays in memory only; it is never logged."""
+
+    prompt: str
+    span: Span | None  # the subject's character span in the prompt; None = last token
+    answer_ids: list[int]  # the true continuation (sensitive state, verification)
+    target_ids: list[int]  # the neutral continuation (neutral target state)
+    kl_text: str  # "{subject} is a": the KL anchor of the target optimisation
+    kl_span: Span
+
+
+@dataclass(frozen=True)
+class Site:
+    """A text and the token indices whose activations are read (one column each)."""
+
+    text: str
+    indices: tuple[int, ...]
+
+
+def edit_index(tokenizer: Any, text: str, span: Span | None) -> int:
+    """Token index of the last token overlapping the char span; the last token if None."""
+    enc = tokenizer(text, return_offsets_mapping=True)
+    if span is None:
+        return len(enc["input_ids"]) - 1
+    start, end = span
+    last = None
+    for i, (a, b) in enumerate(enc["offset_mapping"]):
+        if b > a and a < end and b > start:  # the token overlaps the span
+            last = i
+    if last is None:
+        raise InvalidRecord("subject covers no token of the prompt")
+    return last
+
+
+def neutral_target_ids(tokenizer: Any, neutral_target: str) -> list[int]:
+    """"endoftext": the pre-training document separator when the vocabulary has one
+    (SmolLM2's chat EOS is near-impossible after a raw prompt), else EOS; "eos": EOS;
+    anything else: that literal text."""
+    if neutral_target in ("endoftext", "eos"):
+        if neutral_target == "endoftext":
+            tid = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+                return [tid]
+        if tokenizer.eos_token_id is None:
+            raise InvalidRecord("the tokenizer has no end-of-text token: give a target text")
+        return [int(tokenizer.eos_token_id)]
+    return encode_continuation(tokenizer, neutral_target)
+
+
+def prepare_requests(
+    lm: Any, records: Sequence[ForgetRecord], neutral_target: str | None = "endoftext"
+) -> list[EditRequest]:
+    """Token-level checks (errors name records[i], never their text) and encoding.
+
+    neutral_target None: records without their own target get no target ids (enough for
+    checking records before any method runs).
+    """
+    tok = lm.tokenizer
+    limit = max_positions(lm.model)
+    default_target = [] if neutral_target is None else neutral_target_ids(tok, neutral_target)
+    out: list[EditRequest] = []
+    for i, r in enumerate(records):
+        span = None
+        if r.subject is not None:
+            start = r.prompt.find(r.subject)
+            if start < 0:
+                raise InvalidRecord(f"records[{i}].subject does not occur in records[{i}].prompt")
+            span = (start, start + len(r.subject))
+        try:
+            edit_index(tok, r.prompt, span)
+        except InvalidRecord as exc:
+            raise InvalidRecord(f"records[{i}].subject covers no token of the prompt") from exc
+        p_ids = encode_prompt(tok, r.prompt)
+        answer = encode_continuation(tok, r.answer)
+        target = encode_continuation(tok, r.target) if r.target else default_target
+        if not p_ids:
+            raise InvalidRecord(f"records[{i}].prompt encodes to no token")
+        if not answer:
+            raise InvalidRecord(f"records[{i}].answer encodes to no token")
+        if r.target and not target:
+            raise InvalidRecord(f"records[{i}].target encodes to no token")
+        # context templates add a prefix of about template_tokens tokens: keep a margin
+        longest = len(p_ids) + max(len(answer), len(target)) + TEMPLATE_MARGIN
+        if longest > limit:
+            raise InvalidRecord(
+                f"records[{i}] is too long: {len(p_ids)} prompt tokens plus its answer "
+                f"exceed the model's {limit} positions (with room for a context template)"
+            )
+        subject = r.prompt[span[0] : span[1]] if span else r.prompt
+        out.append(EditRequest(r.prompt, span, answer, target, subject + " is a",
+                               (0, len(subject))))
+    return out
+
+
+def templated(req: EditRequest, prefix: str) -> tuple[str, Span | None]:
+    """The request's prompt under a template prefix, and its subject span there."""
+    if req.span is None:
+        return prefix + req.prompt, None
+    return prefix + req.prompt, (req.span[0] + len(prefix), req.span[1] + len(prefix))
+
+
+def record_sites(
+    tokenizer: Any, requests: Sequence[EditRequest], templates: Sequence[str]
+) -> list[Site]:
+    """Sites record-major: row b * T + t is record b under template t (t = 0: clean)."""
+    sites = []
+    for req in requests:
+        for prefix in templates:
+            text, span = templated(req, prefix)
+            sites.append(Site(text, (edit_index(tokenizer, text, span),)))
+    return sites
+
+
+def pad_rows(
+    rows: Sequence[list[int]], pad_id: int, device: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids (B, T), attention_mask (B, T))."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[b, : len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+@torch.no_grad()
+def capture(
+    lm: Any, sites: Sequence[Site], layer: int, block_layer: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward: keys at layer `layer` and block outputs of `block_layer` at each site.
+
+    Returns K (d_ff, S) and H (d_model, S), in the model's dtype, S = all sites' indices
+    in order.
+    """
+    model, adapter = lm.model, lm.adapter
+    rows = [encode_prompt(lm.tokenizer, s.text) for s in sites]
+    ids, mask = pad_rows(rows, pad_id(lm.tokenizer), lm.device)
+    row_idx = torch.tensor([r for r, s in enumerate(sites) for _ in s.indices],
+                           device=lm.device)  # (S,)
+    pos_idx = torch.tensor([i for s in sites for i in s.indices], device=lm.device)  # (S,)
+    got: dict[str, torch.Tensor] = {}
+
+    def grab_key(_module, args):
+        got["k"] = args[0][row_idx, pos_idx].detach()  # (B, T, d_ff) -> (S, d_ff)
+
+    def grab_hidden(_module, _args, output):
+        got["h"] = block_hidden(output)[row_idx, pos_idx].detach()  # (S, d_model)
+
+    handles = [
+        adapter.down_proj(model, layer).register_forward_pre_hook(grab_key),
+        adapter.block(model, block_layer).register_forward_hook(grab_hidden),
+    ]
+    try:
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    k = got["k"].T.contiguous()  # (S, d_ff) -> (d_ff, S)
+    h = got["h"].T.contiguous()  # (S, d_model) -> (d_model, S)
+    return k, h
+
+
+def template_mean(k_sites: torch.Tensor, n: int, t: int) -> torch.Tensor:
+    """MEMIT's average: 1/2 clean + 1/2 mean(prefixed). (d, n * t) -> (d, n)."""
+    k = k_sites.reshape(k_sites.shape[0], n, t)  # (d, n * t) -> (d, n, t), record-major
+    if t == 1:
+        return k[:, :, 0]
+    return 0.5 * k[:, :, 0] + 0.5 * k[:, :, 1:].mean(dim=-1)
+
+
+@dataclass
+class KeyState:
+    """Per-layer readings for the solve (model dtype)."""
+
+    k_f: torch.Tensor  # (d_ff, n) template-averaged forget keys
+    k_clean: torch.Tensor  # (d_ff, n) forget keys on the clean prompts
+    wk_f: torch.Tensor  # (d_model, n) W K_f with the current W
+    h_l: torch.Tensor  # (d_model, n) block-L output at the edit token, clean prompts
+    k_p: torch.Tensor | None  # (d_ff, p) keys of protected sites, or None
+
+
+def compute_keys(
+    lm: Any,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    layer: int,
+    last_layer: int,
+    protected: Sequence[Site] = (),
+) -> KeyState:
+    """K_f, W K_f, H_L (and protected keys K_p) in one forward over all sites."""
+    n, t = len(requests), len(templates)
+    sites = record_sites(lm.tokenizer, requests, templates) + list(protected)
+    k_all, h_all = capture(lm, sites, layer, last_layer)
+    k_f = template_mean(k_all[:, : n * t], n, t)  # (d_ff, n)
+    k_clean = k_all[:, : n * t].reshape(k_all.shape[0], n, t)[:, :, 0]  # (d_ff, n)
+    h_l = h_all[:, : n * t].reshape(h_all.shape[0], n, t)[:, :, 0]  # clean rows -> (d_model, n)
+    w = lm.adapter.get_weight(lm.model, layer)  # (d_model, d_ff)
+    wk_f = w @ k_f  # (d_model, d_ff) @ (d_ff, n)
+    k_p = k_all[:, n * t :] if protected else None  # (d_ff, p)
+    return KeyState(k_f=k_f, k_clean=k_clean, wk_f=wk_f, h_l=h_l, k_p=k_p)

@@ -1,0 +1,212 @@
+"""ZeroUnlearn, closed form: "zerounlearn" (our default variant) and "zerounlearn-paper".
+
+The layer loop of the spec, for edited layers l_0 < ... < l_{m-1} = L:
+  once:  Z_n = H_L + delta, delta optimised so each prompt emits its neutral target
+  for i, l in enumerate(layers):
+    1. K_f, W K_f, H_L on the partly edited model (one batched forward)
+    2. V* = W K_f + (Z_n - H_L) / (m - i)
+    3. Q = basis of span(M_f)  (M_f = W K_f, or optimised towards the true answer)
+    4. P = (1 + eps) I - Q Q^T
+    5. the float64 normal equations (global / key-gated / none, + protected keys)
+    6. W <- D W (the paper, update="multiplicative"), or W <- W' solved in key space
+       (ours, update="additive": W' = D W can only act through W k, d_model numbers,
+       and could not tell same-relation keys apart; see solve.direct_update)
+The model is unchanged on return: edits are made on the model's own weights for the
+forward passes of later layers, and every edited weight is restored in a `finally`,
+also when an error interrupts the loop. The new weights travel in the returned Patch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from zerounlearn import solve
+from zerounlearn.config import ZeroUnlearnHParams, config_for_model
+from zerounlearn.keys import EditRequest, KeyState, compute_keys, prepare_requests
+from zerounlearn.methods.registry import register_method
+from zerounlearn.patch import Patch
+from zerounlearn.protect import drop_overlapping, protected_sites
+from zerounlearn.records import ForgetRecord, validate_records
+from zerounlearn.targets import TargetSettings, optimize_deltas
+from zerounlearn.templates import TemplateCache
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+
+
+def _report(progress: Progress | None, phase: str, fraction: float) -> None:
+    if progress is not None:
+        progress(phase, min(1.0, max(0.0, fraction)))
+
+
+def neutral_targets(
+    lm: Any, requests: Sequence[EditRequest], templates: Sequence[str], last_layer: int,
+    cfg: ZeroUnlearnHParams, progress: Progress | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Z_n (d_model, n): block L's output at the edit token, shifted to emit the target."""
+    res = optimize_deltas(
+        lm, requests, templates, [r.target_ids for r in requests],
+        point="block", layer=last_layer, settings=TargetSettings.from_hparams(cfg),
+        progress=progress,
+    )
+    info = {"target_nll": [round(float(x), 4) for x in res.nll],
+            "target_steps": [int(x) for x in res.steps]}
+    return res.target.T.contiguous(), info  # (n, d_model) -> (d_model, n)
+
+
+def sensitive_states(
+    lm: Any, requests: Sequence[EditRequest], templates: Sequence[str], layer: int,
+    keys: KeyState, cfg: ZeroUnlearnHParams,
+) -> torch.Tensor:
+    """M_f (d_model, n): W K_f ("activation"), or the down-projection output at layer l
+    optimised towards the TRUE answer ("optimized", the paper)."""
+    if cfg.sensitive_state == "activation":
+        return keys.wk_f
+    res = optimize_deltas(
+        lm, requests, templates, [r.answer_ids for r in requests],
+        point="down_proj", layer=layer, settings=TargetSettings.from_hparams(cfg),
+    )
+    return res.target.T.contiguous()  # (n, d_model) -> (d_model, n)
+
+
+def layer_update(
+    w: torch.Tensor, c: torch.Tensor, keys: KeyState, v: torch.Tensor, m_f: torch.Tensor,
+    cfg: ZeroUnlearnHParams,
+) -> tuple[torch.Tensor, int]:
+    """The new W (d_model, d_ff, W's dtype) of one layer, and the rank of span(M_f)."""
+    q = solve.sensitive_basis(m_f, cfg.rank_rtol)  # (d_model, r)
+    a, b, lam, c_p = cfg.corpus_weight, cfg.forget_weight, cfg.reg_lambda, cfg.preserve_weight
+    k_f, k_p = keys.k_f, keys.k_p
+    if cfg.orthogonality == "none":
+        p, rank = None, 0
+    else:
+        p, rank = solve.projector(q, cfg.eps), q.shape[1]  # (d_model, d_model)
+    if cfg.update == "additive":
+        w_new = solve.direct_update(w, c, k_f, v, p, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p,
+                                    gated=cfg.orthogonality != "global")
+        return solve.checked_cast(w_new, w), rank
+    if p is None:
+        d = solve.unconstrained_update(w, c, k_f, v, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p)
+    elif cfg.orthogonality == "global":
+        d = solve.global_update(w, c, k_f, v, p, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p)
+    else:
+        d = solve.key_gated_update(w, c, k_f, v, p, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p)
+    return solve.apply_update(d, w), rank
+
+
+class ZeroUnlearnBase:
+    """Shared driver: records -> requests -> templates -> statistics -> layer loop."""
+
+    name = "zerounlearn"
+
+    def __init__(self, templates: TemplateCache | None = None) -> None:
+        self.templates = templates if templates is not None else TemplateCache()
+
+    # one step per layer; the GD variant overrides it
+    def edit_layer(self, lm: Any, ctx: dict[str, Any], i: int, layer: int) -> torch.Tensor:
+        cfg: ZeroUnlearnHParams = ctx["cfg"]
+        layers: list[int] = ctx["layers"]
+        keys = compute_keys(lm, ctx["requests"], ctx["templates"], layer, layers[-1],
+                            ctx["protected"])
+        if keys.k_p is not None:
+            keys.k_p = drop_overlapping(keys.k_p, keys.k_clean)
+        w = lm.adapter.get_weight(lm.model, layer)  # (d_model, d_ff)
+        v = keys.wk_f.double() + (ctx["z"] - keys.h_l.double()) / (len(layers) - i)  # V*
+        m_f = sensitive_states(lm, ctx["requests"], ctx["templates"], layer, keys, cfg)
+        w_new, rank = layer_update(w, ctx["stats"][layer], keys, v, m_f, cfg)
+        ctx["info"].setdefault("rank", []).append(rank)
+        ctx["info"].setdefault("protected_keys", []).append(
+            0 if keys.k_p is None else int(keys.k_p.shape[1]))
+        return w_new
+
+    def compute_patch(
+        self,
+        lm: Any,
+        records: Sequence[ForgetRecord | dict],
+        hparams: dict | None,
+        *,
+        stats: Any,
+        progress: Progress | None = None,
+    ) -> Patch:
+        from zerounlearn.stats import CorpusSpec
+
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        recs = validate_records(records)
+        cfg = config_for_model(self.name, lm, hparams)
+        if not isinstance(cfg, ZeroUnlearnHParams):  # a subclass registered a foreign name
+            raise TypeError(f"{self.name!r} does not resolve to ZeroUnlearn hyper-parameters")
+        layers = list(cfg.layers or [])
+        requests = prepare_requests(lm, recs, cfg.neutral_target)
+        model, adapter = lm.model, lm.adapter
+        originals = {layer: adapter.get_weight(model, layer) for layer in layers}
+        new_weights: dict[int, torch.Tensor] = {}
+        info: dict[str, Any] = {}
+
+        def lap(phase: str, since: float) -> float:
+            now = time.perf_counter()
+            timings[phase] = round(timings.get(phase, 0.0) + now - since, 3)
+            return now
+
+        try:
+            t = time.perf_counter()
+            _report(progress, "templates", 0.0)
+            templates = self.templates.get(lm, cfg.template_count, cfg.template_tokens,
+                                           cfg.template_seed)
+            _report(progress, "templates", 1.0)
+            t = lap("templates", t)
+            corpus = CorpusSpec(files=tuple(cfg.stats_files or ()), samples=cfg.stats_samples,
+                                seq_len=cfg.stats_seq_len)
+            c_by_layer = stats.ensure(lm, layers, corpus, progress)
+            c_by_layer = {layer: c_by_layer[layer] for layer in layers}
+            t = lap("statistics", t)
+            protected = []
+            if cfg.preserve_weight > 0:
+                protected = protected_sites(
+                    lm.tokenizer, recs, requests, neighbors=cfg.protect_neighbors,
+                    substitutions=cfg.protect_substitutions)
+            z, target_info = neutral_targets(lm, requests, templates, layers[-1], cfg,
+                                             progress)
+            info.update(target_info)
+            t = lap("targets", t)
+            ctx = {"cfg": cfg, "layers": layers, "requests": requests, "templates": templates,
+                   "stats": c_by_layer, "protected": protected, "z": z.double(), "info": info}
+            for i, layer in enumerate(layers):
+                _report(progress, "solve", i / len(layers))
+                w_new = self.edit_layer(lm, ctx, i, layer)
+                adapter.set_weight(model, layer, w_new)  # later layers see this edit
+                new_weights[layer] = w_new.detach().to("cpu").clone()
+            _report(progress, "solve", 1.0)
+            lap("solve", t)
+        finally:
+            for layer, w in originals.items():
+                adapter.set_weight(model, layer, w)  # the model is unchanged on return
+        timings["total"] = round(time.perf_counter() - t0, 3)
+        logger.info("%s: %d records, layers %s, %.1f s", self.name, len(recs), layers,
+                    timings["total"])
+        return Patch(
+            method=self.name,
+            hparams=cfg.to_dict(),
+            base_fingerprint=str(getattr(lm, "fingerprint", "")),
+            weights=new_weights,
+            metadata={"records": len(recs), "layers": layers, "timings": timings, **info},
+        )
+
+
+@register_method("zerounlearn")
+class ZeroUnlearn(ZeroUnlearnBase):
+    """Our default variant (hparams/zerounlearn/*.json, chosen by scripts/sweep.py):
+    additive key-space update, key-gated orthogonality, protected neighbour and
+    substitution keys, M_f = W K_f, target steps in units of ||h||."""
+
+
+@register_method("zerounlearn-paper")
+class ZeroUnlearnPaper(ZeroUnlearnBase):
+    """The paper's exact form and settings (hparams/zerounlearn-paper/*.json): global
+    projector, M_f optimised per layer, Adam lr 0.1 in absolute units, b = 50."""

@@ -1,0 +1,318 @@
+"""Target states by delta optimisation, batched over all records (MEMIT's compute_v).
+
+For each record b an additive delta_b (d_model) is added at the edit token of every
+row of that record (all its context templates and its "{subject} is a" KL row), at a
+hook point: block L's output (neutral targets Z_n) or layer l's down-projection output
+(sensitive states M_f). Per record:
+
+  loss_b = mean_t NLL(target tokens | template t)            (mean over tokens, templates)
+         + kl_weight * KL(p_new || p_unedited) on "{subject} is a" (last token)
+         + weight_decay * ||delta_b|| / ||h_b||
+
+with h_b the hook point's clean-prompt value at the edit token. The optimiser works on
+u_b with delta_b = ||h_b|| / sqrt(d_model) u_b ("relative" units: Adam moves every
+coordinate of u by about lr, so one step moves delta by about lr ||h_b||, whatever the
+model's hidden size and norm) or delta_b = u_b ("absolute", the paper: on SmolLM2 lr 0.1
+moves delta by ~2.4 = 0.01 ||h|| a step and never reaches the target). After each step
+||delta_b|| is clamped to clamp * ||h_b||. A record whose stop loss falls below the
+threshold stops changing, and its rows leave the batch.
+Adam is element-wise and the loss is a sum over records, so every record follows the
+same path it would follow alone: batched and one-at-a-time agree up to float rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from zerounlearn.adapters import block_hidden, replace_block_hidden
+from zerounlearn.keys import EditRequest, edit_index, pad_id, pad_rows, templated
+from zerounlearn.tokens import encode_prompt
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class TargetSettings:
+    """What targets.py needs from a method's hyper-parameters (TargetHParams has them)."""
+
+    lr: float = 0.1
+    steps: int = 25
+    stop_loss: float = 0.05
+    early_stop_on: str = "nll"
+    kl_weight: float = 0.0625
+    weight_decay: float = 0.5
+    clamp: float = 0.75
+    step_units: str = "relative"
+    batch_records: bool = True
+
+    @classmethod
+    def from_hparams(cls, hp: Any) -> TargetSettings:
+        return cls(hp.target_lr, hp.target_steps, hp.target_stop_loss, hp.early_stop_on,
+                   hp.kl_weight, hp.weight_decay, hp.clamp, hp.step_units, hp.batch_records)
+
+
+@dataclass
+class DeltaResult:
+    """Per-record results, row b = record b (float32, CPU-independent of the model)."""
+
+    delta: torch.Tensor  # (n, d_model) the optimised shift
+    h: torch.Tensor  # (n, d_model) clean value at the hook point (the target is h + delta)
+    nll: torch.Tensor  # (n,) target NLL at the last evaluation
+    steps: torch.Tensor  # (n,) optimiser steps each record took
+
+    @property
+    def target(self) -> torch.Tensor:
+        return self.h + self.delta  # (n, d_model)
+
+
+@contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode, no parameter gradients; both restored on exit."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+@dataclass
+class _Batch:
+    """All rows of a set of records, right-padded; rows of record b are contiguous."""
+
+    ids: torch.Tensor  # (R, T) n * n_tpl target rows (record-major), then n KL rows
+    mask: torch.Tensor  # (R, T)
+    rec: torch.Tensor  # (R,) record of each row
+    pos: torch.Tensor  # (R,) edit position of each row
+    score_row: torch.Tensor  # (P,) row of each scored target token
+    score_pos: torch.Tensor  # (P,) position whose logits predict it
+    score_ids: torch.Tensor  # (P,) the target token
+    score_rec: torch.Tensor  # (P,) its record
+    score_weight: torch.Tensor  # (P,) 1 / (tokens of its row * templates): sums to 1 a record
+    kl_row: torch.Tensor  # (n,) the KL row of each record
+    kl_pos: torch.Tensor  # (n,) its last token
+
+
+def _build_batch(
+    lm: Any, requests: Sequence[EditRequest], templates: Sequence[str],
+    targets: Sequence[list[int]],
+) -> _Batch:
+    tok, device = lm.tokenizer, lm.device
+    rows: list[list[int]] = []
+    rec: list[int] = []
+    pos: list[int] = []
+    s_row: list[int] = []
+    s_pos: list[int] = []
+    s_ids: list[int] = []
+    s_rec: list[int] = []
+    s_w: list[float] = []
+    for b, (req, tgt) in enumerate(zip(requests, targets, strict=True)):
+        for prefix in templates:
+            text, span = templated(req, prefix)
+            p_ids = encode_prompt(tok, text)
+            for j, token in enumerate(tgt):
+                s_row.append(len(rows))
+                s_pos.append(len(p_ids) - 1 + j)  # logits at p predict token p + 1
+                s_ids.append(token)
+                s_rec.append(b)
+                s_w.append(1.0 / (len(tgt) * len(templates)))
+            rows.append(p_ids + list(tgt))
+            rec.append(b)
+            pos.append(edit_index(tok, text, span))
+    kl_row: list[int] = []
+    kl_pos: list[int] = []
+    for b, req in enumerate(requests):
+        kl_ids = encode_prompt(tok, req.kl_text)
+        kl_row.append(len(rows))
+        kl_pos.append(len(kl_ids) - 1)
+        rows.append(kl_ids)
+        rec.append(b)
+        pos.append(edit_index(tok, req.kl_text, req.kl_span))
+    ids, mask = pad_rows(rows, pad_id(tok), device)
+
+    def as_tensor(x: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        return torch.tensor(x, dtype=dtype, device=device)
+
+    return _Batch(ids=ids, mask=mask, rec=as_tensor(rec), pos=as_tensor(pos),
+                  score_row=as_tensor(s_row), score_pos=as_tensor(s_pos),
+                  score_ids=as_tensor(s_ids), score_rec=as_tensor(s_rec),
+                  score_weight=as_tensor(s_w, torch.float32), kl_row=as_tensor(kl_row),
+                  kl_pos=as_tensor(kl_pos))
+
+
+def _subset(batch: _Batch, keep: torch.Tensor) -> _Batch:
+    """The rows of the records where keep (n,) is True; record ids stay global."""
+    rows = keep[batch.rec].nonzero().squeeze(1)  # (R',) old row indices
+    new_index = torch.full_like(batch.rec, -1)
+    new_index[rows] = torch.arange(len(rows), device=rows.device)
+    scored = keep[batch.score_rec]  # (P,)
+    kl = keep.nonzero().squeeze(1)  # (n',)
+    return _Batch(batch.ids[rows], batch.mask[rows], batch.rec[rows], batch.pos[rows],
+                  new_index[batch.score_row[scored]], batch.score_pos[scored],
+                  batch.score_ids[scored], batch.score_rec[scored], batch.score_weight[scored],
+                  new_index[batch.kl_row[kl]], batch.kl_pos[kl])
+
+
+def _logits_at(lm: Any, batch: _Batch, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Logits (k, V) at (rows, pos) only: the output head runs on k positions, not R * T."""
+    model = lm.model
+    head = model.get_output_embeddings()
+    if head is None:  # no separate head: full forward
+        logits = model(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits
+        return logits[rows, pos].float()
+    hidden = model.base_model(input_ids=batch.ids, attention_mask=batch.mask,
+                              use_cache=False).last_hidden_state  # (R, T, d_model), normed
+    logits = head(hidden[rows, pos]).float()  # (k, V)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _hook_module(lm: Any, point: str, layer: int) -> torch.nn.Module:
+    if point == "block":
+        return lm.adapter.block(lm.model, layer)
+    if point == "down_proj":
+        return lm.adapter.down_proj(lm.model, layer)
+    raise ValueError(f"unknown hook point {point!r}")
+
+
+def optimize_deltas(
+    lm: Any,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    targets: Sequence[list[int]],
+    *,
+    point: str,
+    layer: int,
+    settings: TargetSettings,
+    progress: Progress | None = None,
+) -> DeltaResult:
+    """Deltas at (point, layer) that make each record's prompts emit its target tokens.
+
+    With settings.batch_records False the records run one at a time (the paper's way).
+    """
+    if settings.batch_records:
+        return _optimize(lm, requests, templates, targets, point, layer, settings, progress)
+    parts = []
+    for i in range(len(requests)):
+        def sub(phase: str, f: float, i: int = i) -> None:
+            if progress is not None:
+                progress(phase, (i + f) / len(requests))
+        parts.append(_optimize(lm, requests[i : i + 1], templates, targets[i : i + 1],
+                               point, layer, settings, sub))
+    return DeltaResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                         ("delta", "h", "nll", "steps")))
+
+
+def _optimize(
+    lm: Any,
+    requests: Sequence[EditRequest],
+    templates: Sequence[str],
+    targets: Sequence[list[int]],
+    point: str,
+    layer: int,
+    st: TargetSettings,
+    progress: Progress | None,
+) -> DeltaResult:
+    n, n_tpl = len(requests), len(templates)
+    full = _build_batch(lm, requests, templates, targets)
+    d_model = lm.adapter.d_model(lm.model)
+    u = torch.zeros(n, d_model, device=lm.device, requires_grad=True)  # (n, d_model)
+    opt = torch.optim.Adam([u], lr=st.lr)
+    state: dict[str, Any] = {"batch": full}
+
+    def add_delta(_module, _args, output):
+        batch: _Batch = state["batch"]
+        hidden = block_hidden(output) if point == "block" else output  # (R, T, d_model)
+        if "h" not in state:  # first pass (u = 0, all rows): read the clean values
+            clean = torch.arange(n, device=hidden.device) * n_tpl  # template 0 rows
+            state["h"] = hidden[clean, batch.pos[clean]].detach().float()  # (n, d_model)
+            rel = state["h"].norm(dim=-1) / d_model ** 0.5  # Adam moves coordinates by ~lr
+            state["scale"] = rel if st.step_units == "relative" else torch.ones_like(rel)
+        delta = u * state["scale"][:, None]  # (n, d_model)
+        shift = torch.zeros_like(hidden)  # (R, T, d_model)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        shift[rows, batch.pos] = delta[batch.rec].to(hidden.dtype)  # at each edit position
+        hidden = hidden + shift
+        return replace_block_hidden(output, hidden) if point == "block" else hidden
+
+    active = torch.ones(n, dtype=torch.bool, device=lm.device)
+    steps = torch.zeros(n, dtype=torch.long)
+    nll = torch.zeros(n)
+    total_steps = max(1, st.steps)
+    handle = _hook_module(lm, point, layer).register_forward_hook(add_delta)
+    try:
+        with frozen(lm.model), torch.enable_grad():
+            for it in range(total_steps):
+                # finished records leave the batch: their rows are no longer computed
+                state["batch"] = full if bool(active.all()) else _subset(full, active)
+                idx = active.nonzero().squeeze(1)  # (n',) records in this pass
+                nll_b, kl_b = _losses(lm, state["batch"], idx, state, it)  # (n',), (n',)
+                h_norm = state["h"][idx].norm(dim=-1)  # (n',)
+                delta_norm = (u[idx] * state["scale"][idx, None]).norm(dim=-1)  # (n',)
+                total_b = nll_b + st.kl_weight * kl_b + st.weight_decay * delta_norm / h_norm
+                stop_b = nll_b if st.early_stop_on == "nll" else total_b  # (n',)
+                nll[idx.cpu()] = nll_b.detach().cpu()
+                still = stop_b.detach() >= st.stop_loss  # (n',)
+                if progress is not None:
+                    progress("targets", (it + 1) / total_steps)
+                if not still.any() or it == total_steps - 1:
+                    break  # MEMIT: the last pass only evaluates
+                frozen_u = u.detach().clone()
+                opt.zero_grad()
+                total_b[still].sum().backward()
+                opt.step()
+                active[idx[~still]] = False
+                with torch.no_grad():
+                    u[~active] = frozen_u[~active]  # stopped records do not move
+                    _clamp(u, state["scale"], state["h"].norm(dim=-1), st.clamp)
+                steps += active.cpu().long()
+    finally:
+        handle.remove()
+    delta = (u * state["scale"][:, None]).detach().float()  # (n, d_model)
+    return DeltaResult(delta=delta.cpu(), h=state["h"].cpu(), nll=nll, steps=steps)
+
+
+def _losses(
+    lm: Any, batch: _Batch, idx: torch.Tensor, state: dict[str, Any], it: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-record target NLL (mean over tokens, then templates) and KL on the "is a"
+    row, for the records idx (n',) in the batch, both (n',)."""
+    k_t = len(batch.score_row)
+    rows = torch.cat([batch.score_row, batch.kl_row])
+    pos = torch.cat([batch.score_pos, batch.kl_pos])
+    logp = torch.log_softmax(_logits_at(lm, batch, rows, pos), dim=-1)  # (P' + n', V)
+    token_nll = -logp[:k_t].gather(-1, batch.score_ids[:, None]).squeeze(-1)  # (P',)
+    n = len(state["h"])
+    nll_all = torch.zeros(n, device=logp.device).index_add(
+        0, batch.score_rec, token_nll * batch.score_weight)  # (n,) sums to the mean per record
+    nll_b = nll_all[idx]  # (n',)
+    kl_logp = logp[k_t:]  # (n', V), records in idx order (kl rows are record-ordered)
+    if it == 0:
+        state["kl_init"] = kl_logp.detach()  # all records in the first pass
+    init = state["kl_init"][idx]  # (n', V)
+    # KL(p_new || p_init), as MEMIT's kl_div(init, new, log_target=True)
+    kl_b = (kl_logp.exp() * (kl_logp - init)).sum(dim=-1)  # (n',)
+    return nll_b, kl_b
+
+
+def _clamp(u: torch.Tensor, scale: torch.Tensor, h_norm: torch.Tensor, clamp: float) -> None:
+    """In place: ||delta_b|| = scale_b ||u_b|| <= clamp ||h_b||."""
+    limit = clamp * h_norm / scale  # (n,) bound on ||u_b||
+    norm = u.norm(dim=-1)  # (n,)
+    factor = torch.where(norm > limit, limit / norm.clamp_min(1e-12), torch.ones_like(norm))
+    u.mul_(factor[:, None])
