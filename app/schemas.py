@@ -32,6 +32,8 @@ HARD_MAX_RECORDS = 1000
 
 
 HPARAM_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Engine settings a caller may not set: `stats_files` names files on the worker's disk.
+SERVER_ONLY_HPARAMS = frozenset({"stats_files"})
 
 
 def _hparam_scalar(value: Any) -> bool:
@@ -158,6 +160,8 @@ class ForgetRequest(Request):
         for name, item in value.items():
             if not HPARAM_NAME_RE.match(name):
                 raise ValueError("names must be lower_snake_case identifiers (at most 64 chars)")
+            if name in SERVER_ONLY_HPARAMS:
+                raise ValueError(f"{name} is a server setting and cannot be set per request")
             items = item if isinstance(item, list) else [item]
             if isinstance(item, list) and len(item) > 64:
                 raise ValueError(f"{name}: at most 64 values")

@@ -288,6 +288,7 @@ def test_model_sources_stay_inside_the_roots(
         ({"callback_url": "https://user:pw@hooks.example.com/h"}, "callback_url"),
         ({"callback_url": "file:///etc/passwd"}, "callback_url"),
         ({"unknown_field": 1}, "unknown_field"),
+        ({"hparams": {"stats_files": ["/etc/passwd"]}}, "stats_files"),  # worker's disk
     ],
 )
 def test_forget_refuses_bad_hparams_callbacks_and_fields(
