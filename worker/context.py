@@ -1,4 +1,5 @@
-"""The worker's per-process state: settings, the store and the resident model cache.
+"""The worker's per-process state: settings, the store, the resident model cache
+and the resident method instances.
 
 RQ calls the task functions by dotted path, so they cannot receive this state as an
 argument. It lives in ONE per-process WorkerContext, created by `python -m worker` at
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from store import ArtifactStore
 from worker.model_cache import ModelCache
 from worker.settings import WorkerSettings
+from zerounlearn.methods.registry import UnlearningMethod, get_method
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,15 @@ class WorkerContext:
     models: ModelCache
     name: str | None = None  # the RQ worker's name, recorded in job documents
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # one instance per method name, kept so its caches (context templates sampled from
+    # each model: seconds per request) are reused by later jobs
+    methods: dict[str, UnlearningMethod] = field(default_factory=dict, repr=False)
+
+    def method(self, name: str) -> UnlearningMethod:
+        """The resident instance of method `name` (UnknownMethod if none is registered)."""
+        if name not in self.methods:
+            self.methods[name] = get_method(name)
+        return self.methods[name]
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings, name: str | None = None) -> WorkerContext:

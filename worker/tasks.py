@@ -132,7 +132,7 @@ def forget(
             patch = engine_forget(
                 lm,
                 parsed,
-                method,
+                ctx.method(method),
                 overrides,
                 stats=StatsCache(store.stats_dir),
                 progress=run.scaled(0.05, 0.85),

@@ -10,7 +10,7 @@ import torch
 
 from zerounlearn.errors import NonFiniteResult
 from zerounlearn.keys import prepare_requests
-from zerounlearn.methods.registry import get_method
+from zerounlearn.methods.registry import UnlearningMethod, get_method
 from zerounlearn.patch import Patch
 from zerounlearn.records import ForgetRecord, validate_records
 
@@ -38,7 +38,7 @@ def check_patch_finite(patch: Patch) -> None:
 def forget(
     lm: Any,
     records: Iterable[ForgetRecord | Mapping[str, Any]],
-    method: str = "zerounlearn",
+    method: str | UnlearningMethod = "zerounlearn",
     hparams: dict[str, Any] | None = None,
     *,
     stats: Any,
@@ -46,11 +46,14 @@ def forget(
 ) -> Patch:
     """Compute a patch that makes `lm` forget `records` with `method`.
 
+    `method` is a registered name, or an instance from `get_method` that the caller
+    keeps between calls so its caches (context templates) are reused.
+
     Validates the records (InvalidRecord), resolves and checks hyper-parameters
     (InvalidHyperParameters, LayerOutOfRange), refuses non-finite results
     (NonFiniteResult). lm.model is unchanged on return: apply the patch to use it.
     """
-    impl = get_method(method)  # UnknownMethod before any work
+    impl = get_method(method) if isinstance(method, str) else method  # UnknownMethod early
     recs = check_records(lm, records)
     patch = impl.compute_patch(lm, recs, hparams, stats=stats, progress=progress)
     check_patch_finite(patch)

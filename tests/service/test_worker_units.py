@@ -271,3 +271,17 @@ def test_healthcheck_finds_a_worker_of_this_host(redis_conn: Redis) -> None:
     worker.register_birth()
     assert worker_alive(redis_conn, host)
     assert not worker_alive(redis_conn, "other-host")
+
+
+def test_method_instances_are_resident(tmp_path: Path) -> None:
+    """Later jobs reuse the same method instance, and so its sampled context templates."""
+    from worker.context import WorkerContext
+    from zerounlearn.errors import UnknownMethod
+
+    ctx = WorkerContext.from_settings(
+        WorkerSettings(redis_url="redis://127.0.0.1:6379/14", data_dir=tmp_path)
+    )
+    assert ctx.method("zerounlearn") is ctx.method("zerounlearn")
+    assert ctx.method("zerounlearn") is not ctx.method("zerounlearn-paper")
+    with pytest.raises(UnknownMethod):
+        ctx.method("no-such-method")
