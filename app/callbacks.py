@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import socket
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -94,10 +95,38 @@ def payload(store: ArtifactStore, settings: Settings, job: dict[str, Any]) -> di
     }
 
 
+def resolves_to_internal_address(host: str) -> bool:
+    """True when a host NAME resolves to a loopback, private, link-local or otherwise
+    non-public address (DNS rebinding: an allow-listed name pointed inside).
+
+    IP literals and loopback names are judged by the allow-list alone: an operator who
+    lists 127.0.0.1 or 10.1.2.3 means it. A name that does not resolve counts as internal.
+    """
+    if _loopback(host):
+        return False
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return False
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return True
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if not address.is_global:
+            return True
+    return False
+
+
 def deliver(
     client: httpx.Client, url: str, secret: bytes, body: dict[str, Any], attempt: int
 ) -> str | None:
     """POST once; None on a 2xx answer, else a short reason (status or error type)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if resolves_to_internal_address(host):
+        return "refused: the host resolves to an internal address"
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     timestamp = int(time.time())
     headers = {

@@ -351,3 +351,19 @@ def test_reconciler_requeues_lost_jobs_and_purges_ended_ones(
         assert "Quorra" not in json.dumps(request)
         actions = [e["action"] for e in store.audit.page(0, 100)[0]]
         assert actions.count("request.requeued") == 2 and "request.purged" in actions
+
+
+def test_callback_names_resolving_inside_are_refused() -> None:
+    """DNS rebinding: an allow-listed NAME that resolves to a private or loopback address
+    is not called; literals and loopback names the operator listed are."""
+    import httpx
+
+    from app.callbacks import deliver, resolves_to_internal_address
+
+    assert resolves_to_internal_address("localhost.localdomain.invalid")  # unresolvable
+    assert not resolves_to_internal_address("127.0.0.1")
+    assert not resolves_to_internal_address("localhost")
+    with httpx.Client() as client:  # no request is sent: the check comes first
+        reason = deliver(client, "https://no-such-host.invalid/hook", b"k",
+                         {"job_id": "j-1"}, 1)
+    assert reason is not None and reason.startswith("refused")
