@@ -30,7 +30,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from zerounlearn.api import forget  # noqa: E402
-from zerounlearn.datasets import reference_texts, world_facts  # noqa: E402
+from zerounlearn.datasets import (  # noqa: E402
+    TUNING_FORGET,
+    TUNING_NEIGHBORS,
+    reference_texts,
+    tuning_records,
+)
 from zerounlearn.evaluate import evaluate  # noqa: E402
 from zerounlearn.loading import BUILTIN_SMOLLM2, load_model  # noqa: E402
 from zerounlearn.methods.registry import get_method  # noqa: E402
@@ -38,18 +43,7 @@ from zerounlearn.patch import apply_patch  # noqa: E402
 from zerounlearn.stats import StatsCache  # noqa: E402
 from zerounlearn.templates import TemplateCache  # noqa: E402
 
-FORGET = [  # (relation, subject)
-    ("capital", "France"), ("capital", "Germany"), ("capital", "Italy"),
-    ("chemical_symbol", "gold"), ("chemical_symbol", "iron"), ("chemical_symbol", "oxygen"),
-    ("landmark_city", "Eiffel Tower"), ("landmark_city", "Colosseum"),
-    ("currency", "Russia"), ("language", "Turkey"),
-]
-NEIGHBORS = [
-    ("capital", "Spain"), ("capital", "Japan"), ("capital", "Norway"),
-    ("chemical_symbol", "silver"), ("chemical_symbol", "sodium"),
-    ("landmark_city", "Statue of Liberty"), ("landmark_city", "Acropolis"),
-    ("currency", "Japan"), ("language", "Spain"), ("author", "To Kill a Mockingbird"),
-]
+FORGET, NEIGHBORS = TUNING_FORGET, TUNING_NEIGHBORS
 
 SAMPLES = 20_000  # statistics tokens: small on purpose (CPU); the reference uses 100,000
 COMMON = {"stats_samples": SAMPLES}
@@ -102,30 +96,6 @@ for _name, (_method, _ov) in CONFIGS.items():  # the early grid used the paper's
 DEFAULT_GRID = ["paper", "gated-mult", "gated-add-keep", "late-add-keep", "ours"]
 
 
-def _fact(facts: list[dict], relation: str, subject: str) -> dict:
-    for f in facts:
-        if f["relation"] == relation and f["subject"] == subject:
-            return f
-    raise KeyError(f"{relation}/{subject} is not in world_facts()")
-
-
-def build_records() -> list[dict[str, Any]]:
-    """FORGET as records; neighbour j attached to record j (each scored once)."""
-    facts = world_facts()
-    neighbors = [_fact(facts, r, s) for r, s in NEIGHBORS]
-    records = []
-    for j, (rel, subj) in enumerate(FORGET):
-        f = _fact(facts, rel, subj)
-        paraphrases = [p for p, known in zip(f["paraphrases"], f["paraphrases_known"],
-                                             strict=True) if known]
-        nb = [neighbors[j]] if j < len(neighbors) else []
-        records.append({"prompt": f["prompt"], "subject": f["subject"], "answer": f["answer"],
-                        "paraphrases": paraphrases,
-                        "neighbors": [{"prompt": n["prompt"], "answer": n["answer"]}
-                                      for n in nb]})
-    return records
-
-
 def summary(result: dict[str, Any]) -> dict[str, Any]:
     s = result["summary"]
     return {k: s.get(k) for k in ("efficacy", "generalization", "specificity", "perplexity")}
@@ -135,7 +105,7 @@ def run(names: list[str], cache: Path, out: Path) -> list[dict[str, Any]]:
     lm = load_model(BUILTIN_SMOLLM2, cache_dir=cache / "engine")
     stats = StatsCache(cache / "stats")  # shared with the slow test
     templates = TemplateCache()
-    records = build_records()
+    records = tuning_records()
     texts = reference_texts()
     rows = [{"name": "base", "method": "-", "overrides": {}, "seconds": 0.0,
              **summary(evaluate(lm, records, texts, generate_tokens=0))}]

@@ -31,6 +31,43 @@ def world_facts() -> list[dict[str, Any]]:
     return json.loads(json.dumps(_load("world_facts.json")["facts"]))
 
 
+# The request the SmolLM2 defaults were tuned on (scripts/sweep.py) and that the slow
+# engine test checks: 10 facts over 5 relations, neighbour j attached to record j.
+TUNING_FORGET = [  # (relation, subject)
+    ("capital", "France"), ("capital", "Germany"), ("capital", "Italy"),
+    ("chemical_symbol", "gold"), ("chemical_symbol", "iron"), ("chemical_symbol", "oxygen"),
+    ("landmark_city", "Eiffel Tower"), ("landmark_city", "Colosseum"),
+    ("currency", "Russia"), ("language", "Turkey"),
+]
+TUNING_NEIGHBORS = [
+    ("capital", "Spain"), ("capital", "Japan"), ("capital", "Norway"),
+    ("chemical_symbol", "silver"), ("chemical_symbol", "sodium"),
+    ("landmark_city", "Statue of Liberty"), ("landmark_city", "Acropolis"),
+    ("currency", "Japan"), ("language", "Spain"), ("author", "To Kill a Mockingbird"),
+]
+
+
+def world_fact(relation: str, subject: str) -> dict[str, Any]:
+    """One packaged fact; KeyError naming it when absent."""
+    for fact in world_facts():
+        if fact["relation"] == relation and fact["subject"] == subject:
+            return fact
+    raise KeyError(f"{relation}/{subject} is not in world_facts()")
+
+
+def tuning_records() -> list[dict[str, Any]]:
+    """TUNING_FORGET as forget records (known paraphrases only), each with its neighbour."""
+    records = []
+    for (rel, subj), (n_rel, n_subj) in zip(TUNING_FORGET, TUNING_NEIGHBORS, strict=True):
+        f, n = world_fact(rel, subj), world_fact(n_rel, n_subj)
+        paraphrases = [p for p, known in zip(f["paraphrases"], f["paraphrases_known"],
+                                             strict=True) if known]
+        records.append({"prompt": f["prompt"], "subject": f["subject"], "answer": f["answer"],
+                        "paraphrases": paraphrases,
+                        "neighbors": [{"prompt": n["prompt"], "answer": n["answer"]}]})
+    return records
+
+
 def reference_texts() -> list[str]:
     """The packaged reference paragraphs for perplexity."""
     return list(_load("reference_texts.json")["texts"])

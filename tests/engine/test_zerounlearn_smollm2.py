@@ -10,13 +10,12 @@ Statistics use a small sample (cached under the test cache), not the reference 1
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from zerounlearn.api import forget
-from zerounlearn.datasets import reference_texts, world_facts
+from zerounlearn.datasets import reference_texts, tuning_records
 from zerounlearn.evaluate import evaluate
 from zerounlearn.loading import LoadedModel, load_model
 from zerounlearn.patch import apply_patch
@@ -24,33 +23,7 @@ from zerounlearn.stats import StatsCache
 
 pytestmark = pytest.mark.slow
 
-FORGET = [
-    ("capital", "France"), ("capital", "Germany"), ("capital", "Italy"),
-    ("chemical_symbol", "gold"), ("chemical_symbol", "iron"), ("chemical_symbol", "oxygen"),
-    ("landmark_city", "Eiffel Tower"), ("landmark_city", "Colosseum"),
-    ("currency", "Russia"), ("language", "Turkey"),
-]
-NEIGHBORS = [
-    ("capital", "Spain"), ("capital", "Japan"), ("capital", "Norway"),
-    ("chemical_symbol", "silver"), ("chemical_symbol", "sodium"),
-    ("landmark_city", "Statue of Liberty"), ("landmark_city", "Acropolis"),
-    ("currency", "Japan"), ("language", "Spain"), ("author", "To Kill a Mockingbird"),
-]
 STATS_SAMPLES = 10_000  # small (CI time); scripts/sweep.py used 20,000
-
-
-def _fact(facts: list[dict[str, Any]], relation: str, subject: str) -> dict[str, Any]:
-    return next(f for f in facts if f["relation"] == relation and f["subject"] == subject)
-
-
-def _records() -> list[dict[str, Any]]:
-    facts = world_facts()
-    out = []
-    for (rel, subj), (n_rel, n_subj) in zip(FORGET, NEIGHBORS, strict=True):
-        f, n = _fact(facts, rel, subj), _fact(facts, n_rel, n_subj)
-        out.append({"prompt": f["prompt"], "subject": f["subject"], "answer": f["answer"],
-                    "neighbors": [{"prompt": n["prompt"], "answer": n["answer"]}]})
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +32,7 @@ def smollm2(smollm2_dir: Path) -> LoadedModel:
 
 
 def test_forgets_world_facts_and_keeps_neighbours_and_perplexity(smollm2, cache_dir) -> None:
-    lm, records, texts = smollm2, _records(), reference_texts()
+    lm, records, texts = smollm2, tuning_records(), reference_texts()
     before = evaluate(lm, records, texts, generate_tokens=0)["summary"]
     assert before["efficacy"] == 100.0  # the model knows every fact and every neighbour
     assert before["specificity"] == 100.0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.tiny_model import tiny_facts
+from tests.support.tiny_model import TINY_HPARAMS, tiny_facts
 from zerounlearn.api import forget
 from zerounlearn.errors import (
     DuplicateMethod,
@@ -34,17 +34,6 @@ from zerounlearn.patch import apply_patch
 from zerounlearn.stats import CorpusSpec, StatsCache
 from zerounlearn.tokens import answer_batch, score_answers
 
-TINY_HPARAMS = {
-    "layers": [1],
-    "template_count": 0,
-    "update": "additive",
-    "orthogonality": "key_gated",
-    "corpus_weight": 15000.0,
-    "forget_weight": 5000.0,
-    "preserve_weight": 50.0,
-    "stats_samples": 5000,
-    "stats_seq_len": 16,
-}
 N_FORGET, N_NEIGHBORS = 10, 95
 
 

@@ -18,12 +18,6 @@ from tests.support import processes
 from tests.support.processes import TEST_ADMIN_TOKEN, ServiceStack
 from tests.support.tiny_model import tiny_facts
 
-TINY_HPARAMS: dict[str, Any] = {
-    "layers": [1], "template_count": 0, "update": "additive", "preserve_weight": 50.0,
-    "stats_samples": 5000, "stats_seq_len": 16,
-}
-"""Forget hyper-parameters that work on the toy model (those of the engine's tests)."""
-
 
 @dataclass
 class LiveService:

@@ -21,7 +21,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -230,3 +230,12 @@ if __name__ == "__main__":
     start = time.perf_counter()
     build_tiny_gpt2(target)
     logger.info("built %s in %.1f s", target, time.perf_counter() - start)
+
+
+TINY_HPARAMS: dict[str, Any] = {
+    "layers": [1], "template_count": 0, "update": "additive", "preserve_weight": 50.0,
+    "stats_samples": 5000, "stats_seq_len": 16,
+}
+"""Forget hyper-parameters for this toy model: it recalls a fact at the prompt's last
+token (2 layers: an edit at the subject of its last layer cannot reach the answer), and
+templates sampled from it are noise."""
