@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.live import TINY_HPARAMS, LiveService, records
+from tests.support.live import LiveService, records
 from tests.support.processes import REPO, TEST_ADMIN_TOKEN, free_port
+from tests.support.tiny_model import TINY_HPARAMS
 
 pytestmark = pytest.mark.timeout(600)
 

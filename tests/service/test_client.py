@@ -14,8 +14,9 @@ from client import (
     NotFound,
     Unauthorized,
 )
-from tests.support.live import TINY_HPARAMS, LiveService, records
+from tests.support.live import LiveService, records
 from tests.support.processes import free_port
+from tests.support.tiny_model import TINY_HPARAMS
 
 pytestmark = pytest.mark.timeout(600)
 

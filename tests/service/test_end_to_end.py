@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 
 from tests.support import processes
-from tests.support.live import TINY_HPARAMS
 from tests.support.processes import ServiceStack
-from tests.support.tiny_model import tiny_facts
+from tests.support.tiny_model import TINY_HPARAMS, tiny_facts
 
 FORGET_METHOD = "zerounlearn"
 FORGET_HPARAMS: dict[str, Any] = TINY_HPARAMS  # the toy model needs its own settings

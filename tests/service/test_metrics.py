@@ -10,8 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import NotFound
-from tests.support.live import TINY_HPARAMS, LiveService, records
+from tests.support.live import LiveService, records
 from tests.support.processes import wait_until
+from tests.support.tiny_model import TINY_HPARAMS
 
 pytestmark = pytest.mark.timeout(600)
 

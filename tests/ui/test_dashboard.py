@@ -15,8 +15,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.support.live import TINY_HPARAMS, LiveService, records
+from tests.support.live import LiveService, records
 from tests.support.processes import TEST_ADMIN_TOKEN
+from tests.support.tiny_model import TINY_HPARAMS
 from tests.ui.conftest import screenshot
 
 pytestmark = pytest.mark.timeout(600)
