@@ -218,9 +218,10 @@ def _follow_preparation(
             _say(line)
             last = line
         if model.get("status") == "ready":
+            base = str(client.base_url).rstrip("/")
             _say(
-                f"ready: forget something with POST {client.base_url}v1/models/{model_id}/forget"
-                f" (docs: {client.base_url}docs)"
+                f"ready: forget something with POST {base}/v1/models/{model_id}/forget"
+                f" (docs: {base}/docs, dashboard: {base}/)"
             )
             return
         if model.get("status") == "failed":
