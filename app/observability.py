@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from rq import Worker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.queue import RESIDENT_KEY_PREFIX
 from store import JOB_KINDS, JOB_STATUSES, ArtifactStore, StoreError
 from store.logs import request_id_var
 
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-RESIDENT_KEY_PREFIX = "zerounlearn:resident:"  # worker.metrics.RESIDENT_KEY_PREFIX
 JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 """Seconds: job and phase durations span a tiny model on CPU to SmolLM2 preparation."""
 UNMATCHED_ROUTE = "<unmatched>"

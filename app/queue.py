@@ -7,6 +7,7 @@ workers log), short result/failure TTLs, and is deleted once cancelled or answer
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -35,6 +36,7 @@ TASKS: dict[str, str] = {
 """Dotted path of the worker function for each kind of job."""
 
 GENERATE_RESULT_TTL_S = 60
+RESIDENT_KEY_PREFIX = "zerounlearn:resident:"  # worker.metrics.RESIDENT_KEY_PREFIX
 """Seconds a generate answer stays in Redis if the API never collects it."""
 _POLL_BLOCK_S = 2
 """Longest single blocking read of a result stream (below the socket timeout)."""
@@ -95,8 +97,22 @@ class JobQueue:
             logger.warning("could not remove job %s from Redis: %s", job_id, type(exc).__name__)
 
     def workers_alive(self) -> int:
-        """Number of live workers listening on this queue (expired ones drop out)."""
-        return len(Worker.all(queue=self.queue))
+        """Number of live workers listening on this queue: those in RQ's registry, plus
+        those whose own heartbeat key (the resident-model publication a worker refreshes
+        every 5 s, TTL 20 s) names this queue. In a loaded test run RQ's registration of a
+        worker lapsed while the worker went on serving the queue (cause not found); the
+        heartbeat keeps `generate` and /readyz from refusing then."""
+        names = {w.name for w in Worker.all(queue=self.queue)}
+        for key in self.redis.scan_iter(match=RESIDENT_KEY_PREFIX + "*", count=100):
+            raw = self.redis.get(key)
+            try:
+                queue = json.loads(raw)["queue"] if raw else None
+            except (ValueError, KeyError, TypeError):
+                continue
+            if queue == self.queue.name:
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                names.add(name[len(RESIDENT_KEY_PREFIX):])
+        return len(names)
 
     def generate(self, model_id: str, version: str, prompt: str, max_new_tokens: int) -> dict:
         """Run worker.tasks.generate ahead of other jobs and wait for its answer.
