@@ -108,9 +108,11 @@ class ZeroUnlearnBase:
     def __init__(self, templates: TemplateCache | None = None) -> None:
         self.templates = templates if templates is not None else TemplateCache()
 
-    # one step per layer; the GD variant overrides it
-    def edit_layer(self, lm: Any, ctx: dict[str, Any], i: int, layer: int) -> torch.Tensor:
-        cfg: ZeroUnlearnHParams = ctx["cfg"]
+    def layer_inputs(
+        self, lm: Any, ctx: dict[str, Any], i: int, layer: int
+    ) -> tuple[KeyState, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Spec steps 1-2 and M_f for layer i of the loop, on the partly edited model:
+        (keys, W (d_model, d_ff), V* (d_model, n) float64, M_f (d_model, n))."""
         layers: list[int] = ctx["layers"]
         keys = compute_keys(lm, ctx["requests"], ctx["templates"], layer, layers[-1],
                             ctx["protected"])
@@ -118,7 +120,14 @@ class ZeroUnlearnBase:
             keys.k_p = drop_overlapping(keys.k_p, keys.k_clean)
         w = lm.adapter.get_weight(lm.model, layer)  # (d_model, d_ff)
         v = keys.wk_f.double() + (ctx["z"] - keys.h_l.double()) / (len(layers) - i)  # V*
-        m_f = sensitive_states(lm, ctx["requests"], ctx["templates"], layer, keys, cfg)
+        m_f = sensitive_states(lm, ctx["requests"], ctx["templates"], layer, keys,
+                               ctx["cfg"])
+        return keys, w, v, m_f
+
+    # one step per layer; the GD variant overrides it
+    def edit_layer(self, lm: Any, ctx: dict[str, Any], i: int, layer: int) -> torch.Tensor:
+        cfg: ZeroUnlearnHParams = ctx["cfg"]
+        keys, w, v, m_f = self.layer_inputs(lm, ctx, i, layer)
         w_new, rank = layer_update(w, ctx["stats"][layer], keys, v, m_f, cfg)
         ctx["info"].setdefault("rank", []).append(rank)
         ctx["info"].setdefault("protected_keys", []).append(

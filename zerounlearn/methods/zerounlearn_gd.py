@@ -25,10 +25,8 @@ import torch
 from zerounlearn import solve
 from zerounlearn.config import ZeroUnlearnGDHParams
 from zerounlearn.errors import NonFiniteResult
-from zerounlearn.keys import compute_keys
 from zerounlearn.methods.registry import register_method
-from zerounlearn.methods.zerounlearn import ZeroUnlearnBase, sensitive_states
-from zerounlearn.protect import drop_overlapping
+from zerounlearn.methods.zerounlearn import ZeroUnlearnBase
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +91,7 @@ class ZeroUnlearnGD(ZeroUnlearnBase):
 
     def edit_layer(self, lm: Any, ctx: dict[str, Any], i: int, layer: int) -> torch.Tensor:
         cfg: ZeroUnlearnGDHParams = ctx["cfg"]
-        layers: list[int] = ctx["layers"]
-        keys = compute_keys(lm, ctx["requests"], ctx["templates"], layer, layers[-1],
-                            ctx["protected"])
-        if keys.k_p is not None:
-            keys.k_p = drop_overlapping(keys.k_p, keys.k_clean)
-        w = lm.adapter.get_weight(lm.model, layer)  # (d_model, d_ff)
-        v = keys.wk_f.double() + (ctx["z"] - keys.h_l.double()) / (len(layers) - i)  # V*
-        m_f = sensitive_states(lm, ctx["requests"], ctx["templates"], layer, keys, cfg)
+        keys, w, v, m_f = self.layer_inputs(lm, ctx, i, layer)
         q = solve.sensitive_basis(m_f, cfg.rank_rtol)  # (d_model, r)
         u_null = null_space_basis(ctx["stats"][layer], cfg.null_rtol, cfg.null_min_rank)
         u_null = exclude_keys(u_null, keys.k_p, cfg.null_min_rank)  # protected prompts
