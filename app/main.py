@@ -47,7 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for `settings` (default: from the environment)."""
     settings = settings or load_settings()
     redis = connect_redis(settings)
-    store = ArtifactStore(settings.data_dir)
+    store = ArtifactStore.open(settings.data_dir, settings.store_url,
+                               s3_endpoint_url=settings.s3_endpoint_url)
     queue = JobQueue(redis, settings)
     reconciler = Reconciler(store, queue, settings)
 
@@ -55,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _bootstrap_auth(settings, store)
         reconciler.start()
-        logger.info("API ready: store %s, queue %s", settings.data_dir, settings.queue_name)
+        logger.info("API ready: store %s, queue %s", store.describe(), settings.queue_name)
         yield
         reconciler.stop()
         redis.close()

@@ -1,6 +1,7 @@
 """The reconciler: keeps every accepted request moving, at start-up and on a timer.
 
-One pass (one API process at a time: a non-blocking flock):
+One pass (one API process at a time, across machines: the store's non-blocking
+`exclusive` lease):
 1. re-enqueue accepted requests whose job is still "queued" but whose queue entry is
    gone (Redis restarted without persistence, FLUSHDB) or ended before the task started
    (a worker died between dequeue and start); the worker's queued -> running transition
@@ -11,13 +12,9 @@ One pass (one API process at a time: a non-blocking flock):
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,59 +66,52 @@ class Reconciler:
                 logger.error("reconciler pass failed unexpectedly: %s", type(exc).__name__)
             self._stop.wait(self.settings.reconcile_interval_s)
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[bool]:
-        path = self.store.root / "requests" / ".reconciler.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
     # ------------------------------------------------------------------ pass
     def run_once(self) -> dict[str, int]:
         counts = {"requeued": 0, "callbacks": 0, "purged": 0}
-        with self._exclusive() as mine:
+        # one pass at a time over every API process of every machine sharing the store
+        with self.store.exclusive("reconciler") as mine:
             if not mine:
                 return counts
             now = time.time()
-            for request in self.store.requests.list():
+            requests = self.store.requests.list()
+            # RQ statuses in one round trip, read before the job documents: one Job.fetch
+            # per waiting request cost the API ~1 ms of CPU each, every pass, with a backlog.
+            statuses = self._queue_statuses([r["job_id"] for r in requests])
+            for request in requests:
                 try:
                     job = self.store.get_job(request["job_id"])
                 except NotFound:
                     continue
-                if self._requeue(request, job, now):
+                changed = False
+                if self._requeue(request, job, now, statuses):
                     counts["requeued"] += 1
+                    changed = True
                 if self._callback(request, job, now):
                     counts["callbacks"] += 1
+                    changed = True
                 if self._purge(request, job, now):
                     counts["purged"] += 1
-                self._settle(job["id"])
+                    changed = True
+                self._settle(job["id"], None if changed else request)
         return counts
 
-    def _settle(self, job_id: str) -> None:
-        """Purged and no callback pending: nothing left to do for this request."""
-        request = self.store.requests.get(job_id)
+    def _settle(self, job_id: str, request: dict[str, Any] | None = None) -> None:
+        """Purged and no callback pending: nothing left to do for this request.
+        `request`: its document as read in this pass, when the pass did not change it."""
+        request = request if request is not None else self.store.requests.get(job_id)
         callback = request.get("callback") or {}
         if request.get("task_args") is None and callback.get("state") != "pending":
             self.store.requests.settle(job_id)
 
-    def _requeue(self, request: dict[str, Any], job: dict[str, Any], now: float) -> bool:
+    def _requeue(self, request: dict[str, Any], job: dict[str, Any], now: float,
+                 statuses: dict[str, str | None] | None = None) -> bool:
         if job["status"] != "queued" or request.get("task_args") is None:
             return False
         created = _epoch(request.get("created_at")) or now
         if now - created < self.settings.reconcile_grace_s:
             return False
-        if self._queue_entry_alive(job["id"]):
+        if self._queue_entry_alive(job["id"], statuses):
             return False
         self.queue.enqueue(request["kind"], job["id"],
                            *queue_args(request["kind"], request["task_args"]))
@@ -132,8 +122,25 @@ class Reconciler:
         logger.warning("job %s was queued but missing from Redis: enqueued again", job["id"])
         return True
 
-    def _queue_entry_alive(self, job_id: str) -> bool:
-        """Does Redis still hold a job that will run (not lost, not failed before start)?"""
+    def _queue_statuses(self, job_ids: list[str]) -> dict[str, str | None]:
+        """Each job's RQ status (None: Redis holds no such job), in one round trip."""
+        pipe = self.queue.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        found = pipe.execute() if job_ids else []
+        return {j: (s.decode() if isinstance(s, bytes) else s) or None
+                for j, s in zip(job_ids, found, strict=True)}
+
+    def _queue_entry_alive(
+        self, job_id: str, statuses: dict[str, str | None] | None = None
+    ) -> bool:
+        """Does Redis still hold a job that will run (not lost, not failed before start)?
+        `statuses`: RQ statuses read earlier in this pass (else fetched now)."""
+        if statuses is not None and job_id in statuses:
+            status = statuses[job_id]
+            if status is None:
+                return False
+            return status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
         try:
             status = Job.fetch(job_id, connection=self.queue.redis).get_status(refresh=False)
         except NoSuchJobError:

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
     # Root of the artifact store (models, versions, jobs); shared with the workers.
     data_dir: Path = Path("data")
+    # ZEROUNLEARN_STORE_URL: unset = data_dir is the store; s3://bucket/prefix = an
+    # S3-compatible store shared by every machine (data_dir is then a local cache).
+    store_url: str | None = Field(None, pattern=r"^((s3|file)://.+)?$")
+    # ZEROUNLEARN_S3_ENDPOINT_URL: the S3 API of MinIO, moto... (unset: AWS).
+    s3_endpoint_url: str | None = None
     # Jobs go to the RQ queue "zerounlearn-{device_class}" ("cpu", "gpu", "a100"...).
     device_class: str = "cpu"
     # Most records one forget or verify request may carry.

@@ -1,6 +1,8 @@
-"""The artifact store: models, versions and jobs as JSON files under one root.
+"""The artifact store: models, versions and jobs as JSON documents and blobs on an
+object backend: a local directory (default) or S3-compatible storage (store.backends).
 
-Plain Python, JSON and os: no torch, no engine import, so the API can use it.
+Plain Python, JSON, os (and boto3 for S3): no torch, no engine import, so the API can
+use it.
 """
 
 from store.artifacts import ArtifactStore

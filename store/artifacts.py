@@ -1,31 +1,31 @@
-"""ArtifactStore: models, immutable versions and job documents under one root.
+"""ArtifactStore: models, immutable versions and job documents, on an object backend.
 
-Layout (root = ZEROUNLEARN_DATA_DIR):
+Layout (keys; locally files under root = ZEROUNLEARN_DATA_DIR):
     models/{model_id}/model.json
-    models/{model_id}/versions/{vN}/manifest.json [+ patch.safetensors]
+    models/{model_id}/versions/{vN}/manifest.json [+ patch.safetensors locally]
+    models/{model_id}/patches/{sha256}.safetensors   (object stores)
     jobs/{job_id}.json
-    stats/  cache/  exports/{model_id}/{version}/
+    stats/  exports/{model_id}/{version}/
+and, always on the local disk under root: cache/ (converted models) and, with an object
+store, the local copies of patches and statistics.
 
-Every document write is atomic (temp file + fsync + os.replace). A version is
-published by filling `versions/.tmp-<uuid>/` and renaming it to the next free `vN`;
-a crash leaves only `.tmp-*` entries, which are never listed. Read-modify-write of a
-model or job holds an flock on a sidecar lock file, so two processes cannot both win
-a status transition.
+Every document write is atomic. Versions are published as store.versions describes
+(never half-written, never rewritten). Read-modify-write of a model or job is one
+atomic `update` of the backend (an flock locally, compare-and-swap on an object
+store), so two processes, on one machine or several, cannot both win a transition.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import os
-import shutil
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from store.audit import AuditLog
+from store.backends import LocalBackend, ObjectBackend, open_backend
 from store.documents import (
     JOB_ID_RE,
     JOB_KINDS,
@@ -34,44 +34,67 @@ from store.documents import (
     VERSION_RE,
     check_job_status,
     check_model_status,
-    copy_patch,
     manifest_defaults,
     new_job_id,
     new_model_id,
     utc_now,
-    version_number,
 )
 from store.errors import Conflict, InvalidDocument, NotFound, StoreError
-from store.files import (
-    TMP_PREFIX,
-    fsync_dir,
-    locked,
-    read_json,
-    write_json_atomic,
-)
+from store.files import TMP_PREFIX
 from store.hashing import RECORD_SALT, salted_hash
 from store.keys import KeyStore
+from store.objects import dump, read_doc, update_doc
 from store.requests import RequestStore
 from store.secretfiles import load_or_create_secret
+from store.sync import StatsSync, publish_export
+from store.versions import MANIFEST_FILE, PATCH_FILE, DirectoryVersions, ObjectVersions
 
-MANIFEST_FILE = "manifest.json"
-PATCH_FILE = "patch.safetensors"
-_MAX_PUBLISH_ATTEMPTS = 1000
+__all__ = ["MANIFEST_FILE", "PATCH_FILE", "ArtifactStore"]
 
 
 class ArtifactStore:
-    """The file-backed store. Cheap to construct: directories are made on first write."""
+    """The store. Cheap to construct: nothing is written before the first write.
 
-    def __init__(self, root: Path | str) -> None:
+    root: the local data directory (the whole store with the default local backend; with
+    an object store only the local cache of big blobs). backend: where documents and
+    blobs live (default: LocalBackend(root)).
+    """
+
+    def __init__(self, root: Path | str, backend: ObjectBackend | None = None) -> None:
         self.root = Path(root)
-        self.keys = KeyStore(self.root)
-        self.audit = AuditLog(self.root)
-        self.requests = RequestStore(self.root)
+        self.backend = backend if backend is not None else LocalBackend(self.root)
+        self.shared = not isinstance(self.backend, LocalBackend)
+        self.keys = KeyStore(self.backend)
+        self.audit = AuditLog(self.backend)
+        self.requests = RequestStore(self.backend)
+        self._versions: DirectoryVersions | ObjectVersions
+        if isinstance(self.backend, LocalBackend):
+            self._versions = DirectoryVersions(self.backend.root)
+        else:
+            self._versions = ObjectVersions(self.backend, self.root)
+        self._stats = StatsSync(self.backend, self.root / "stats")
         self._salt: bytes | None = None
 
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path | str,
+        store_url: str | None = None,
+        *,
+        s3_endpoint_url: str | None = None,
+    ) -> ArtifactStore:
+        """The store ZEROUNLEARN_STORE_URL names (None: the local directory data_dir)."""
+        backend = open_backend(store_url, data_dir, s3_endpoint_url=s3_endpoint_url)
+        return cls(data_dir, backend)
+
+    def describe(self) -> str:
+        """Where the store lives, for logs (never a credential)."""
+        where = self.backend.describe()
+        return where if not self.shared else f"{where} (local cache {self.root})"
+
     def secret(self, name: str) -> bytes:
-        """A server secret kept under secrets/ (0600), created on first use."""
-        return load_or_create_secret(self.root, name)
+        """A server secret kept under secrets/ (owner-only), created on first use."""
+        return load_or_create_secret(self.backend, name)
 
     def record_hashes(self, records: list[dict[str, Any]]) -> list[str]:
         """Salted hashes of request records: what stays once their text is purged."""
@@ -79,28 +102,25 @@ class ArtifactStore:
             self._salt = self.secret(RECORD_SALT)
         return [salted_hash(self._salt, record) for record in records]
 
-    # ------------------------------------------------------------------ paths
-    def _model_dir(self, model_id: str) -> Path:
+    # ------------------------------------------------------------------- keys
+    @staticmethod
+    def _model_key(model_id: str) -> str:
         if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
             raise NotFound(f"model {model_id!r} not found", kind="model")
-        return self.root / "models" / model_id
+        return f"models/{model_id}/model.json"
 
-    def _versions_dir(self, model_id: str) -> Path:
-        return self._model_dir(model_id) / "versions"
-
-    def _version_dir(self, model_id: str, version: str) -> Path:
+    @staticmethod
+    def _check_version(model_id: str, version: str) -> None:
         if not isinstance(version, str) or not VERSION_RE.match(version):
             raise NotFound(f"version {version!r} of model {model_id} not found", kind="version")
-        return self._versions_dir(model_id) / version
 
-    def _job_path(self, job_id: str) -> Path:
+    @staticmethod
+    def _job_key(job_id: str) -> str:
         if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
             raise NotFound(f"job {job_id!r} not found", kind="job")
-        return self.root / "jobs" / f"{job_id}.json"
+        return f"jobs/{job_id}.json"
 
-    def _job_lock(self, job_id: str) -> Path:
-        return self.root / "jobs" / ".locks" / f"{job_id}.lock"
-
+    # -------------------------------------------------------------- locations
     def _location(self, name: str) -> Path:
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
@@ -108,21 +128,41 @@ class ArtifactStore:
 
     @property
     def stats_dir(self) -> Path:
-        """Root of the engine's StatsCache (shared by workers)."""
+        """Root of the engine's StatsCache: local; shared through pull/push_stats."""
         return self._location("stats")
 
     @property
     def cache_dir(self) -> Path:
-        """Engine cache_dir: converted builtin models."""
+        """Engine cache_dir: converted builtin models (always local to the machine)."""
         return self._location("cache")
 
     @property
     def exports_dir(self) -> Path:
-        """Exported checkpoints live under exports/{model_id}/{version}/."""
+        """Exported checkpoints are written under exports/{model_id}/{version}/."""
         return self._location("exports")
 
+    def pull_stats(self) -> list[str]:
+        """Fetch statistics other workers computed into stats_dir (object stores; a
+        no-op locally). Returns the names fetched."""
+        return self._stats.pull()
+
+    def push_stats(self) -> list[str]:
+        """Share the statistics computed here (object stores; a no-op locally)."""
+        return self._stats.push()
+
+    def publish_export(self, model_id: str, version: str, local_dir: Path, marker: str) -> str:
+        """Make a complete export (its `marker` file written last) reachable by every
+        machine; returns where it is: the local path, or its s3:// URL."""
+        return publish_export(self.backend, f"exports/{model_id}/{version}", local_dir, marker)
+
+    def exclusive(self, name: str, ttl_s: float = 300.0) -> contextlib.AbstractContextManager[bool]:
+        """Without waiting: True when this process now holds `name` for the block, over
+        every process of every machine using the store (a lease of ttl_s on an object
+        store); False when another holds it. E.g. one reconciler pass at a time."""
+        return self.backend.try_lock(f"exclusive/{name}", ttl_s)
+
     def check_writable(self) -> None:
-        """Raise StoreError unless a file can be created, synced and removed under root."""
+        """Raise StoreError unless the local root and the backend accept a write."""
         probe = self.root / f"{TMP_PREFIX}probe-{uuid.uuid4().hex}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -133,18 +173,10 @@ class ArtifactStore:
             probe.unlink()
         except OSError as exc:
             raise StoreError(f"store root is not writable: {exc.strerror or exc}") from exc
-
-    @staticmethod
-    def _read(path: Path, missing: NotFound) -> dict[str, Any]:
-        try:
-            doc = read_json(path)
-        except FileNotFoundError:
-            raise missing from None
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{path.name} is not valid JSON") from exc
-        if not isinstance(doc, dict):
-            raise StoreError(f"{path.name} does not hold a JSON object")
-        return doc
+        if self.shared:
+            key = f"health/probe-{uuid.uuid4().hex}"
+            self.backend.put(key, b"ok")
+            self.backend.delete(key)
 
     # ----------------------------------------------------------------- models
     def create_model(self, doc: dict[str, Any]) -> dict[str, Any]:
@@ -165,54 +197,38 @@ class ArtifactStore:
             **{k: v for k, v in doc.items() if k != "id"},
         }
         check_model_status(model["status"])
-        model_dir = self._model_dir(model["id"])
-        model_dir.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            model_dir.mkdir()
-        except FileExistsError:
-            raise Conflict(f"model {model['id']} already exists") from None
-        write_json_atomic(model_dir / "model.json", model)
+        if not self.backend.put_if_absent(self._model_key(model["id"]), dump(model)):
+            raise Conflict(f"model {model['id']} already exists")
         return model
 
     def get_model(self, model_id: str) -> dict[str, Any]:
         """The model document; NotFound when there is none."""
-        path = self._model_dir(model_id) / "model.json"
-        return self._read(path, NotFound(f"model {model_id!r} not found", kind="model"))
+        missing = NotFound(f"model {model_id!r} not found", kind="model")
+        return read_doc(self.backend, self._model_key(model_id), missing)
 
     def list_models(self) -> list[dict[str, Any]]:
         """All models, oldest first."""
-        base = self.root / "models"
-        if not base.is_dir():
-            return []
         models = []
-        for entry in base.iterdir():
-            if MODEL_ID_RE.match(entry.name):
+        for name in self.backend.children("models/"):
+            if name.endswith("/") and MODEL_ID_RE.match(name[:-1]):
                 with contextlib.suppress(NotFound):
-                    models.append(self.get_model(entry.name))
+                    models.append(self.get_model(name[:-1]))
         return sorted(models, key=lambda m: (m.get("created_at") or "", m["id"]))
 
     def update_model(self, model_id: str, **fields: Any) -> dict[str, Any]:
-        """Locked read-modify-write of a model document; returns the new document."""
+        """Atomic read-modify-write of a model document; returns the new document."""
         if "id" in fields:
             raise InvalidDocument("a model's id cannot change")
         if "status" in fields:
             check_model_status(fields["status"])
-        model_dir = self._model_dir(model_id)
+        key = self._model_key(model_id)
         self.get_model(model_id)  # NotFound before any lock file is made
-        with locked(model_dir / ".lock"):
-            model = self.get_model(model_id)
-            model.update(fields)
-            write_json_atomic(model_dir / "model.json", model)
+        missing = NotFound(f"model {model_id!r} not found", kind="model")
+        model = update_doc(self.backend, key, lambda doc: {**doc, **fields}, missing)
+        assert model is not None
         return model
 
     # --------------------------------------------------------------- versions
-    def _version_numbers(self, model_id: str) -> list[int]:
-        versions_dir = self._versions_dir(model_id)
-        if not versions_dir.is_dir():
-            return []
-        numbers = (version_number(entry.name) for entry in versions_dir.iterdir())
-        return sorted(n for n in numbers if n is not None)
-
     def publish_version(
         self, model_id: str, manifest: dict[str, Any], patch_file: Path | None
     ) -> dict[str, Any]:
@@ -226,52 +242,29 @@ class ArtifactStore:
         doc = manifest_defaults(manifest)
         if doc["parent"] is not None:
             self.get_version(model_id, doc["parent"])
-        versions_dir = self._versions_dir(model_id)
-        versions_dir.mkdir(parents=True, exist_ok=True)
-        tmp = versions_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            if patch_file is not None:
-                doc["patch"] = copy_patch(Path(patch_file), tmp / PATCH_FILE, doc["patch"])
-            elif doc["patch"] is not None:
-                raise InvalidDocument("manifest describes a patch but no patch file was given")
-            numbers = self._version_numbers(model_id)
-            number = numbers[-1] + 1 if numbers else 0
-            for _ in range(_MAX_PUBLISH_ATTEMPTS):
-                doc["id"] = f"v{number}"
-                write_json_atomic(tmp / MANIFEST_FILE, doc)
-                try:
-                    os.rename(tmp, versions_dir / doc["id"])
-                except OSError as exc:
-                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                        raise
-                    number += 1
-                    continue
-                fsync_dir(versions_dir)
-                return doc
-            raise Conflict(f"no free version number for model {model_id}")
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        return self._versions.publish(model_id, doc, patch_file)
 
     def get_version(self, model_id: str, version: str) -> dict[str, Any]:
         """A version's manifest; NotFound for an unknown model or version."""
         self.get_model(model_id)
-        path = self._version_dir(model_id, version) / MANIFEST_FILE
-        missing = NotFound(f"version {version!r} of model {model_id} not found", kind="version")
-        return self._read(path, missing)
+        self._check_version(model_id, version)
+        manifest = self._versions.read(model_id, version)
+        if manifest is None:
+            raise NotFound(f"version {version!r} of model {model_id} not found", kind="version")
+        return manifest
 
     def list_versions(self, model_id: str) -> list[dict[str, Any]]:
         """All published versions of a model, v0 first (never the .tmp-* leftovers)."""
         self.get_model(model_id)
-        return [self.get_version(model_id, f"v{n}") for n in self._version_numbers(model_id)]
+        return [self.get_version(model_id, f"v{n}") for n in self._versions.numbers(model_id)]
 
     def patch_path(self, model_id: str, version: str) -> Path:
-        """Path of a version's patch file; NotFound when the version has none (v0)."""
+        """Local path of a version's patch file (downloaded into the local cache from an
+        object store); NotFound when the version has none (v0)."""
         manifest = self.get_version(model_id, version)
         if manifest.get("patch") is None:
             raise NotFound(f"version {version} of model {model_id} has no patch", kind="patch")
-        return self._version_dir(model_id, version) / PATCH_FILE
+        return self._versions.patch_path(model_id, version, manifest)
 
     def lineage(self, model_id: str, version: str) -> list[str]:
         """Version ids from the root (v0) down to `version`, in application order."""
@@ -304,32 +297,29 @@ class ArtifactStore:
             **{k: v for k, v in doc.items() if k != "id"},
         }
         check_job_status(job["status"])
-        path = self._job_path(job["id"])
-        with locked(self._job_lock(job["id"])):
-            if path.exists():
-                raise Conflict(f"job {job['id']} already exists")
-            write_json_atomic(path, job)
+        if not self.backend.put_if_absent(self._job_key(job["id"]), dump(job)):
+            raise Conflict(f"job {job['id']} already exists")
         return job
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         """The job document; NotFound when there is none."""
-        return self._read(self._job_path(job_id), NotFound(f"job {job_id!r} not found", kind="job"))
+        missing = NotFound(f"job {job_id!r} not found", kind="job")
+        return read_doc(self.backend, self._job_key(job_id), missing)
 
     def list_jobs(self, model_id: str | None = None) -> list[dict[str, Any]]:
         """All job documents (of one model when given), oldest first."""
-        base = self.root / "jobs"
-        if not base.is_dir():
-            return []
         jobs = []
-        for entry in base.glob("j-*.json"):
+        for name in self.backend.children("jobs/"):
+            if not (name.endswith(".json") and JOB_ID_RE.match(name[: -len(".json")])):
+                continue
             with contextlib.suppress(NotFound):
-                job = self.get_job(entry.name[: -len(".json")])
+                job = self.get_job(name[: -len(".json")])
                 if model_id is None or job.get("model_id") == model_id:
                     jobs.append(job)
         return sorted(jobs, key=lambda j: (j.get("created_at") or "", j["id"]))
 
     def update_job(self, job_id: str, **fields: Any) -> dict[str, Any]:
-        """Locked read-modify-write of a job (progress, result...); returns the new document.
+        """Atomic read-modify-write of a job (progress, result...); returns the new document.
 
         Status changes belong in transition_job, which checks where the job stands.
         """
@@ -337,12 +327,11 @@ class ArtifactStore:
             raise InvalidDocument("a job's id cannot change")
         if "status" in fields:
             check_job_status(fields["status"])
-        path = self._job_path(job_id)
+        key = self._job_key(job_id)
         self.get_job(job_id)  # NotFound before any lock file is made
-        with locked(self._job_lock(job_id)):
-            job = self.get_job(job_id)
-            job.update(fields)
-            write_json_atomic(path, job)
+        missing = NotFound(f"job {job_id!r} not found", kind="job")
+        job = update_doc(self.backend, key, lambda doc: {**doc, **fields}, missing)
+        assert job is not None
         return job
 
     def transition_job(
@@ -350,9 +339,10 @@ class ArtifactStore:
     ) -> dict[str, Any] | None:
         """Move a job to `to` if its status is in allowed_from; None (no write) otherwise.
 
-        Holds the job's lock, so of two racing transitions from "queued" (cancel and
-        start) exactly one returns a document. Sets started_at on "running" and
-        finished_at on a terminal status unless given.
+        One atomic update (an flock locally, compare-and-swap on an object store), so of
+        two racing transitions from "queued" (cancel and start) exactly one returns a
+        document. Sets started_at on "running" and finished_at on a terminal status
+        unless given.
         """
         check_job_status(to)
         allowed = set(allowed_from)
@@ -360,10 +350,10 @@ class ArtifactStore:
             check_job_status(status)
         if "id" in fields or "status" in fields:
             raise InvalidDocument("transition_job sets the status itself; the id cannot change")
-        path = self._job_path(job_id)
+        key = self._job_key(job_id)
         self.get_job(job_id)
-        with locked(self._job_lock(job_id)):
-            job = self.get_job(job_id)
+
+        def move(job: dict[str, Any]) -> dict[str, Any] | None:
             if job.get("status") not in allowed:
                 return None
             now = utc_now()
@@ -373,5 +363,7 @@ class ArtifactStore:
             if to in TERMINAL_JOB_STATUSES and "finished_at" not in fields:
                 job["finished_at"] = now
             job.update(fields)
-            write_json_atomic(path, job)
-        return job
+            return job
+
+        return update_doc(self.backend, key, move, NotFound(f"job {job_id!r} not found",
+                                                            kind="job"))

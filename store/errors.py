@@ -27,3 +27,7 @@ class Conflict(StoreError):
 
 class InvalidDocument(StoreError, ValueError):
     """A document the store refuses to write (unknown kind or status, raw record text...)."""
+
+
+class CorruptDocument(StoreError, ValueError):
+    """A stored document that is not valid JSON or not a JSON object."""

@@ -1,4 +1,4 @@
-"""API keys: only their sha256 is stored, under <root>/keys/{key_id}.json.
+"""API keys: only their sha256 is stored, as the object keys/{key_id}.json.
 
 A key is a random token of 256 bits ("zu_..."), so a plain sha256 identifies it without
 being reversible; its id is "k-" + the first 16 hex digits of that hash, which makes a
@@ -12,13 +12,13 @@ import contextlib
 import hmac
 import re
 import secrets
-from pathlib import Path
 from typing import Any
 
+from store.backends.base import ObjectBackend
 from store.documents import utc_now
-from store.errors import Conflict, InvalidDocument, NotFound
-from store.files import locked, read_json, write_json_atomic
+from store.errors import Conflict, InvalidDocument, NotFound, StoreError
 from store.hashing import sha256_hex
+from store.objects import dump, load, read_doc, update_doc
 
 ROLES = ("viewer", "operator", "admin")
 """Roles, least powerful first: each can do what the ones before it can."""
@@ -40,13 +40,13 @@ class KeyStore:
     """API key documents: {"id", "role", "models", "sha256", "created_at", "created_by",
     "revoked_at", "bootstrap"}."""
 
-    def __init__(self, root: Path) -> None:
-        self.dir = Path(root) / "keys"
+    def __init__(self, backend: ObjectBackend) -> None:
+        self.backend = backend
 
-    def _path(self, key_id: str) -> Path:
+    def _key(self, key_id: str) -> str:
         if not isinstance(key_id, str) or not KEY_ID_RE.match(key_id):
             raise NotFound(f"key {key_id!r} not found", kind="key")
-        return self.dir / f"{key_id}.json"
+        return f"keys/{key_id}.json"
 
     def create(
         self,
@@ -71,11 +71,8 @@ class KeyStore:
             "revoked_at": None,
             "bootstrap": bootstrap,
         }
-        path = self._path(doc["id"])
-        with locked(self.dir / ".lock"):
-            if path.exists():
-                raise Conflict(f"key {doc['id']} already exists")
-            write_json_atomic(path, doc)
+        if not self.backend.put_if_absent(self._key(doc["id"]), dump(doc)):
+            raise Conflict(f"key {doc['id']} already exists")
         return doc, token
 
     def ensure_bootstrap(self, token: str) -> dict[str, Any]:
@@ -93,37 +90,37 @@ class KeyStore:
         return doc
 
     def get(self, key_id: str) -> dict[str, Any]:
-        try:
-            doc = read_json(self._path(key_id))
-        except FileNotFoundError:
-            raise NotFound(f"key {key_id!r} not found", kind="key") from None
-        return doc
+        missing = NotFound(f"key {key_id!r} not found", kind="key")
+        return read_doc(self.backend, self._key(key_id), missing)
 
     def authenticate(self, token: str) -> dict[str, Any] | None:
         """The live key document whose secret is `token`; None when unknown or revoked."""
         try:
             doc = self.get(key_id_for(token))
-        except (NotFound, ValueError):  # other OSErrors: the store is unavailable
+        except (NotFound, ValueError):  # other errors: the store is unavailable
             return None
         if not hmac.compare_digest(str(doc.get("sha256", "")), sha256_hex(token)):
             return None
         return None if doc.get("revoked_at") else doc
 
     def list(self) -> list[dict[str, Any]]:
-        if not self.dir.is_dir():
-            return []
         docs = []
-        for path in self.dir.glob("k-*.json"):
-            with contextlib.suppress(OSError, ValueError):
-                docs.append(read_json(path))
+        for name in self.backend.children("keys/"):
+            if not (name.endswith(".json") and KEY_ID_RE.match(name[: -len(".json")])):
+                continue
+            blob = self.backend.read(f"keys/{name}")
+            if blob is not None:
+                with contextlib.suppress(StoreError):
+                    docs.append(load(blob.data, name))
         return sorted(docs, key=lambda d: (d.get("created_at") or "", d["id"]))
 
     def revoke(self, key_id: str) -> dict[str, Any]:
         """Mark a key revoked (idempotent); returns its document."""
-        path = self._path(key_id)
-        with locked(self.dir / ".lock"):
-            doc = self.get(key_id)
-            if doc.get("revoked_at") is None:
-                doc["revoked_at"] = utc_now()
-                write_json_atomic(path, doc)
-        return doc
+        key = self._key(key_id)
+        self.get(key_id)  # NotFound before any write
+
+        def revoke(doc: dict[str, Any]) -> dict[str, Any] | None:
+            return None if doc.get("revoked_at") else {**doc, "revoked_at": utc_now()}
+
+        missing = NotFound(f"key {key_id!r} not found", kind="key")
+        return update_doc(self.backend, key, revoke, missing) or self.get(key_id)

@@ -1,24 +1,23 @@
 """Accepted requests, recorded durably before the API answers 202.
 
-<root>/requests/{job_id}.json holds what is needed to enqueue the job again (the task
+requests/{job_id}.json holds what is needed to enqueue the job again (the task
 arguments, forget text included) until the job has ended and the retention time has
 passed; `purge` then drops the arguments, keeping only salted hashes. The reconciler
 re-enqueues accepted requests whose queue entry is gone, and delivers callbacks (their
-state lives here too). <root>/idempotency/{hash}.json maps an Idempotency-Key (hashed
+state lives here too). idempotency/{hash}.json maps an Idempotency-Key (hashed
 with the caller's key id) to the job it created and the salted hash of the body.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+from store.backends.base import ObjectBackend
 from store.documents import JOB_ID_RE, utc_now
-from store.errors import NotFound
-from store.files import locked, read_json, write_json_atomic
+from store.errors import CorruptDocument, NotFound
+from store.objects import dump, load, read_doc, update_doc
 
 FROM_REQUEST = "@stored-request"
 """Placeholder sent through the queue instead of request text: the worker reads the text
@@ -41,20 +40,19 @@ class RequestPurged(NotFound):
 
 
 class RequestStore:
-    def __init__(self, root: Path) -> None:
-        self.dir = Path(root) / "requests"
-        self.idem_dir = Path(root) / "idempotency"
+    """Pending requests are requests/{job_id}.json; settled ones requests/settled/."""
 
-    def _path(self, job_id: str) -> Path:
+    def __init__(self, backend: ObjectBackend) -> None:
+        self.backend = backend
+
+    @staticmethod
+    def _key(job_id: str, settled: bool = False) -> str:
         if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
             raise NotFound(f"request {job_id!r} not found", kind="request")
-        return self.dir / f"{job_id}.json"
-
-    def _lock(self, job_id: str) -> Path:
-        return self.dir / ".locks" / f"{job_id}.lock"
+        return f"requests/{'settled/' if settled else ''}{job_id}.json"
 
     def create(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Store an accepted request (fsynced); doc must hold job_id, kind, task_args."""
+        """Store an accepted request (durably); doc must hold job_id, kind, task_args."""
         full = {
             "created_at": utc_now(),
             "callback": None,
@@ -63,30 +61,20 @@ class RequestStore:
             "record_hashes": [],
             **doc,
         }
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)  # request text: owner only
-        with locked(self._lock(full["job_id"])):
-            write_json_atomic(self._path(full["job_id"]), full)
+        self.backend.put(self._key(full["job_id"]), dump(full))  # requests/: owner only
         return full
 
     def get(self, job_id: str) -> dict[str, Any]:
-        path = self._path(job_id)
-        for candidate in (path, self.dir / "settled" / path.name):
-            try:
-                return read_json(candidate)
-            except FileNotFoundError:
-                continue
+        for settled in (False, True):
+            blob = self.backend.read(self._key(job_id, settled))
+            if blob is not None:
+                return load(blob.data, f"{job_id}.json")
         raise NotFound(f"request {job_id!r} not found", kind="request")
 
     def settle(self, job_id: str) -> None:
         """Move a request with nothing left to do (purged, callback done) out of the
         reconciler's way: `list` no longer returns it, `get` still finds it."""
-        path = self._path(job_id)
-        with locked(self._lock(job_id)):
-            (self.dir / "settled").mkdir(parents=True, exist_ok=True)
-            os.replace(path, self.dir / "settled" / path.name)
-        with contextlib.suppress(FileNotFoundError):
-            self._lock(job_id).unlink()
+        self.backend.move(self._key(job_id), self._key(job_id, settled=True))
 
     def find(self, job_id: str) -> dict[str, Any] | None:
         with contextlib.suppress(NotFound):
@@ -94,23 +82,21 @@ class RequestStore:
         return None
 
     def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
-        """Locked read-modify-write of a request that is not settled."""
-        with locked(self._lock(job_id)):
-            try:
-                doc = read_json(self._path(job_id))
-            except FileNotFoundError:
-                raise NotFound(f"request {job_id!r} is not pending", kind="request") from None
-            doc.update(fields)
-            write_json_atomic(self._path(job_id), doc)
-        return doc
+        """Atomic read-modify-write of a request that is not settled."""
+        missing = NotFound(f"request {job_id!r} is not pending", kind="request")
+        key = self._key(job_id)
+        updated = update_doc(self.backend, key, lambda doc: {**doc, **fields}, missing)
+        assert updated is not None
+        return updated
 
     def list(self) -> list[dict[str, Any]]:
-        if not self.dir.is_dir():
-            return []
         docs = []
-        for path in self.dir.glob("j-*.json"):
-            with contextlib.suppress(OSError, ValueError):
-                docs.append(read_json(path))
+        for name in self.backend.children("requests/"):
+            if not (name.endswith(".json") and JOB_ID_RE.match(name[: -len(".json")])):
+                continue
+            with contextlib.suppress(NotFound, CorruptDocument):
+                missing = NotFound(f"request {name} is gone", kind="request")
+                docs.append(read_doc(self.backend, f"requests/{name}", missing))
         return sorted(docs, key=lambda d: (d.get("created_at") or "", d["job_id"]))
 
     def task_text(self, job_id: str, position: int) -> Any:
@@ -134,14 +120,12 @@ class RequestStore:
     @contextlib.contextmanager
     def idempotency(self, key_hash: str) -> Iterator[dict[str, Any] | None]:
         """Hold the key's lock; yield its stored entry (None when new)."""
-        path = self.idem_dir / f"{key_hash}.json"
-        with locked(self.idem_dir / ".locks" / f"{key_hash}.lock"):
-            try:
-                yield read_json(path)
-            except FileNotFoundError:
-                yield None
+        key = f"idempotency/{key_hash}.json"
+        with self.backend.lock(key):
+            blob = self.backend.read(key)
+            yield load(blob.data, key) if blob is not None else None
 
     def remember_idempotency(self, key_hash: str, job_id: str, body_hash: str) -> None:
         """Record which job a key created; call inside `idempotency(key_hash)`."""
         doc = {"job_id": job_id, "body_hash": body_hash, "created_at": utc_now()}
-        write_json_atomic(self.idem_dir / f"{key_hash}.json", doc)
+        self.backend.put(f"idempotency/{key_hash}.json", dump(doc))

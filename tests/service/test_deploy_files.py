@@ -123,6 +123,8 @@ def test_compose_redis_persists_with_aof(compose: dict) -> None:
 
 def test_compose_every_service_has_a_healthcheck(compose: dict) -> None:
     for name, service in compose["services"].items():
+        if service.get("restart") == "no":  # a one-shot job (creates the bucket)
+            continue
         check = service.get("healthcheck")
         assert check and check.get("test"), f"{name} has no healthcheck"
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
@@ -166,3 +168,67 @@ def test_compose_worker_reserves_one_gpu(compose: dict) -> None:
 def test_compose_explains_how_to_add_a_second_gpu() -> None:
     text = (REPO / "docker-compose.yml").read_text()
     assert re.search(r"second GPU.*\n.*device_ids", text)
+
+
+# ------------------------------------------------ several machines (profile multi)
+APP_SERVICES = ("api", "worker", "api-cpu", "worker-gpu", "worker-cpu")
+STORE_SETTINGS = ("ZEROUNLEARN_STORE_URL", "ZEROUNLEARN_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                  "AWS_SECRET_ACCESS_KEY")
+
+
+def test_compose_multi_profile_has_an_object_store_and_both_device_classes(
+    compose: dict,
+) -> None:
+    services = compose["services"]
+    for name in ("minio", "minio-init", "api-cpu", "worker-gpu", "worker-cpu"):
+        assert services[name]["profiles"] == ["multi"], name
+    for name in ("redis", "api", "worker"):  # the single-machine shape runs without it
+        assert "profiles" not in services[name], name
+    init = services["minio-init"]
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "mc mb --ignore-existing store/zerounlearn" in init["command"][0]
+    for name in ("api-cpu", "worker-gpu", "worker-cpu"):
+        depends = services[name]["depends_on"]
+        assert depends["redis"]["condition"] == "service_healthy", name
+        assert depends["minio-init"]["condition"] == "service_completed_successfully", name
+    for name in ("api", "worker"):  # wait for the bucket when the profile is on
+        depends = services[name]["depends_on"]["minio-init"]
+        assert depends["required"] is False, name
+
+
+def test_compose_every_app_service_uses_the_same_store(compose: dict) -> None:
+    services = compose["services"]
+    for setting in STORE_SETTINGS:
+        values = {services[n]["environment"][setting] for n in APP_SERVICES}
+        assert len(values) == 1 and "${" + setting in values.pop(), setting
+    env = services["api"]["environment"]
+    assert env["ZEROUNLEARN_STORE_URL"] == "${ZEROUNLEARN_STORE_URL:-}"  # default: local
+
+
+def test_compose_multi_machine_services_keep_their_own_cache(compose: dict) -> None:
+    services = compose["services"]
+    caches = []
+    for name in ("api-cpu", "worker-gpu", "worker-cpu"):
+        (mount,) = [v for v in services[name]["volumes"] if v.split(":")[1] == "/data"]
+        caches.append(mount.split(":")[0])
+        assert services[name]["environment"]["ZEROUNLEARN_DATA_DIR"] == "/data"
+    assert len(set(caches)) == 3 and "artifacts" not in caches
+    assert set(caches) <= set(compose["volumes"])
+
+
+def test_compose_every_worker_queue_has_an_api(compose: dict) -> None:
+    services = compose["services"]
+    apis = {services[n]["environment"]["ZEROUNLEARN_DEVICE_CLASS"] for n in ("api", "api-cpu")}
+    assert apis == {"gpu", "cpu"}
+    workers = {n: services[n]["environment"] for n in ("worker", "worker-gpu", "worker-cpu")}
+    for name, env in workers.items():
+        assert env["ZEROUNLEARN_DEVICE_CLASS"] in apis, name
+    assert workers["worker-gpu"]["ZEROUNLEARN_DEVICE_CLASS"] == "gpu"
+    assert workers["worker-cpu"]["ZEROUNLEARN_DEVICE_CLASS"] == "cpu"
+    assert workers["worker-cpu"]["ZEROUNLEARN_DEVICE"] == "cpu"
+    assert "deploy" not in services["worker-cpu"]
+    (device,) = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert workers["worker-gpu"]["ZEROUNLEARN_DEVICE"] == "cuda"
+    # statistics are shared only between workers that compute the same ones
+    assert len({env["ZEROUNLEARN_STATS_SAMPLES"] for env in workers.values()}) == 1

@@ -1,21 +1,45 @@
-"""ArtifactStore against real files: atomic publish, sequential ids, locked transitions."""
+"""ArtifactStore against real files: atomic publish, sequential ids, locked transitions.
+
+Every test runs on the local directory and on a real S3-compatible server (moto's on
+localhost); the few that look at the directory layout itself run locally only.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from store import ArtifactStore, Conflict, InvalidDocument, NotFound, new_job_id
+from tests.support.moto_s3 import CREDENTIALS, moto_s3_server, new_bucket
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ArtifactStore:
-    return ArtifactStore(tmp_path / "data")
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with moto_s3_server(tmp_path_factory.mktemp("moto")) as url:
+        yield url
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
+    if request.param == "local":
+        return ArtifactStore(tmp_path / "data")
+    from store.backends.s3 import S3Backend
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+    backend = S3Backend(new_bucket(endpoint), endpoint_url=endpoint, client_options=CREDENTIALS)
+    return ArtifactStore(tmp_path / "data", backend)
+
+
+def local_only(store: ArtifactStore) -> None:
+    if store.shared:
+        pytest.skip("looks at the local directory layout (tests/service/test_store_backends.py "
+                    "covers the object store's)")
 
 
 @pytest.fixture
@@ -128,6 +152,7 @@ def test_sequential_ids_under_concurrency(store: ArtifactStore, model: dict) -> 
 
 
 def test_tmp_dirs_are_never_listed(store: ArtifactStore, model: dict) -> None:
+    local_only(store)
     versions = store.root / "models" / model["id"] / "versions"
     crashed = versions / ".tmp-deadbeef"
     crashed.mkdir()
@@ -141,6 +166,7 @@ def test_tmp_dirs_are_never_listed(store: ArtifactStore, model: dict) -> None:
 def test_failed_publish_leaves_nothing_visible(
     store: ArtifactStore, model: dict, tmp_path: Path
 ) -> None:
+    local_only(store)
     with pytest.raises(InvalidDocument):
         store.publish_version(model["id"], {"parent": "v0", "records": [{"prompt": "x"}]}, None)
     with pytest.raises(InvalidDocument):
@@ -156,6 +182,7 @@ def test_failed_publish_leaves_nothing_visible(
 def test_publishing_never_rewrites_an_existing_version(
     store: ArtifactStore, model: dict, tmp_path: Path
 ) -> None:
+    local_only(store)
     v1 = store.publish_version(model["id"], {"parent": "v0"}, _patch(tmp_path, b"first"))
     v1_dir = store.root / "models" / model["id"] / "versions" / "v1"
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in v1_dir.iterdir()}
