@@ -56,12 +56,25 @@ def build_receipt(store: ArtifactStore, key: bytes, job: dict[str, Any]) -> dict
         "model_id": job["model_id"],
         "base_version": job.get("version"),
         "version": result["version"],
-        "record_hashes": [r["sha256"] for r in manifest.get("records", [])],
+        "record_hashes": _own_record_hashes(store, job, manifest),
         "patch_sha256": (manifest.get("patch") or {}).get("sha256"),
         "verification": _finite({k: metrics.get(k) for k in ("before", "after")}),
         "issued_at": job.get("finished_at"),
     }
     return {"receipt": receipt, "signature": sign(key, receipt)}
+
+
+def _own_record_hashes(
+    store: ArtifactStore, job: dict[str, Any], manifest: dict[str, Any]
+) -> list[str]:
+    """The hashes of THIS request's records. A coalesced version holds the records of
+    several requests; the request document keeps its own hashes after the text is
+    purged. Older requests without them fall back to the version's."""
+    request = store.requests.find(job["id"]) or {}
+    own = request.get("record_hashes")
+    if own:
+        return list(own)
+    return [r["sha256"] for r in manifest.get("records", [])]
 
 
 def check_receipt(key: bytes, receipt: dict[str, Any], signature: dict[str, Any]) -> dict:

@@ -303,7 +303,20 @@ class JobOut(BaseModel):
     id: str
     kind: JobKind
     model_id: str
-    version: str | None = None
+    version: str | None = Field(
+        None,
+        description="The version the job works on. A forget job's base: with base 'active' "
+        "the active version at submission while queued, the version it built on once "
+        "running.",
+    )
+    base: Literal["active", "explicit"] | None = Field(
+        None,
+        description="Forget jobs: 'active' builds on the version active when the job runs "
+        "(no base_version given), 'explicit' on the base_version given.",
+    )
+    coalesced_into: str | None = Field(
+        None, description="Forget jobs: the job whose edit this one joined (one version)."
+    )
     status: JobStatus
     progress: Progress = Field(default_factory=Progress)
     created_at: str
@@ -368,6 +381,9 @@ class VersionOut(BaseModel):
     method: str | None = None
     hparams: dict[str, Any] | None = None
     job_id: str | None = None
+    jobs: list[str] | None = Field(
+        None, description="Every forget job this version served (coalesced requests)."
+    )
     records: list[dict[str, str]] = Field(default_factory=list)
     patch: PatchInfo | None = None
     metrics: dict[str, Any] | None = None

@@ -99,21 +99,28 @@ def forget(
     req: ForgetRequest,
     idempotency_key: str | None = None,
 ) -> dict[str, Any]:
-    """Queue a forget job on base_version (default: the active version)."""
+    """Queue a forget job on base_version, or (none given) on the model's head.
+
+    Without base_version the job follows the head: the worker builds on the version that
+    is active when the job runs (under the model's edit lock), so requests queued
+    together each keep the deletions of the ones before. Until then the job's `version`
+    is the active version at submission; its `base` says which rule applies.
+    """
     require_ready(model)
     base = req.base_version or model["active_version"]
     store.get_version(model["id"], base)
     records = _records(req.records, settings)
     callback = check_callback_url(req.callback_url, settings) if req.callback_url else None
     args = (model["id"], base, records, req.method, req.hparams)
+    mode = "explicit" if req.base_version else "active"
     sub = Submission(
         "forget", model["id"], base, args, tuple(store.record_hashes(records)), callback,
-        req.model_dump(mode="json"),
+        req.model_dump(mode="json"), {"base": mode},
     )  # fmt: skip
     job = submit_job(store, queue, who, sub, idempotency_key)
     logger.info(
-        "forget job %s queued: model %s, base %s, method %s, %d record(s)",
-        job["id"], model["id"], base, req.method, len(records),
+        "forget job %s queued: model %s, base %s (%s), method %s, %d record(s)",
+        job["id"], model["id"], base, mode, req.method, len(records),
     )  # fmt: skip
     return job
 

@@ -43,6 +43,8 @@ class Submission:
     # check. Not `version`: a forget without base_version resolves to the active version,
     # which a retry after the first job succeeded would see moved on.
     body: dict[str, Any] | None = None
+    # Extra fields of the job document (a forget's "base": "active" | "explicit").
+    job_fields: dict[str, Any] | None = None
 
 
 def submit_job(
@@ -81,7 +83,8 @@ def _accept(
         callback = {"url": sub.callback_url, "state": "pending", "attempts": 0,
                     "next_attempt_at": 0.0, "last_error": None}
     job = store.create_job(
-        {"id": job_id, "kind": sub.kind, "model_id": sub.model_id, "version": sub.version}
+        {**(sub.job_fields or {}), "id": job_id, "kind": sub.kind, "model_id": sub.model_id,
+         "version": sub.version}
     )
     store.requests.create(
         {

@@ -10,6 +10,7 @@ and reached through `get_context()`. Nothing else in the worker package is globa
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -40,11 +41,25 @@ class WorkerContext:
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings, name: str | None = None) -> WorkerContext:
-        store = ArtifactStore(settings.data_dir)
+        store = ArtifactStore.open(settings.data_dir, settings.store_url,
+                                   s3_endpoint_url=settings.s3_endpoint_url)
+        budget_mb = settings.model_cache_mb or default_cache_mb(settings.device)
         models = ModelCache(
-            store, device=settings.device, max_entries=settings.model_cache_size
+            store, device=settings.device, max_entries=settings.model_cache_size,
+            max_bytes=budget_mb << 20,
         )
         return cls(settings=settings, store=store, models=models, name=name)
+
+
+def default_cache_mb(device: str) -> int:
+    """Half the machine's RAM on cpu; 80% of the GPU's memory on cuda (MiB)."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = torch.device(device).index or 0
+        return int(0.8 * torch.cuda.get_device_properties(index).total_memory) >> 20
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, ram // 2 >> 20)
 
 
 class _Holder:

@@ -8,7 +8,11 @@ After recording a failure the exception is re-raised as a `TaskFailed` that carr
 that safe document, so RQ's failed registry agrees with the job document without ever
 seeing a message that could quote a request.
 
-`recover_orphaned_jobs` fails the jobs that a dead worker left "running".
+`record_success` / `record_failure` end a job that is "running"; run_job uses them, and
+so does a coalesced forget edit for the jobs it claimed (worker.coalesce).
+
+`recover_orphaned_jobs` fails the jobs that a dead worker left "running" (claimed jobs
+of a coalesced edit included) and frees the model edit locks it held.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from rq.worker import BaseWorker, Worker
 
 from store import ArtifactStore, NotFound
 from store.logs import job_id_var
+from worker.edit_lock import release_locks_of
 from worker.errors import WorkerLost, WorkerStopped, error_document
 
 logger = logging.getLogger(__name__)
@@ -47,10 +52,13 @@ class TaskFailed(Exception):
 class JobRun:
     """A running job: throttled progress into the job document and the RQ job's meta."""
 
-    def __init__(self, store: ArtifactStore, job_id: str, kind: str) -> None:
+    def __init__(
+        self, store: ArtifactStore, job_id: str, kind: str, job: dict[str, Any] | None = None
+    ) -> None:
         self.store = store
         self.job_id = job_id
         self.kind = kind
+        self.job = job or {}  # the document as the job started (status "running")
         self._phase: str | None = None
         self._last_write = 0.0
         self._timed_phase: str | None = None
@@ -128,42 +136,67 @@ def _run_job(
         return {"skipped": True, "status": status}
     logger.info("job %s (%s) started", job_id, kind)
     audit(store, worker_name, "job.started", started)
-    run = JobRun(store, job_id, kind)
+    run = JobRun(store, job_id, kind, started)
     began = time.perf_counter()
     try:
         result = body(run)
     except BaseException as exc:
-        stopping = isinstance(exc, SystemExit | KeyboardInterrupt)
-        error = error_document(
-            WorkerStopped("the worker was stopped while the job ran; submit it again")
-            if stopping
-            else exc,
-            secrets=secrets,
-            job_id=job_id,
-        )
-        _log_failure(job_id, kind, exc, error)
-        done = store.transition_job(
-            job_id, ["running"], "failed", error=error, timings=run.finish_timings()
-        )
-        if done is not None:
-            audit(store, worker_name, "job.failed", done, detail={"code": error["code"]})
+        error = failure_document(exc, secrets, job_id)
+        record_failure(store, worker_name, job_id, kind, exc, error, run.finish_timings())
         if on_failure is not None:
             on_failure(error)
-        if stopping or isinstance(exc, JobTimeoutException):
+        if isinstance(exc, SystemExit | KeyboardInterrupt | JobTimeoutException):
             raise
         raise TaskFailed(error) from None
-    done = store.transition_job(
-        job_id,
-        ["running"],
-        "succeeded",
-        result=result,
-        progress={"phase": "done", "fraction": 1.0},
-        timings=run.finish_timings(),
-    )
-    if done is not None:
-        audit(store, worker_name, "job.succeeded", done, detail=_outcome(result))
+    record_success(store, worker_name, job_id, result, run.finish_timings())
     logger.info("job %s (%s) succeeded in %.1f s", job_id, kind, time.perf_counter() - began)
     return result
+
+
+def failure_document(
+    exc: BaseException, secrets: Iterable[str], job_id: str | None
+) -> dict[str, str]:
+    """The safe error of a job that raised `exc` (a stop of the worker: worker_stopped)."""
+    if isinstance(exc, SystemExit | KeyboardInterrupt):
+        exc = WorkerStopped("the worker was stopped while the job ran; submit it again")
+    return error_document(exc, secrets=secrets, job_id=job_id)
+
+
+def record_failure(
+    store: ArtifactStore,
+    worker_name: str | None,
+    job_id: str,
+    kind: str,
+    exc: BaseException,
+    error: dict[str, str],
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any] | None:
+    """Log, mark failed (if still running) and audit; the new document or None."""
+    _log_failure(job_id, kind, exc, error)
+    fields: dict[str, Any] = {"error": error}
+    if timings is not None:
+        fields["timings"] = timings
+    done = store.transition_job(job_id, ["running"], "failed", **fields)
+    if done is not None:
+        audit(store, worker_name, "job.failed", done, detail={"code": error["code"]})
+    return done
+
+
+def record_success(
+    store: ArtifactStore,
+    worker_name: str | None,
+    job_id: str,
+    result: dict[str, Any],
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any] | None:
+    """Mark succeeded with `result` (if still running) and audit; the new document or None."""
+    fields: dict[str, Any] = {"result": result, "progress": {"phase": "done", "fraction": 1.0}}
+    if timings is not None:
+        fields["timings"] = timings
+    done = store.transition_job(job_id, ["running"], "succeeded", **fields)
+    if done is not None:
+        audit(store, worker_name, "job.succeeded", done, detail=_outcome(result))
+    return done
 
 
 def audit(
@@ -247,10 +280,13 @@ def recover_orphaned_jobs(
     or registered by a dead process of this host (`dead_local_workers`, whose stale
     registrations are removed too, so /readyz stops counting them). Returns the ids.
     """
-    for worker in dead_local_workers(connection, me):
+    dead = dead_local_workers(connection, me)
+    for worker in dead:
         logger.warning("worker %s (pid %s) is dead; removing its registration",
                        worker.name, worker.pid)
         worker.register_death()
+    for model_id in release_locks_of(connection, [w.name for w in dead]):
+        logger.warning("freed the edit lock of model %s held by a dead worker", model_id)
     alive = {w.name for w in Worker.all(connection=connection)}
     failed = []
     for job in store.list_jobs():

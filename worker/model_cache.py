@@ -13,6 +13,12 @@ directory edited after registration must not silently receive patches.
 `get` hands out a shared model: callers must not modify it. `take` removes an entry so
 the caller may edit it in place (the forget task applies its new patch to the parent's
 weights) and `put` files it under its new version.
+
+Eviction is least-recently-used under two limits: at most `max_entries` versions, and
+(when `max_bytes` is set) at most `max_bytes` of parameters and buffers in total. The
+newest entry always stays, even alone over the budget: a worker must be able to serve
+the model it was asked for. Before loading a model the cache makes room for it using the
+size of any version of it seen before (every version of a model has the same size).
 """
 
 from __future__ import annotations
@@ -50,16 +56,22 @@ class ModelCache:
         *,
         device: str = "cpu",
         max_entries: int = 2,
+        max_bytes: int | None = None,
         loader: Loader = load_model,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be positive (or None for no byte budget)")
         self.store = store
         self.device = device
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._loader = loader
         self._entries: OrderedDict[CacheKey, LoadedModel] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # model_id -> bytes of one materialised version
         self.loads = 0  # base loads so far (tests and logs)
+        self.evictions = 0
 
     # ---------------------------------------------------------------- public
     def key(self, model_id: str, version: str, dtype: str | None = None) -> CacheKey:
@@ -104,13 +116,30 @@ class ModelCache:
     def keys(self) -> list[CacheKey]:
         return list(self._entries)
 
+    @property
+    def resident_bytes(self) -> int:
+        """Parameters and buffers of every resident version, in bytes."""
+        return sum(self._sizes.get(key.model_id, 0) for key in self._entries)
+
     # -------------------------------------------------------------- internals
     def _insert(self, key: CacheKey, lm: LoadedModel) -> None:
+        self._sizes[key.model_id] = model_bytes(lm)
         self._entries[key] = lm
         self._entries.move_to_end(key)
+        self._evict_until(lambda: self._over_budget(extra_entries=0, extra_bytes=0))
+
+    def _over_budget(self, *, extra_entries: int, extra_bytes: int) -> bool:
+        if len(self._entries) + extra_entries > self.max_entries:
+            return True
+        return self.max_bytes is not None and self.resident_bytes + extra_bytes > self.max_bytes
+
+    def _evict_until(self, over: Callable[[], bool], *, keep_newest: bool = True) -> None:
+        """Drop least-recently-used entries while `over()` holds (never the newest entry
+        when keep_newest: it is the one just asked for)."""
         evicted = False
-        while len(self._entries) > self.max_entries:
+        while over() and len(self._entries) > (1 if keep_newest else 0):
             old, _ = self._entries.popitem(last=False)
+            self.evictions += 1
             logger.info("model cache evicts %s/%s (%s, %s)", *old)
             evicted = True
         if evicted:
@@ -119,11 +148,13 @@ class ModelCache:
     def _materialise(self, key: CacheKey) -> LoadedModel:
         model = self.store.get_model(key.model_id)
         chain = self.store.lineage(key.model_id, key.version)  # v0 .. version
-        # Make room first: a new model must not sit next to max_entries old ones.
-        while len(self._entries) >= self.max_entries:
-            old, _ = self._entries.popitem(last=False)
-            logger.info("model cache evicts %s/%s (%s, %s)", *old)
-            _release_memory(self.device)
+        # Make room first: a new model must not sit next to max_entries old ones, nor push
+        # the resident bytes past the budget while it loads (size known once seen).
+        expected_bytes = self._sizes.get(key.model_id, 0)
+        self._evict_until(
+            lambda: self._over_budget(extra_entries=1, extra_bytes=expected_bytes),
+            keep_newest=False,
+        )
         lm = self._loader(
             model["source"], dtype=key.dtype, device=key.device, cache_dir=self.store.cache_dir
         )
@@ -150,6 +181,18 @@ class ModelCache:
         path = self.store.patch_path(model_id, version)
         check_patch_file(path, manifest["patch"], f"{model_id}/{version}")
         apply_patch(lm, load_patch(path))
+
+
+def model_bytes(lm: LoadedModel) -> int:
+    """Bytes of the model's parameters and buffers (tied weights counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in list(lm.model.parameters()) + list(lm.model.buffers()):
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def check_patch_file(path: Path, described: dict[str, Any], label: str) -> None:

@@ -13,7 +13,15 @@ ZEROUNLEARN_STATS_SAMPLES     20000     tokens sampled for the second-moment sta
                                         engine's reference) on a GPU for better statistics
 ZEROUNLEARN_MODEL_CACHE_SIZE  2         materialised versions kept resident (LRU); 2 holds
                                         a version and its parent for verify
+ZEROUNLEARN_MODEL_CACHE_MB    (auto)    memory budget of resident versions in MiB (LRU
+                                        eviction beyond it); auto: half the machine's RAM
+                                        on cpu, 80% of the GPU's memory on cuda
 ZEROUNLEARN_LOG_LEVEL         INFO      DEBUG, INFO, WARNING, ERROR or CRITICAL
+ZEROUNLEARN_COALESCE_WINDOW_S 2.0       seconds a forget job waits after it was submitted
+                                        so that later requests for the same model, base,
+                                        method and hparams join its edit (0: no wait)
+ZEROUNLEARN_COALESCE_MAX_BATCH 64       most records one coalesced edit takes (the first
+                                        job always runs whole); 1 disables coalescing
 
 The statistics sample count is part of the statistics cache key: changing it makes the
 next prepare/forget job compute new statistics (old files stay in `stats/`).
@@ -22,6 +30,7 @@ next prepare/forget job compute new statistics (old files stay in `stats/`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -39,6 +48,15 @@ DEFAULT_STATS_SAMPLES = 20_000
 
 DEFAULT_MODEL_CACHE_SIZE = 2
 """Resident materialised versions: a version and its parent (verify) fit."""
+
+DEFAULT_COALESCE_WINDOW_S = 2.0
+"""How long a forget job waits for others to join its edit, counted from its submission."""
+
+DEFAULT_COALESCE_MAX_BATCH = 64
+"""Most records of one coalesced edit."""
+
+MAX_COALESCE_WINDOW_S = 600.0
+"""A longer wait would hold a worker idle for nothing: refused as a likely typo."""
 
 QUEUE_PREFIX = "zerounlearn-"
 """Queue names are QUEUE_PREFIX + device class, e.g. "zerounlearn-cpu"."""
@@ -61,7 +79,19 @@ class WorkerSettings:
     torch_threads: int = 1
     stats_samples: int = DEFAULT_STATS_SAMPLES
     model_cache_size: int = DEFAULT_MODEL_CACHE_SIZE
+    model_cache_mb: int | None = None  # None: worker.context picks a budget for the device
     log_level: str = "INFO"
+    coalesce_window_s: float = DEFAULT_COALESCE_WINDOW_S
+    coalesce_max_batch: int = DEFAULT_COALESCE_MAX_BATCH
+    # ZEROUNLEARN_STORE_URL: None = data_dir is the store; s3://bucket/prefix = shared
+    # object store (data_dir is then this machine's cache); see store.backends.
+    store_url: str | None = None
+    s3_endpoint_url: str | None = None  # ZEROUNLEARN_S3_ENDPOINT_URL (MinIO, moto...)
+
+    @property
+    def coalescing(self) -> bool:
+        """Whether forget jobs may be merged (a batch of 1 record never merges)."""
+        return self.coalesce_max_batch > 1
 
     @property
     def queue_name(self) -> str:
@@ -107,6 +137,22 @@ class WorkerSettings:
         cache_size = _positive_int(
             env, "ZEROUNLEARN_MODEL_CACHE_SIZE", DEFAULT_MODEL_CACHE_SIZE, problems
         )
+        cache_mb = None
+        if env.get("ZEROUNLEARN_MODEL_CACHE_MB", "").strip():
+            cache_mb = _positive_int(env, "ZEROUNLEARN_MODEL_CACHE_MB", 1, problems)
+
+        window = _seconds(
+            env, "ZEROUNLEARN_COALESCE_WINDOW_S", DEFAULT_COALESCE_WINDOW_S,
+            MAX_COALESCE_WINDOW_S, problems,
+        )
+        max_batch = _positive_int(
+            env, "ZEROUNLEARN_COALESCE_MAX_BATCH", DEFAULT_COALESCE_MAX_BATCH, problems
+        )
+
+        store_url = env.get("ZEROUNLEARN_STORE_URL", "").strip() or None
+        if store_url and not store_url.startswith(("s3://", "file://")):
+            problems.append("ZEROUNLEARN_STORE_URL must be s3://bucket[/prefix] or file:///path")
+        s3_endpoint_url = env.get("ZEROUNLEARN_S3_ENDPOINT_URL", "").strip() or None
 
         log_level = env.get("ZEROUNLEARN_LOG_LEVEL", "").strip().upper() or "INFO"
         if log_level not in _LOG_LEVELS:
@@ -122,7 +168,12 @@ class WorkerSettings:
             torch_threads=threads,
             stats_samples=samples,
             model_cache_size=cache_size,
+            model_cache_mb=cache_mb,
             log_level=log_level,
+            coalesce_window_s=window,
+            coalesce_max_batch=max_batch,
+            store_url=store_url,
+            s3_endpoint_url=s3_endpoint_url,
         )
 
     @property
@@ -141,5 +192,22 @@ def _positive_int(env: Mapping[str, str], name: str, default: int, problems: lis
         return default
     if value < 1:
         problems.append(f"{name} must be a positive integer (got {value})")
+        return default
+    return value
+
+
+def _seconds(
+    env: Mapping[str, str], name: str, default: float, most: float, problems: list[str]
+) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        problems.append(f"{name} must be a number of seconds (got {raw!r})")
+        return default
+    if not math.isfinite(value) or not 0 <= value <= most:
+        problems.append(f"{name} must be between 0 and {most:g} seconds (got {raw})")
         return default
     return value

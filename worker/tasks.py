@@ -18,13 +18,18 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from rq import get_current_job
+
 from store import ArtifactStore, utc_now
 from store.requests import FROM_REQUEST, RequestPurged
+from worker import coalesce
 from worker.context import WorkerContext, get_context
+from worker.edit_lock import EditLock, model_edit_lock
 from worker.errors import (
     InvalidRequest,
     ModelNotReady,
@@ -42,6 +47,7 @@ from zerounlearn import (
     validate_records,
 )
 from zerounlearn import forget as engine_forget
+from zerounlearn.api import check_records
 from zerounlearn.config import default_layers, hparams_class
 from zerounlearn.errors import NonFiniteResult
 
@@ -84,9 +90,10 @@ def prepare_model(job_id: str, model_id: str) -> dict[str, Any]:
             fingerprint=lm.fingerprint,
         )
         run.progress("statistics", 0.05)
-        StatsCache(store.stats_dir).ensure(
+        _stats(store).ensure(
             lm, list(layers), _corpus(ctx), progress=run.scaled(0.05, 1.0)
         )
+        store.push_stats()  # a shared store: other workers reuse them
         store.update_model(model_id, status="ready", error=None)
         return {
             "architecture": info["architecture"],
@@ -112,51 +119,147 @@ def forget(
     method: str = "zerounlearn",
     hparams: dict | None = None,
 ) -> dict[str, Any]:
-    """Forget `records` on top of `base_version`; publish and activate the new version."""
+    """Forget `records`; publish and activate the new version.
+
+    A job submitted without a base version ("base": "active" in its document) builds on
+    the model's active version when it runs, read under the model's edit lock; then
+    `base_version` is only the active version at submission and is not used. Other
+    queued jobs asking for the same edit may join this one (worker.coalesce).
+    """
     ctx = get_context()
     store = ctx.store
 
     stored = _stored_text(store, job_id, records, 2)
+    # run_job reads these when a failure's message must be scrubbed: the batch adds the
+    # text of the jobs it claims
+    secrets = record_texts(stored or [])
 
     def body(run: JobRun) -> dict[str, Any]:
+        picked = time.time()
         records = _require_records(stored, job_id)
         model = _ready_model(ctx, model_id)
-        store.get_version(model_id, base_version)  # NotFound before any heavy work
-        parsed = validate_records(records)
+        validate_records(records)  # this job's own fault: it fails before any job joins
         overrides = _method_overrides(ctx, model, method, hparams)
-        run.progress("load", 0.0)
-        lm = ctx.models.take(model_id, base_version)
-        applied = False
-        try:
-            before = evaluate(lm, parsed, progress=run.scaled(0.0, 0.05))
-            patch = engine_forget(
-                lm,
-                parsed,
-                ctx.method(method),
-                overrides,
-                stats=StatsCache(store.stats_dir),
-                progress=run.scaled(0.05, 0.85),
-            )
-            run.progress("apply", 0.85)
-            check_finite(patch)  # before the resident model is touched
-            apply_patch(lm, patch)
-            applied = True
-            after = evaluate(lm, parsed, progress=run.scaled(0.88, 0.97))
-            metrics = {"before": before["summary"], "after": after["summary"]}
-            run.progress("publish", 0.97)
-            hashes = store.record_hashes(records)
-            published = _publish(ctx, model_id, base_version, job_id, hashes, patch, metrics)
-        except BaseException:
-            if not applied:  # the engine leaves the model unchanged: keep it resident
-                ctx.models.put(model_id, base_version, lm)
-            raise
-        ctx.models.put(model_id, published["id"], lm)  # its weights ARE the new version
-        store.update_model(model_id, active_version=published["id"])
-        return {"version": published["id"], "parent": base_version, "metrics": metrics}
+        spec = coalesce.EditSpec(model_id, coalesce.base_spec(run.job), method, hparams or {})
+        if spec.base[0] == "explicit":
+            store.get_version(model_id, base_version)  # NotFound before any heavy work
+        queue = coalesce.current_queue() if ctx.settings.coalescing else None
+        window_s = coalesce.wait_window(run.job, ctx.settings.coalesce_window_s) if queue else 0.0
+        connection = queue.connection if queue is not None else _redis_of_current_job()
+        with model_edit_lock(connection, model_id, ctx.name) as lock:
+            base = base_version
+            if spec.base[0] == "active":
+                base = store.get_model(model_id)["active_version"]
+                store.update_job(job_id, version=base)
+            run.progress("load", 0.0)
+            hit = ctx.models.key(model_id, base) in ctx.models
+            began = time.monotonic()
+            lm = ctx.models.take(model_id, base)  # _edit owns it now
+            timings = {"queue_wait_s": _since(run.job.get("created_at"), picked),
+                       "window_wait_s": window_s, "lock_wait_s": lock.waited_s,
+                       "load_s": time.monotonic() - began}
+            return _edit(ctx, run, lm, spec, base, overrides, records, queue, lock, secrets,
+                         timings, hit)
 
-    return run_job(
-        store, job_id, "forget", body, worker_name=ctx.name, secrets=record_texts(stored or [])
-    )
+    return run_job(store, job_id, "forget", body, worker_name=ctx.name, secrets=secrets)
+
+
+def _edit(
+    ctx: WorkerContext,
+    run: JobRun,
+    lm: LoadedModel,
+    spec: coalesce.EditSpec,
+    base: str,
+    overrides: dict[str, Any],
+    records: list[dict],
+    queue: Any,
+    lock: EditLock,
+    secrets: list[str],
+    timings: dict[str, float],
+    cache_hit: bool,
+) -> dict[str, Any]:
+    """Check, gather the batch, edit once, publish + activate; the leader's result.
+
+    `lm` (the materialised base, taken from the cache) goes back to the cache as the
+    base when nothing was applied to it, else as the new version."""
+    store, model_id = ctx.store, spec.model_id
+    batch: coalesce.Batch | None = None
+    applied = False
+    try:
+        # the leader's token-level check fails it alone, before any job has joined
+        leader = coalesce.Member(run.job_id, records, check_records(lm, records),
+                                 timings["queue_wait_s"])
+        batch = coalesce.Batch(leader)
+        if queue is not None:
+            coalesce.gather(
+                store, queue, spec, batch, max_records=ctx.settings.coalesce_max_batch,
+                base_version=base, worker_name=ctx.name,
+                check=lambda raw: check_records(lm, raw),
+            )
+            secrets.extend(record_texts(batch.raw_records()[len(records):]))
+        parsed = batch.parsed_records()
+        began = time.monotonic()
+        before = evaluate(lm, parsed, progress=run.scaled(0.0, 0.05))
+        patch = engine_forget(
+            lm,
+            parsed,
+            ctx.method(spec.method),
+            overrides,
+            stats=_stats(store),
+            progress=run.scaled(0.05, 0.85),
+        )
+        run.progress("apply", 0.85)
+        check_finite(patch)  # before the resident model is touched
+        apply_patch(lm, patch)
+        applied = True
+        after = evaluate(lm, parsed, progress=run.scaled(0.88, 0.97))
+        compute_s = time.monotonic() - began
+        metrics = {"before": before["summary"], "after": after["summary"]}
+        run.progress("publish", 0.97)
+        hashes = store.record_hashes(batch.raw_records())
+        lock.check()  # still ours: nobody else built on `base` meanwhile
+        published = _publish(ctx, model_id, base, batch.job_ids, hashes, patch, metrics)
+        store.update_model(model_id, active_version=published["id"])
+    except BaseException as exc:
+        if not applied:  # the engine leaves the model unchanged: keep it resident
+            ctx.models.put(model_id, base, lm)
+        if batch is not None:
+            coalesce.fail_peers(store, ctx.name, batch, exc)
+        raise
+    ctx.models.put(model_id, published["id"], lm)  # its weights ARE the new version
+    if batch.peers:
+        logger.info("job %s: one edit for %d job(s), %d record(s) -> %s/%s", run.job_id,
+                    len(batch.members), batch.size, model_id, published["id"])
+
+    def result_for(member: coalesce.Member) -> dict[str, Any]:
+        mine = dict(timings) if member is leader else {
+            **timings, "queue_wait_s": member.queue_wait_s, "window_wait_s": 0.0,
+            "lock_wait_s": 0.0,
+        }
+        return {
+            "version": published["id"],
+            "parent": base,
+            "metrics": metrics,
+            **coalesce.own_records(member, before, after),
+            "coalesced_with": [j for j in batch.job_ids if j != member.job_id],
+            "batch_records": batch.size,
+            "timings": {k: round(v, 4) for k, v in {**mine, "compute_s": compute_s}.items()},
+            "model_cache_hit": cache_hit,
+        }
+
+    coalesce.finish_peers(store, ctx.name, batch, result_for)
+    return result_for(leader)
+
+
+def _since(stamp: str | None, now: float) -> float:
+    created = coalesce.epoch(stamp)
+    return max(0.0, now - created) if created is not None else 0.0
+
+
+def _redis_of_current_job() -> Any:
+    """The Redis of the RQ job being run (for the edit lock); None outside RQ."""
+    rq_job = get_current_job()
+    return rq_job.connection if rq_job is not None else None
 
 
 def _method_overrides(
@@ -188,13 +291,15 @@ def _publish(
     ctx: WorkerContext,
     model_id: str,
     parent: str,
-    job_id: str,
+    job_ids: list[str],
     record_hashes: list[str],
     patch: Any,
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
-    """Save the patch to a temp file and publish it as the next version (atomic)."""
+    """Save the patch to a temp file and publish it as the next version (atomic).
+    job_id names the job that ran the edit; jobs lists every job it served."""
     store = ctx.store
+    store.push_stats()  # statistics the edit computed: shared before the version shows
     store.root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tmp-worker-", dir=store.root) as tmp:
         patch_file = Path(tmp) / "patch.safetensors"
@@ -203,7 +308,8 @@ def _publish(
             "parent": parent,
             "method": patch.method,
             "hparams": patch.hparams,
-            "job_id": job_id,
+            "job_id": job_ids[0],
+            "jobs": list(job_ids),
             "records": [{"sha256": h} for h in record_hashes],
             "patch": {"bytes": info["bytes"], "sha256": info["sha256"], "layers": info["layers"]},
             "metrics": metrics,
@@ -258,12 +364,14 @@ def export(job_id: str, model_id: str, version: str) -> dict[str, Any]:
         target = store.exports_dir / model_id / version
         store.get_version(model_id, version)
         if (target / EXPORT_MARKER).is_file():  # versions are immutable: reuse
-            return {"path": str(target), "reused": True}
+            return {"path": store.publish_export(model_id, version, target, EXPORT_MARKER),
+                    "reused": True}
         run.progress("load", 0.0)
         lm = ctx.models.get(model_id, version)
         run.progress("export", 0.3)
         _write_export(ctx, model_id, version, lm, target)
-        return {"path": str(target), "reused": False}
+        return {"path": store.publish_export(model_id, version, target, EXPORT_MARKER),
+                "reused": False}
 
     return run_job(store, job_id, "export", body, worker_name=ctx.name)
 
@@ -344,6 +452,12 @@ def _ready_model(ctx: WorkerContext, model_id: str) -> dict[str, Any]:
             "prepare job to succeed"
         )
     return model
+
+
+def _stats(store: ArtifactStore) -> StatsCache:
+    """The statistics cache, with what other workers computed fetched first (shared store)."""
+    store.pull_stats()
+    return StatsCache(store.stats_dir)
 
 
 def _corpus(ctx: WorkerContext) -> CorpusSpec:

@@ -33,6 +33,10 @@ def test_settings_defaults(tmp_path: Path) -> None:
     assert s.queue_name == "zerounlearn-cpu" and s.device == "cpu"
     assert (s.torch_threads, s.stats_samples, s.model_cache_size) == (1, 20_000, 2)
     assert s.data_dir == Path("data").resolve()
+    assert s.model_cache_mb is None  # worker.context picks a budget for the device
+    budget = WorkerSettings.from_env({"REDIS_URL": "redis://h/0",
+                                      "ZEROUNLEARN_MODEL_CACHE_MB": "2048"})
+    assert budget.model_cache_mb == 2048
 
 
 def test_settings_list_every_bad_value() -> None:
@@ -43,6 +47,7 @@ def test_settings_list_every_bad_value() -> None:
         "ZEROUNLEARN_TORCH_THREADS": "zero",
         "ZEROUNLEARN_STATS_SAMPLES": "-5",
         "ZEROUNLEARN_LOG_LEVEL": "loud",
+        "ZEROUNLEARN_MODEL_CACHE_MB": "lots",
     }
     with pytest.raises(SettingsError) as info:
         WorkerSettings.from_env(env)
@@ -230,6 +235,31 @@ def test_model_cache_materialises_exactly_and_evicts(
     assert taken is v0 and len(cache) == 0
     cache.put(mid, "v0", taken)
     assert cache.get(mid, "v0") is v0
+
+
+def test_model_cache_evicts_least_recently_used_under_a_byte_budget(
+    tiny_model_store: tuple[ArtifactStore, str]
+) -> None:
+    from worker.model_cache import ModelCache, model_bytes
+
+    store, mid = tiny_model_store
+    probe = ModelCache(store, max_entries=4)
+    size = model_bytes(probe.get(mid, "v0"))
+    assert size > 0 and probe.resident_bytes == size
+
+    # room for one version and a half: the count limit (4) never binds, the bytes do
+    cache = ModelCache(store, max_entries=4, max_bytes=size * 3 // 2)
+    v1 = cache.get(mid, "v1")
+    cache.get(mid, "v0")  # made room before loading: v1 is gone, v0 resident
+    assert cache.keys() == [cache.key(mid, "v0")] and cache.evictions == 1
+    assert cache.resident_bytes <= size * 3 // 2
+    assert cache.get(mid, "v0") is not v1 and cache.loads == 2
+
+    # a budget smaller than one model still serves it (the newest entry always stays)
+    small = ModelCache(store, max_entries=4, max_bytes=1)
+    assert small.get(mid, "v1") is small.get(mid, "v1") and small.loads == 1
+    small.get(mid, "v0")
+    assert len(small) == 1 and small.loads == 2
 
 
 def test_model_cache_refuses_a_tampered_patch(
