@@ -21,7 +21,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (8000)")
+    parser.add_argument(
+        "--workers", type=int, default=int(os.environ.get("ZEROUNLEARN_API_WORKERS") or 1),
+        help="API processes sharing the port (ZEROUNLEARN_API_WORKERS, 1): the API is "
+             "Python, one core per process at most",
+    )
     return parser.parse_args(argv)
+
+
+def worker_app():  # type: ignore[no-untyped-def]
+    """The app of one uvicorn worker process (--workers > 1): spawned processes start
+    with fresh logging and read their settings from the environment."""
+    configure_logging("api", logging.INFO, log_format())
+    settings = load_settings()
+    logging.getLogger().setLevel(settings.log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from app.main import create_app
+
+    return create_app(settings)
 
 
 def _start_embedded_redis(settings: Settings):  # type: ignore[no-untyped-def]
@@ -70,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     from app.main import create_app
 
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+        if args.workers > 1:
+            uvicorn.run("app.__main__:worker_app", factory=True, workers=args.workers,
+                        host=args.host, port=args.port, log_config=None)
+        else:
+            uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
     finally:
         if server is not None:
             server.stop()

@@ -73,7 +73,7 @@ def allow(role: str):  # type: ignore[no-untyped-def]
     """A dependency: the caller, who must hold `role` (or more) and, when the path names
     a model, be scoped to it."""
 
-    def dependency(
+    async def dependency(  # no I/O: on the event loop, not a thread-pool hop
         request: Request, principal: Annotated[Principal, Depends(authenticate)]
     ) -> Principal:
         if not principal.at_least(role):

@@ -11,15 +11,17 @@ from app.settings import Settings
 from store import ArtifactStore
 
 
-def get_settings(request: Request) -> Settings:
+# Plain attribute reads: `async def` so FastAPI runs them on the event loop instead of
+# sending each through the thread pool (one thread hop per sync dependency).
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
