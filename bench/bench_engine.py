@@ -8,7 +8,8 @@
 Part 1: time per phase of our default method ("zerounlearn") for n in --sizes.
 Part 2: end-to-end seconds per forgotten record, ours vs "zerounlearn-paper" run the
         paper's way (batch_records false: one record at a time, M_f optimised per
-        layer), with the quality of each and the speed-up.
+        layer, upper_only false: full forward passes), with the quality of each, the
+        speed-up and both runs' phases.
 Part 3: ZeroUnlearn (ours, paper batched), ZeroUnlearn-GD, gradient ascent and NPO on
         the same --methods-size records, plus the base model.
 
@@ -68,6 +69,8 @@ PAPER = "zerounlearn-paper"
 METHODS = (OURS, PAPER, "zerounlearn-gd", "gradient-ascent", "npo")
 STATS_METHODS = (OURS, PAPER, "zerounlearn-gd")  # methods that read corpus statistics
 PHASES = ("templates", "statistics", "targets", "keys", "m_f", "solve", "apply", "other")
+# the paper's reference behaviour: one record at a time, full forward passes every time
+PAPER_WAY = {"batch_records": False, "upper_only": False}
 QUALITY = ("efficacy", "generalization", "specificity", "specificity_heldout", "perplexity")
 COLD_FILE = "bench-cold.json"  # cold statistics times, kept next to the cached statistics
 # engine functions wrapped to time phases the patch metadata lumps into "solve"
@@ -102,6 +105,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "engine.json"))
+    p.add_argument("--keep-parts", action="store_true",
+                   help="keep the results of parts not run now that --out already holds "
+                        "(each part's comparisons stay within the run that made it)")
     p.add_argument("--verbose", action="store_true", help="also show the engine's log")
     return p.parse_args(argv)
 
@@ -330,6 +336,7 @@ def phase_times(meta: dict[str, Any], extra: dict[str, float], wall: float,
         else:
             out[phase], sources[phase] = None, "merged into solve"
     out["solve"] = solve
+    out["keys_prefix"] = meta.get("keys_prefix_seconds")  # part of keys (upper_only)
     out["apply"] = apply_s
     known = [timings[p] for p in timings if p != "total"]
     out["other"] = max(0.0, wall - sum(known)) if known else None  # checks, preparation
@@ -516,7 +523,7 @@ def part2(b: Bench, sizes: Sequence[int]) -> list[dict[str, Any]]:
     out = []
     for n in sizes:
         ours = b.run(OURS, n, label="ours")
-        paper = b.run(PAPER, n, {"batch_records": False}, label="paper, one at a time")
+        paper = b.run(PAPER, n, PAPER_WAY, label="paper, one at a time")
         speedup = paper["seconds_per_record"] / max(ours["seconds_per_record"], 1e-9)
         out.append({"n": n, "base": b.base(n), "ours": ours, "paper": paper,
                     "speedup": round(speedup, 2)})
@@ -539,7 +546,7 @@ def planned_runs(b: Bench, parts: set[int]) -> list[tuple[str, dict[str, Any]]]:
     if parts & {1, 2, 3}:
         plans.append((OURS, b.hparams(OURS)))
     if 2 in parts:
-        plans.append((PAPER, b.hparams(PAPER, {"batch_records": False})))
+        plans.append((PAPER, b.hparams(PAPER, PAPER_WAY)))
     if 3 in parts:
         plans += [(m, b.hparams(m)) for m in METHODS[1:]]
     return plans
@@ -585,18 +592,31 @@ def stats_table(rows: Sequence[dict[str, Any]]) -> str:
         "the second moments); warm = the same request served from the cache.")
 
 
+def _phase_cells(r: dict[str, Any]) -> list[str]:
+    ph = r["phases"]
+    cells = []
+    for p in PHASES:
+        cell = fmt(ph.get(p), 2)
+        if p == "keys" and ph.get("keys_prefix") is not None:
+            cell += f" ({fmt(ph['keys_prefix'], 2)})"
+        cells.append(cell)
+    return cells
+
+
 def part1_table(runs: Sequence[dict[str, Any]]) -> str:
     body = []
     for r in runs:
-        ph = r["phases"]
-        body.append([r["n"], *(fmt(ph.get(p), 2) for p in PHASES),
+        body.append([r["n"], *_phase_cells(r),
                      fmt(r["total_seconds"], 1), fmt(r["seconds_per_record"], 2)])
     sources = {p: s for r in runs for p, s in r["phases"].get("sources", {}).items()}
     note = ("\n\nkeys and m_f (sensitive states M_f): " + ", ".join(
-        f"{p} {s}" for p, s in sources.items()) + ". \"instrumented\" = timed by the "
-        "benchmark wrapping the engine's compute_keys / sensitive_states; the patch "
-        "metadata counts them inside solve. statistics = warm cache hit. other = record "
-        "checks and preparation outside the method's own timings.")
+        f"{p} {s}" for p, s in sources.items()) + " (\"metadata\": the patch's own "
+        "timings; \"instrumented\": timed by the benchmark wrapping the engine's "
+        "compute_keys / sensitive_states). keys (x): x = the one forward pass up to the "
+        "edited blocks whose recorded inputs every layer's keys then reuse (upper_only). "
+        "targets: the first optimisation pass is a full forward; later ones run only the "
+        "blocks above the edit point. statistics = warm cache hit. other = record checks "
+        "and preparation outside the method's own timings.")
     return "### Part 1: time per phase, ours (seconds)\n\n" + table(
         ["n", *PHASES, "total s", "s/record"], body) + note
 
@@ -610,9 +630,13 @@ def part2_table(rows: Sequence[dict[str, Any]]) -> str:
             body.append([run["label"], r["n"], fmt(run["total_seconds"], 1),
                          fmt(run["seconds_per_record"], 2), *quality_cells(run["quality"])])
         notes.append(f"n={r['n']}: speed-up {r['speedup']:.1f}x per record")
+    phases = [[r[name]["label"], r["n"], *_phase_cells(r[name]),
+               fmt(r[name]["total_seconds"], 1)] for r in rows for name in ("ours", "paper")]
     return ("### Part 2: ours vs the paper's settings run the paper's way\n\n"
             + table(["method", "n", "total s", "s/record", *QUALITY_HEADERS], body)
-            + "\n\n" + "; ".join(notes))
+            + "\n\n" + "; ".join(notes) + " (both runs in this one benchmark process)."
+            + "\n\nPhases (seconds; m_f = the paper's M_f optimisation, per layer):\n\n"
+            + table(["method", "n", *PHASES, "total s"], phases))
 
 
 def part3_table(res: dict[str, Any]) -> str:
@@ -633,6 +657,19 @@ def write_json(path: Path, results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_markdown(path: Path, results: dict[str, Any], tables: Sequence[str]) -> None:
+    """The tables printed so far, under a line naming the machine and the command."""
+    m = results["machine"]
+    head = (f"Engine benchmark, {m['date']}: {m['cpu']}, {m['torch_threads']} torch "
+            f"thread(s), load average at start {m['load_average_start']}, git "
+            f"{(m['git_commit'] or '?')[:10]}{' (dirty)' if m['git_dirty'] else ''}.\n"
+            f"Command: `python bench/bench_engine.py {' '.join(sys.argv[1:])}`")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".mdtmp")
+    tmp.write_text(head + "\n\n" + "\n\n".join(tables) + "\n")
     os.replace(tmp, path)
 
 
@@ -657,14 +694,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     results["statistics"] = warm_statistics(b, planned_runs(b, parts), args.fresh_stats)
     wall["statistics"] = time.perf_counter() - started
-    print(stats_table(results["statistics"]) + "\n")
+    tables = [stats_table(results["statistics"])]
+    print(tables[-1] + "\n")
     steps: list[tuple[int, str, Callable[[], Any], Callable[[Any], str]]] = [
         (1, "part1", lambda: part1(b, int_list(args.sizes)), part1_table),
         (2, "part2", lambda: part2(b, int_list(args.paper_sizes)), part2_table),
         (3, "part3", lambda: part3(b, args.methods_size), part3_table),
     ]
+    kept = json.loads(out.read_text()) if args.keep_parts and out.is_file() else {}
     for number, name, compute, render in steps:
         if number not in parts:
+            if name in kept:  # an earlier run's part, with the machine it ran on
+                results[name] = kept[name]
+                results.setdefault("kept_parts", {})[name] = kept.get("machine")
+                tables.append(render(kept[name]) + f"\n\n(part {number} kept from the run "
+                              f"of {kept.get('machine', {}).get('date')})")
             continue
         started = time.perf_counter()
         results[name] = compute()
@@ -672,7 +716,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["forget_sets"] = {n: fs.describe for n, fs in b.sets.items()}
         results["wall_seconds"] = {k: round(v, 1) for k, v in wall.items()}
         write_json(out, results)
-        print(render(results[name]) + "\n", flush=True)
+        tables.append(render(results[name]))
+        write_markdown(out.with_suffix(".md"), results, tables)
+        print(tables[-1] + "\n", flush=True)
         log.info("%s done in %.0f s", name, wall[name])
     results["machine"]["load_average_end"] = load_average()
     write_json(out, results)

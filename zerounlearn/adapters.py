@@ -14,8 +14,9 @@ releases returned a tuple whose first element was it): use `block_hidden` and
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -118,6 +119,20 @@ class ArchitectureAdapter:
         """W (d_model, d_ff) in the parameter's storage layout; differentiable, no copy."""
         return weight.t() if self.transposed else weight  # Conv1D: (d_ff, d_model)
 
+    def final_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The modules between the last decoder layer and the output head, in order:
+        the final norm (and OPT's project_out); absent ones (None) are skipped."""
+        paths = _FINAL_PATHS.get(self.name, ("model.norm",))
+        found = []
+        for path in paths:
+            try:
+                module = _get_path(model, path)
+            except AttributeError:
+                module = None
+            if module is not None:
+                found.append(module)
+        return found
+
     def d_model(self, model: nn.Module) -> int:
         return self.weight_shape(model, 0)[0]
 
@@ -140,6 +155,13 @@ def replace_block_hidden(output: Any, hidden: torch.Tensor) -> Any:
 
 
 _DECODER = "model.layers"
+# final norm (then any projection) after the decoder layers; default "model.norm"
+_FINAL_PATHS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "gpt2": ("transformer.ln_f",),
+    "gpt_neox": ("gpt_neox.final_layer_norm",),
+    "opt": ("model.decoder.final_layer_norm", "model.decoder.project_out"),
+    "phi": ("model.final_layernorm",),
+})
 _ADAPTERS: tuple[ArchitectureAdapter, ...] = (
     ArchitectureAdapter("llama", ("llama",), _DECODER, "mlp.down_proj"),
     ArchitectureAdapter("mistral", ("mistral",), _DECODER, "mlp.down_proj"),

@@ -270,22 +270,36 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     cache_dir: str | Path | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Load a causal LM for editing; raises ModelLoadError or UnsupportedArchitecture."""
+    """Load a causal LM for editing; raises ModelLoadError or UnsupportedArchitecture.
+
+    device_map ("auto", "balanced", ... or a dict module name -> device, as accepted by
+    transformers with accelerate) places the layers itself and replaces `device`; the
+    LoadedModel's device is then that of the first parameter (the embeddings).
+    """
     torch_dtype = _parse_dtype(dtype)
     torch_device = _parse_device(device)
+    placement: dict[str, Any] = {}
+    if device_map is not None:
+        if not isinstance(device_map, str | dict) or not device_map:
+            raise ModelLoadError(f"invalid device_map {device_map!r}: a name or a dict")
+        placement["device_map"] = device_map
     path = resolve_source(source, cache_dir=cache_dir)
     config = _load_config(path)
     family = family_for_config(config)  # UnsupportedArchitecture before loading weights
     started = time.perf_counter()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype, local_files_only=True
+            str(path), dtype=torch_dtype, local_files_only=True, **placement
         )
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # transformers raises many types for bad checkpoints
         raise ModelLoadError(f"could not load the model in {path}: {exc}") from exc
-    model.to(torch_device)  # type: ignore[arg-type]  # transformers types `to` oddly
+    if device_map is None:
+        model.to(torch_device)  # type: ignore[arg-type]  # transformers types `to` oddly
+    else:  # placed by accelerate: moving it would undo the map
+        torch_device = next(model.parameters()).device
     model.eval()
     model.requires_grad_(False)
     adapter = adapter_for(model)

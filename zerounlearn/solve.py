@@ -33,8 +33,9 @@ from zerounlearn.errors import NonFiniteResult
 DTYPE = torch.float64
 
 
-def _f64(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().to(dtype=DTYPE)
+def _f64(x: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """x (detached) in float64, on `device` when given (the solve runs where W lives)."""
+    return x.detach().to(device=device if device is not None else x.device, dtype=DTYPE)
 
 
 def sensitive_basis(m_f: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
@@ -114,8 +115,9 @@ def global_update(
 
     Returns D (d_model, d_model) in float64.
     """
-    w, c, k_f, v, p = (_f64(x) for x in (w, c, k_f, v, p))
-    k_p = None if k_p is None else _f64(k_p)
+    dev = w.device
+    w, c, k_f, v, p = (_f64(x, dev) for x in (w, c, k_f, v, p))
+    k_p = None if k_p is None else _f64(k_p, dev)
     s_vk = a * (w @ c) + b * (v @ k_f.T)  # (d_model, d_ff)
     extra = _preserve_vk(w, k_p, c_p)
     if extra is not None:
@@ -142,8 +144,9 @@ def key_gated_update(
 
     Returns D (d_model, d_model) in float64.
     """
-    w, c, k_f, v, p = (_f64(x) for x in (w, c, k_f, v, p))
-    k_p = None if k_p is None else _f64(k_p)
+    dev = w.device
+    w, c, k_f, v, p = (_f64(x, dev) for x in (w, c, k_f, v, p))
+    k_p = None if k_p is None else _f64(k_p, dev)
     s_vk = a * (w @ c) + b * ((p @ v) @ k_f.T)  # (d_model, d_ff)
     extra = _preserve_vk(w, k_p, c_p)
     if extra is not None:
@@ -194,10 +197,11 @@ def direct_update(
     keys with similar outputs cannot be told apart; W' works in key space (d_ff), MEMIT's
     setting, where the keys of different facts are far more separable.
     """
-    w, c, k_f, v = (_f64(x) for x in (w, c, k_f, v))
-    k_p = None if k_p is None else _f64(k_p)
+    dev = w.device
+    w, c, k_f, v = (_f64(x, dev) for x in (w, c, k_f, v))
+    k_p = None if k_p is None else _f64(k_p, dev)
     eye_d = torch.eye(w.shape[0], dtype=DTYPE, device=w.device)
-    p = eye_d if p is None else _f64(p)
+    p = eye_d if p is None else _f64(p, dev)
     t = eye_d if gated else p  # where the kept outputs are sent
     tw = t @ w  # (d_model, d_ff)
     s_vk = a * (tw @ c) + b * ((p @ v) @ k_f.T) + lam * tw  # (d_model, d_ff)
@@ -217,4 +221,4 @@ def checked_cast(w_new: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def apply_update(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """W_new = D W (d_model, d_ff), cast back to W's dtype and device."""
-    return checked_cast(d @ _f64(w), w)  # (d_model, d_model) @ (d_model, d_ff)
+    return checked_cast(_f64(d, w.device) @ _f64(w), w)  # (d_model, d_model) @ (d_model, d_ff)

@@ -18,6 +18,14 @@ moves delta by ~2.4 = 0.01 ||h|| a step and never reaches the target). After eac
 threshold stops changing, and its rows leave the batch.
 Adam is element-wise and the loss is a sum over records, so every record follows the
 same path it would follow alone: batched and one-at-a-time agree up to float rounding.
+
+Upper blocks only (settings.upper_only, ours): nothing below the hook point changes
+during the loop. The first pass is an ordinary forward that also records, for every
+block above the point, its input and arguments (upper.py); later passes run only those
+blocks (for the block point: L+1 .. last, on the clean block-L output plus delta; for
+the down_proj point: l .. last, the hook adding delta inside block l) and the head at
+the scored positions. The first pass checks that the recorded stack reproduces the
+model's logits and falls back to full forward passes if it does not.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,6 +42,7 @@ import torch
 from zerounlearn.adapters import block_hidden, replace_block_hidden
 from zerounlearn.keys import EditRequest, edit_index, pad_id, pad_rows, templated
 from zerounlearn.tokens import encode_prompt
+from zerounlearn.upper import UpperStack, capture_stack
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +62,13 @@ class TargetSettings:
     clamp: float = 0.75
     step_units: str = "relative"
     batch_records: bool = True
+    upper_only: bool = True  # passes after the first run only the blocks above the point
 
     @classmethod
     def from_hparams(cls, hp: Any) -> TargetSettings:
         return cls(hp.target_lr, hp.target_steps, hp.target_stop_loss, hp.early_stop_on,
-                   hp.kl_weight, hp.weight_decay, hp.clamp, hp.step_units, hp.batch_records)
+                   hp.kl_weight, hp.weight_decay, hp.clamp, hp.step_units, hp.batch_records,
+                   hp.upper_only)
 
 
 @dataclass
@@ -108,8 +120,10 @@ class _Batch:
 
 def _build_batch(
     lm: Any, requests: Sequence[EditRequest], templates: Sequence[str],
-    targets: Sequence[list[int]],
+    targets: Sequence[list[int]], widen: bool = False,
 ) -> _Batch:
+    """widen: one more pad column when the width equals the number of rows, so that an
+    UpperStack can tell batch dimensions from sequence dimensions."""
     tok, device = lm.tokenizer, lm.device
     rows: list[list[int]] = []
     rec: list[int] = []
@@ -142,6 +156,9 @@ def _build_batch(
         rec.append(b)
         pos.append(edit_index(tok, req.kl_text, req.kl_span))
     ids, mask = pad_rows(rows, pad_id(tok), device)
+    if widen and ids.shape[0] == ids.shape[1]:
+        ids = torch.cat([ids, ids.new_full((len(rows), 1), pad_id(tok))], dim=1)
+        mask = torch.cat([mask, mask.new_zeros((len(rows), 1))], dim=1)
 
     def as_tensor(x: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
         return torch.tensor(x, dtype=dtype, device=device)
@@ -153,9 +170,14 @@ def _build_batch(
                   kl_pos=as_tensor(kl_pos))
 
 
+def _kept_rows(batch: _Batch, keep: torch.Tensor) -> torch.Tensor:
+    """(R',) the rows of the records where keep (n,) is True."""
+    return keep[batch.rec].nonzero().squeeze(1)
+
+
 def _subset(batch: _Batch, keep: torch.Tensor) -> _Batch:
     """The rows of the records where keep (n,) is True; record ids stay global."""
-    rows = keep[batch.rec].nonzero().squeeze(1)  # (R',) old row indices
+    rows = _kept_rows(batch, keep)  # (R',) old row indices
     new_index = torch.full_like(batch.rec, -1)
     new_index[rows] = torch.arange(len(rows), device=rows.device)
     scored = keep[batch.score_rec]  # (P,)
@@ -166,16 +188,33 @@ def _subset(batch: _Batch, keep: torch.Tensor) -> _Batch:
                   new_index[batch.kl_row[kl]], batch.kl_pos[kl])
 
 
-def _logits_at(lm: Any, batch: _Batch, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Logits (k, V) at (rows, pos) only: the output head runs on k positions, not R * T."""
+def _shifted(hidden: torch.Tensor, batch: _Batch, delta: torch.Tensor) -> torch.Tensor:
+    """hidden (R, T, d_model) + delta (n, d_model) of each row's record at its edit token."""
+    dev = hidden.device  # with a device map, block L's device
+    shift = torch.zeros_like(hidden)  # (R, T, d_model)
+    rows = torch.arange(hidden.shape[0], device=dev)
+    shift[rows, batch.pos.to(dev)] = delta.to(dev)[batch.rec.to(dev)].to(hidden.dtype)
+    return hidden + shift
+
+
+def _logits_at(lm: Any, batch: _Batch, rows: torch.Tensor, pos: torch.Tensor,
+               upper: Callable[[], torch.Tensor] | None = None,
+               stack: UpperStack | None = None) -> torch.Tensor:
+    """Logits (k, V) at (rows, pos) only: the output head runs on k positions, not R * T.
+
+    With a stack: only its blocks, on upper() (R, T, d_model), the input of its first block.
+    """
+    if stack is not None and upper is not None:
+        return stack.logits_at(stack.run(upper()), rows, pos).to(rows.device)
     model = lm.model
     head = model.get_output_embeddings()
     if head is None:  # no separate head: full forward
         logits = model(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits
-        return logits[rows, pos].float()
+        return logits[rows.to(logits.device), pos.to(logits.device)].float().to(rows.device)
     hidden = model.base_model(input_ids=batch.ids, attention_mask=batch.mask,
                               use_cache=False).last_hidden_state  # (R, T, d_model), normed
-    logits = head(hidden[rows, pos]).float()  # (k, V)
+    dev = hidden.device
+    logits = head(hidden[rows.to(dev), pos.to(dev)]).float().to(rows.device)  # (k, V)
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -229,7 +268,7 @@ def _optimize(
     progress: Progress | None,
 ) -> DeltaResult:
     n, n_tpl = len(requests), len(templates)
-    full = _build_batch(lm, requests, templates, targets)
+    full = _build_batch(lm, requests, templates, targets, widen=st.upper_only)
     d_model = lm.adapter.d_model(lm.model)
     u = torch.zeros(n, d_model, device=lm.device, requires_grad=True)  # (n, d_model)
     opt = torch.optim.Adam([u], lr=st.lr)
@@ -240,28 +279,48 @@ def _optimize(
         hidden = block_hidden(output) if point == "block" else output  # (R, T, d_model)
         if "h" not in state:  # first pass (u = 0, all rows): read the clean values
             clean = torch.arange(n, device=hidden.device) * n_tpl  # template 0 rows
-            state["h"] = hidden[clean, batch.pos[clean]].detach().float()  # (n, d_model)
+            at = batch.pos.to(hidden.device)[clean]  # (n,) edit positions
+            state["h"] = hidden[clean, at].detach().float().to(u.device)  # (n, d_model)
             rel = state["h"].norm(dim=-1) / d_model ** 0.5  # Adam moves coordinates by ~lr
             state["scale"] = rel if st.step_units == "relative" else torch.ones_like(rel)
-        delta = u * state["scale"][:, None]  # (n, d_model)
-        shift = torch.zeros_like(hidden)  # (R, T, d_model)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        shift[rows, batch.pos] = delta[batch.rec].to(hidden.dtype)  # at each edit position
-        hidden = hidden + shift
+            state["clean"] = hidden.detach()  # (R, T, d_model): the upper stack's input
+        hidden = _shifted(hidden, batch, u * state["scale"][:, None])
         return replace_block_hidden(output, hidden) if point == "block" else hidden
+
+    def upper_input() -> torch.Tensor:
+        """The stack's first input: block L's output + delta, or block l's input."""
+        stack: UpperStack = state["stack"]
+        if point == "block":
+            return _shifted(stack.hidden, state["batch"], u * state["scale"][:, None])
+        return stack.hidden
 
     active = torch.ones(n, dtype=torch.bool, device=lm.device)
     steps = torch.zeros(n, dtype=torch.long)
     nll = torch.zeros(n)
     total_steps = max(1, st.steps)
+    full_stack: UpperStack | None = None
     handle = _hook_module(lm, point, layer).register_forward_hook(add_delta)
     try:
         with frozen(lm.model), torch.enable_grad():
             for it in range(total_steps):
                 # finished records leave the batch: their rows are no longer computed
-                state["batch"] = full if bool(active.all()) else _subset(full, active)
+                every = bool(active.all())
+                state["batch"] = batch = full if every else _subset(full, active)
                 idx = active.nonzero().squeeze(1)  # (n',) records in this pass
-                nll_b, kl_b = _losses(lm, state["batch"], idx, state, it)  # (n',), (n',)
+                rows, pos = _scored_sites(batch)
+                if it == 0 and st.upper_only:
+                    start = layer + 1 if point == "block" else layer
+                    full_stack, logits = capture_stack(
+                        lm, partial(_logits_at, lm, batch, rows, pos), start)
+                    full_stack = _checked_stack(full_stack, point, state, logits,
+                                                upper_input, rows, pos)
+                elif full_stack is not None:
+                    if state["stack"].rows != len(batch.rec):  # records left: fewer rows
+                        state["stack"] = full_stack.subset(_kept_rows(full, active))
+                    logits = _logits_at(lm, batch, rows, pos, upper_input, state["stack"])
+                else:
+                    logits = _logits_at(lm, batch, rows, pos)
+                nll_b, kl_b = _losses(logits, batch, idx, state, it)  # (n',), (n',)
                 h_norm = state["h"][idx].norm(dim=-1)  # (n',)
                 delta_norm = (u[idx] * state["scale"][idx, None]).norm(dim=-1)  # (n',)
                 total_b = nll_b + st.kl_weight * kl_b + st.weight_decay * delta_norm / h_norm
@@ -287,15 +346,45 @@ def _optimize(
     return DeltaResult(delta=delta.cpu(), h=state["h"].cpu(), nll=nll, steps=steps)
 
 
+def _scored_sites(batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, pos), (P' + n',) each: the target tokens' positions, then the KL rows'."""
+    return (torch.cat([batch.score_row, batch.kl_row]),
+            torch.cat([batch.score_pos, batch.kl_pos]))
+
+
+def _checked_stack(
+    stack: UpperStack, point: str, state: dict[str, Any], logits: torch.Tensor,
+    upper_input: Callable[[], torch.Tensor], rows: torch.Tensor, pos: torch.Tensor,
+) -> UpperStack | None:
+    """The stack if it reproduces the first (full) pass's logits (P, V), else None."""
+    if point == "block":  # its input is block L's clean output (also with no block above)
+        stack.hidden, stack.rows = state["clean"], state["clean"].shape[0]
+    state["stack"] = stack
+    try:
+        with torch.no_grad():
+            again = stack.logits_at(stack.run(upper_input()), rows, pos)  # (P, V)
+    except Exception as exc:  # a family whose blocks cannot be called this way
+        logger.warning("upper-block pass failed (%s: %s): using full forward passes (%s)",
+                       type(exc).__name__, exc, stack.lm.adapter.name)
+        return None
+    ref = logits.detach()
+    tol = 1e-3 if stack.hidden.dtype == torch.float32 else 5e-2
+    err = float((again - ref).abs().max()) if ref.numel() else 0.0
+    if err > tol * max(1.0, float(ref.abs().max())):
+        logger.warning("upper-block pass differs from the full forward (%.2e): using full "
+                       "forward passes (%s)", err, stack.lm.adapter.name)
+        return None
+    return stack
+
+
 def _losses(
-    lm: Any, batch: _Batch, idx: torch.Tensor, state: dict[str, Any], it: int
+    logits: torch.Tensor, batch: _Batch, idx: torch.Tensor, state: dict[str, Any], it: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-record target NLL (mean over tokens, then templates) and KL on the "is a"
-    row, for the records idx (n',) in the batch, both (n',)."""
+    row, for the records idx (n',) in the batch, both (n',), from the logits (P' + n', V)
+    at _scored_sites(batch)."""
     k_t = len(batch.score_row)
-    rows = torch.cat([batch.score_row, batch.kl_row])
-    pos = torch.cat([batch.score_pos, batch.kl_pos])
-    logp = torch.log_softmax(_logits_at(lm, batch, rows, pos), dim=-1)  # (P' + n', V)
+    logp = torch.log_softmax(logits, dim=-1)  # (P' + n', V)
     token_nll = -logp[:k_t].gather(-1, batch.score_ids[:, None]).squeeze(-1)  # (P',)
     n = len(state["h"])
     nll_all = torch.zeros(n, device=logp.device).index_add(

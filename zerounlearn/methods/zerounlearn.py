@@ -27,7 +27,7 @@ import torch
 
 from zerounlearn import solve
 from zerounlearn.config import ZeroUnlearnHParams, config_for_model
-from zerounlearn.keys import EditRequest, KeyState, compute_keys, prepare_requests
+from zerounlearn.keys import EditRequest, KeyState, compute_keys, key_prefix, prepare_requests
 from zerounlearn.methods.registry import register_method
 from zerounlearn.patch import Patch
 from zerounlearn.protect import drop_overlapping, protected_sites
@@ -79,10 +79,15 @@ def layer_update(
     w: torch.Tensor, c: torch.Tensor, keys: KeyState, v: torch.Tensor, m_f: torch.Tensor,
     cfg: ZeroUnlearnHParams,
 ) -> tuple[torch.Tensor, int]:
-    """The new W (d_model, d_ff, W's dtype) of one layer, and the rank of span(M_f)."""
+    """The new W (d_model, d_ff, W's dtype) of one layer, and the rank of span(M_f).
+
+    The float64 solve runs where W lives (with a device map, each layer's own device).
+    """
+    dev = w.device
+    c, v, m_f = c.to(dev), v.to(dev), m_f.to(dev)
     q = solve.sensitive_basis(m_f, cfg.rank_rtol)  # (d_model, r)
     a, b, lam, c_p = cfg.corpus_weight, cfg.forget_weight, cfg.reg_lambda, cfg.preserve_weight
-    k_f, k_p = keys.k_f, keys.k_p
+    k_f, k_p = keys.k_f.to(dev), None if keys.k_p is None else keys.k_p.to(dev)
     if cfg.orthogonality == "none":
         p, rank = None, 0
     else:
@@ -114,14 +119,26 @@ class ZeroUnlearnBase:
         """Spec steps 1-2 and M_f for layer i of the loop, on the partly edited model:
         (keys, W (d_model, d_ff), V* (d_model, n) float64, M_f (d_model, n))."""
         layers: list[int] = ctx["layers"]
+        cfg: ZeroUnlearnHParams = ctx["cfg"]
+        timings: dict[str, float] = ctx["timings"]
+        started = time.perf_counter()
+        if cfg.upper_only and i == 0:  # before any edit: blocks below layers[0] never change
+            ctx["key_prefix"] = key_prefix(lm, ctx["requests"], ctx["templates"], layers[0],
+                                           layers[-1], ctx["protected"])
+            # part of the "keys" time: the one pass up to the edited blocks
+            ctx["info"]["keys_prefix_seconds"] = round(time.perf_counter() - started, 3)
         keys = compute_keys(lm, ctx["requests"], ctx["templates"], layer, layers[-1],
-                            ctx["protected"])
+                            ctx["protected"], ctx.get("key_prefix"))
         if keys.k_p is not None:
             keys.k_p = drop_overlapping(keys.k_p, keys.k_clean)
-        w = lm.adapter.get_weight(lm.model, layer)  # (d_model, d_ff)
-        v = keys.wk_f.double() + (ctx["z"] - keys.h_l.double()) / (len(layers) - i)  # V*
-        m_f = sensitive_states(lm, ctx["requests"], ctx["templates"], layer, keys,
-                               ctx["cfg"])
+        timings["keys"] = round(timings.get("keys", 0.0) + time.perf_counter() - started, 3)
+        w = lm.adapter.get_weight(lm.model, layer)  # (d_model, d_ff), on its own device
+        dev = w.device  # Z_n is on the CPU, H_L on block L's device
+        v = keys.wk_f.double().to(dev) + (ctx["z"].to(dev) - keys.h_l.double().to(dev)) \
+            / (len(layers) - i)  # V* (d_model, n)
+        started = time.perf_counter()
+        m_f = sensitive_states(lm, ctx["requests"], ctx["templates"], layer, keys, cfg)
+        timings["m_f"] = round(timings.get("m_f", 0.0) + time.perf_counter() - started, 3)
         return keys, w, v, m_f
 
     # one step per layer; the GD variant overrides it
@@ -185,14 +202,19 @@ class ZeroUnlearnBase:
             info.update(target_info)
             t = lap("targets", t)
             ctx = {"cfg": cfg, "layers": layers, "requests": requests, "templates": templates,
-                   "stats": c_by_layer, "protected": protected, "z": z.double(), "info": info}
+                   "stats": c_by_layer, "protected": protected, "z": z.double(), "info": info,
+                   "timings": timings}
             for i, layer in enumerate(layers):
                 _report(progress, "solve", i / len(layers))
                 w_new = self.edit_layer(lm, ctx, i, layer)
                 adapter.set_weight(model, layer, w_new)  # later layers see this edit
                 new_weights[layer] = w_new.detach().to("cpu").clone()
             _report(progress, "solve", 1.0)
+            ctx.pop("key_prefix", None)  # cached activations: free them now
             lap("solve", t)
+            # keys and M_f are timed on their own: "solve" is the rest of the layer loop
+            timings["solve"] = round(timings["solve"] - timings.get("keys", 0.0)
+                                     - timings.get("m_f", 0.0), 3)
         finally:
             for layer, w in originals.items():
                 adapter.set_weight(model, layer, w)  # the model is unchanged on return

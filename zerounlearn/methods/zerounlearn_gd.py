@@ -92,10 +92,13 @@ class ZeroUnlearnGD(ZeroUnlearnBase):
     def edit_layer(self, lm: Any, ctx: dict[str, Any], i: int, layer: int) -> torch.Tensor:
         cfg: ZeroUnlearnGDHParams = ctx["cfg"]
         keys, w, v, m_f = self.layer_inputs(lm, ctx, i, layer)
-        q = solve.sensitive_basis(m_f, cfg.rank_rtol)  # (d_model, r)
-        u_null = null_space_basis(ctx["stats"][layer], cfg.null_rtol, cfg.null_min_rank)
-        u_null = exclude_keys(u_null, keys.k_p, cfg.null_min_rank)  # protected prompts
-        update, info = train_null_update(w, keys.k_f, v, q, u_null, cfg)
+        dev = w.device  # everything below runs where the weight lives
+        q = solve.sensitive_basis(m_f.to(dev), cfg.rank_rtol)  # (d_model, r)
+        u_null = null_space_basis(ctx["stats"][layer].to(dev), cfg.null_rtol,
+                                  cfg.null_min_rank)
+        k_p = None if keys.k_p is None else keys.k_p.to(dev)
+        u_null = exclude_keys(u_null, k_p, cfg.null_min_rank)  # protected prompts
+        update, info = train_null_update(w, keys.k_f.to(dev), v.to(dev), q, u_null, cfg)
         ctx["info"].setdefault("null_rank", []).append(int(u_null.shape[1]))
         ctx["info"].setdefault("gd_steps", []).append(info["steps"])
         w_new = w.double() + update  # (d_model, d_ff)
