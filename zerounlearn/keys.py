@@ -6,10 +6,17 @@ last token, else the prompt's last), averaged over context templates as MEMIT do
 edit token on the clean prompts. Everything comes from ONE batched forward pass over
 all records x templates (plus any protected sites), right-padded so positions match
 the unpadded sequences.
+
+With a KeyPrefix (ours, upper_only): the blocks below the first edited layer never
+change during an edit, so one forward of the unedited model, stopped at the last edited
+block, records the input of the first edited block and the arguments of the edited
+blocks (upper.py); each layer's keys then run only blocks first..last (with the edits
+made so far) instead of the whole model and its output head.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +27,9 @@ from zerounlearn.adapters import block_hidden
 from zerounlearn.errors import InvalidRecord
 from zerounlearn.records import ForgetRecord
 from zerounlearn.tokens import encode_continuation, encode_prompt, max_positions
+from zerounlearn.upper import UpperStack, capture_stack
+
+logger = logging.getLogger(__name__)
 
 Span = tuple[int, int]  # [start, end) character span
 TEMPLATE_MARGIN = 32  # tokens kept free for a context-template prefix
@@ -95,9 +105,18 @@ def prepare_requests(
                 raise InvalidRecord(f"records[{i}].subject does not occur in records[{i}].prompt")
             span = (start, start + len(r.subject))
         try:
-            edit_index(tok, r.prompt, span)
+            first = edit_index(tok, r.prompt, span)
         except InvalidRecord as exc:
             raise InvalidRecord(f"records[{i}].subject covers no token of the prompt") from exc
+        if span is not None and first == 0:
+            # The subject is the prompt's FIRST token (a tokenizer without BOS, e.g.
+            # SmolLM2: "France is a country on ..."). Position 0 is the attention sink:
+            # its key is shared by every sequence's first token and has outlier norms, so
+            # editing it wrecks the whole model (measured: perplexity 19 -> 586k in one
+            # request). Edit at the prompt's last token instead, as for records without
+            # a subject.
+            logger.debug("records[%d]: subject at position 0, editing the last token", i)
+            span = None
         p_ids = encode_prompt(tok, r.prompt)
         answer = encode_continuation(tok, r.answer)
         target = encode_continuation(tok, r.target) if r.target else default_target
@@ -156,35 +175,76 @@ def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-@torch.no_grad()
-def capture(
-    lm: Any, sites: Sequence[Site], layer: int, block_layer: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward: keys at layer `layer` and block outputs of `block_layer` at each site.
-
-    Returns K (d_ff, S) and H (d_model, S), in the model's dtype, S = all sites' indices
-    in order.
-    """
-    model, adapter = lm.model, lm.adapter
+def _site_batch(lm: Any, sites: Sequence[Site]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids (B, T), attention_mask (B, T), row (S,), position (S,)) of the sites."""
     rows = [encode_prompt(lm.tokenizer, s.text) for s in sites]
     ids, mask = pad_rows(rows, pad_id(lm.tokenizer), lm.device)
     row_idx = torch.tensor([r for r, s in enumerate(sites) for _ in s.indices],
                            device=lm.device)  # (S,)
     pos_idx = torch.tensor([i for s in sites for i in s.indices], device=lm.device)  # (S,)
+    return ids, mask, row_idx, pos_idx
+
+
+@dataclass
+class KeyPrefix:
+    """Blocks first..last ready to run on all sites of a request (record sites, then
+    protected ones), recorded on the model before any of them is edited."""
+
+    stack: UpperStack
+    sites: int  # number of sites it was built for
+
+
+@torch.no_grad()
+def key_prefix(
+    lm: Any, requests: Sequence[EditRequest], templates: Sequence[str], first_layer: int,
+    last_layer: int, protected: Sequence[Site] = (),
+) -> KeyPrefix:
+    """One forward of the (still unedited) model over compute_keys' sites, stopped as
+    block last_layer is entered. Valid while no block below first_layer changes."""
+    sites = record_sites(lm.tokenizer, requests, templates) + list(protected)
+    ids, mask, _, _ = _site_batch(lm, sites)
+    stack, _ = capture_stack(
+        lm, lambda: lm.model(input_ids=ids, attention_mask=mask, use_cache=False),
+        first_layer, last_layer, halt=True)
+    return KeyPrefix(stack, len(sites))
+
+
+@torch.no_grad()
+def capture(
+    lm: Any, sites: Sequence[Site], layer: int, block_layer: int,
+    prefix: KeyPrefix | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward: keys at layer `layer` and block outputs of `block_layer` at each site.
+
+    With a prefix (built for these sites, block_layer its last block): only its blocks
+    run. Returns K (d_ff, S) and H (d_model, S), in the model's dtype, S = all sites'
+    indices in order.
+    """
+    model, adapter = lm.model, lm.adapter
+    ids, mask, row_idx, pos_idx = _site_batch(lm, sites)
     got: dict[str, torch.Tensor] = {}
 
     def grab_key(_module, args):
-        got["k"] = args[0][row_idx, pos_idx].detach()  # (B, T, d_ff) -> (S, d_ff)
+        dev = args[0].device  # the layer's own device under a device map
+        got["k"] = args[0][row_idx.to(dev), pos_idx.to(dev)].detach()  # (B, T, d_ff) -> (S, d_ff)
 
     def grab_hidden(_module, _args, output):
-        got["h"] = block_hidden(output)[row_idx, pos_idx].detach()  # (S, d_model)
+        h = block_hidden(output)
+        got["h"] = h[row_idx.to(h.device), pos_idx.to(h.device)].detach()  # (S, d_model)
 
     handles = [
         adapter.down_proj(model, layer).register_forward_pre_hook(grab_key),
         adapter.block(model, block_layer).register_forward_hook(grab_hidden),
     ]
     try:
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
+        if prefix is None:
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+        else:
+            if prefix.sites != len(sites) or prefix.stack.stop != block_layer \
+                    or not prefix.stack.start <= layer <= block_layer:
+                raise ValueError("the key prefix was built for other sites or layers")
+            prefix.stack.run(prefix.stack.hidden)  # (B, T, d_model) entering block first
     finally:
         for h in handles:
             h.remove()
@@ -219,11 +279,13 @@ def compute_keys(
     layer: int,
     last_layer: int,
     protected: Sequence[Site] = (),
+    prefix: KeyPrefix | None = None,
 ) -> KeyState:
-    """K_f, W K_f, H_L (and protected keys K_p) in one forward over all sites."""
+    """K_f, W K_f, H_L (and protected keys K_p) in one forward over all sites (with a
+    prefix from key_prefix on the same arguments: blocks first..last_layer only)."""
     n, t = len(requests), len(templates)
     sites = record_sites(lm.tokenizer, requests, templates) + list(protected)
-    k_all, h_all = capture(lm, sites, layer, last_layer)
+    k_all, h_all = capture(lm, sites, layer, last_layer, prefix)
     k_f = template_mean(k_all[:, : n * t], n, t)  # (d_ff, n)
     k_clean = k_all[:, : n * t].reshape(k_all.shape[0], n, t)[:, :, 0]  # (d_ff, n)
     h_l = h_all[:, : n * t].reshape(h_all.shape[0], n, t)[:, :, 0]  # clean rows -> (d_model, n)

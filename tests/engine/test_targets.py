@@ -92,3 +92,17 @@ def test_model_is_unchanged_and_frozen_state_restored(tiny_lm, requests, templat
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert flags == [p.requires_grad for p in tiny_lm.model.parameters()]
     assert not tiny_lm.model.training
+
+
+def test_a_subject_at_position_zero_is_edited_at_the_last_token(tiny_lm: LoadedModel) -> None:
+    # The tiny GPT-2's tokenizer adds no BOS: a prompt that starts with its subject puts
+    # the subject's last token at position 0, the attention sink shared by every
+    # sequence. Such a record is edited at its last token instead (span None).
+    fact = tiny_facts()[0]
+    first_word = fact["prompt"].split()[0]
+    starts, inside = prepare_requests(tiny_lm, [
+        ForgetRecord(fact["prompt"], fact["answer"], first_word),
+        ForgetRecord(fact["prompt"], fact["answer"], fact["subject"]),
+    ])
+    assert starts.span is None
+    assert inside.span is not None and inside.span[0] > 0
