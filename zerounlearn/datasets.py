@@ -5,7 +5,7 @@
 {"relation", "prompt", "subject", "answer" (leading space kept), "paraphrases",
 "paraphrases_known"}: `paraphrases_known[i]` says whether the model also reproduces the
 answer after `paraphrases[i]`. Several relations hold >= 4 facts, so a test can forget
-some and keep same-relation neighbours.
+some and keep same-relation neighbours. `more_facts()`: more facts in the same format.
 
 `reference_texts()`: short general-English paragraphs written for this project, the
 default text for perplexity.
@@ -29,6 +29,14 @@ def _load(name: str) -> dict[str, Any]:
 def world_facts() -> list[dict[str, Any]]:
     """The packaged world facts (a fresh copy; callers may modify it)."""
     return json.loads(json.dumps(_load("world_facts.json")["facts"]))
+
+
+def more_facts() -> list[dict[str, Any]]:
+    """More known facts beyond world_facts(), same format (a fresh copy), checked by
+    `scripts/check_world_facts.py --extra`: more of the same relations plus new ones.
+    Kept apart so that world_facts() and the code built on it stay as they were; the
+    sequential benchmark (bench/bench_sequential.py) uses both."""
+    return json.loads(json.dumps(_load("more_facts.json")["facts"]))
 
 
 # The request the SmolLM2 defaults were tuned on (scripts/sweep.py) and that the slow
