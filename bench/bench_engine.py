@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +54,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from bench.common import cpu_model, git_output  # noqa: E402
 from zerounlearn.api import forget  # noqa: E402
 from zerounlearn.datasets import world_facts  # noqa: E402
 from zerounlearn.evaluate import evaluate  # noqa: E402
@@ -122,29 +122,12 @@ def setup_logging(verbose: bool) -> None:
     log.setLevel(logging.INFO)
 
 
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                              timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(args: argparse.Namespace) -> dict[str, Any]:
     import transformers
 
-    status = _git("status", "--porcelain")
+    status = git_output("status", "--porcelain")
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
@@ -156,7 +139,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "git_commit": _git("rev-parse", "HEAD"),
+        "git_commit": git_output("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
         "load_average_start": load_average(),
     }

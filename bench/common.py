@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 
 
-def _git(*args: str) -> str | None:
+def git_output(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
                              timeout=10, check=True)
@@ -51,14 +51,14 @@ def load_average() -> list[float] | None:
 
 def machine_info(**extra: Any) -> dict[str, Any]:
     """Where and when a benchmark ran (plus `extra`, e.g. torch version, GPU name)."""
-    status = _git("status", "--porcelain")
+    status = git_output("status", "--porcelain")
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "git_commit": _git("rev-parse", "HEAD"),
+        "git_commit": git_output("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
         "load_average_start": load_average(),
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
