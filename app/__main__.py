@@ -85,13 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.server import HTTP_PROTOCOL
 
     try:
         if args.workers > 1:
             uvicorn.run("app.__main__:worker_app", factory=True, workers=args.workers,
-                        host=args.host, port=args.port, log_config=None)
+                        host=args.host, port=args.port, log_config=None, http=HTTP_PROTOCOL)
         else:
-            uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+            uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
+                        http=HTTP_PROTOCOL)
     finally:
         if server is not None:
             server.stop()

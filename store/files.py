@@ -1,4 +1,4 @@
-"""File primitives: atomic JSON writes and advisory locks (fcntl)."""
+"""File primitives: atomic writes (bytes, JSON) and advisory locks (fcntl)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +23,74 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to `path` so a reader sees the old or the new file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_atomic(path: Path, fill: Callable[[int], None], mode: int, replace: bool,
+                  sync_dir: bool) -> bool:
+    """Temp file beside `path` (created with `mode`), filled by fill(fd) and fsynced,
+    then renamed over `path` (replace) or hard-linked to it (create-if-absent: the link
+    fails when the name is taken, and False is returned); then the directory fsync."""
+    tmp = path.with_name(f"{TMP_PREFIX}{os.urandom(8).hex()}-{path.name}")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            fill(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink()
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
+    return True
+
+
+def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o666, *,
+                       replace: bool = True, sync_dir: bool = True) -> bool:
+    """Write `data` to `path` so a reader sees the old or the new file, never a torn one,
+    and the new one survives a crash once this returns (file and directory fsynced).
+
+    The parent directory must exist. mode: of a new file, less the umask. With
+    replace=False an existing `path` is left alone and False is returned (an atomic
+    create-if-absent that needs no lock). sync_dir=False leaves the directory fsync to
+    the caller (fsync_dir). Returns True when `path` now holds `data`.
+    """
+    return _write_atomic(path, lambda fd: _write_all(fd, data), mode, replace, sync_dir)
+
+
+def copy_file_atomic(src: Path, path: Path, mode: int = 0o666,
+                     chunk: int = 1 << 20) -> None:
+    """Copy the file `src` to `path` as write_bytes_atomic writes bytes (big files:
+    copied in chunks, never read whole into memory)."""
+
+    def fill(fd: int) -> None:
+        with open(src, "rb") as fin:
+            while block := fin.read(chunk):
+                _write_all(fd, block)
+
+    _write_atomic(path, fill, mode, True, True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to `path` so a reader sees the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def read_json(path: Path) -> Any:

@@ -1,9 +1,11 @@
 """The local-directory backend: one file per object under a root directory.
 
-Writes are temp file + fsync + os.replace (+ directory fsync). Conditional writes and
-`update` hold an flock on a per-key sidecar file (`<dir>/.locks/<name>.lock`), which
-serialises writers of one key across threads and processes of this machine; the token
-of an object is the sha256 of its bytes. Directories under the private prefixes
+Writes are temp file + fsync + os.replace (+ directory fsync): store.files
+write_bytes_atomic. `put_if_absent` publishes the temp file with a hard link, which fails
+when the name is taken (no lock needed); `put_if_match` and `update` hold an flock on a
+per-key sidecar file (`<dir>/.locks/<name>.lock`), which serialises writers of one key
+across threads and processes of this machine. The token of an object is the sha256 of
+its bytes. Directories under the private prefixes
 (request text, secrets, the audit trail) are 0700 and their files 0600.
 """
 
@@ -18,7 +20,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from store.backends.base import Blob, ObjectBackend, check_key
-from store.files import TMP_PREFIX, fsync_dir, locked
+from store.files import (
+    TMP_PREFIX,
+    copy_file_atomic,
+    fsync_dir,
+    locked,
+    write_bytes_atomic,
+)
 
 PRIVATE_PREFIXES = ("requests", "secrets", "audit", "idempotency")
 """Top-level directories readable by the owner only."""
@@ -75,31 +83,29 @@ class LocalBackend(ObjectBackend):
             return None
         return Blob(data, token_of(data))
 
+    def _mode(self, key: str) -> int:
+        return 0o600 if self._private(key) else 0o644
+
     def _write(self, key: str, path: Path, data: bytes) -> None:
         self._mkdir(key, path)
-        tmp = path.with_name(f"{TMP_PREFIX}{os.urandom(8).hex()}-{path.name}")
-        mode = 0o600 if self._private(key) else 0o644
-        try:
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        fsync_dir(path.parent)
+        write_bytes_atomic(path, data, self._mode(key))
+
+    def _create(self, key: str, path: Path, data: bytes) -> bool:
+        """Write a new object; False (nothing written) when the key is taken."""
+        self._mkdir(key, path)
+        return write_bytes_atomic(path, data, self._mode(key), replace=False)
 
     def put(self, key: str, data: bytes) -> None:
         self._write(key, self.path(key), data)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        with self.key_lock(key) as path:
-            if path.exists():
-                return False
-            self._write(key, path, data)
-            return True
+        # No key lock: the hard link that publishes the file fails when the name is
+        # taken, so of racing creators exactly one wins, and no sidecar lock file is
+        # made per new object (a job, a model: once each). `update` creates the same way.
+        path = self.path(key)
+        if path.exists():
+            return False
+        return self._create(key, path, data)
 
     def put_if_match(self, key: str, data: bytes, token: str) -> bool:
         with self.key_lock(key) as path:
@@ -112,13 +118,19 @@ class LocalBackend(ObjectBackend):
     def update(
         self, key: str, change: Callable[[bytes | None], bytes | None]
     ) -> bytes | None:
-        # one locked read-modify-write: no retries, as fast as before the backends
+        # one locked read-modify-write; a retry only when put_if_absent (no lock) created
+        # the object between the read and the write
         with self.key_lock(key) as path:
-            current = self.read(key)
-            new = change(current.data if current else None)
-            if new is not None:
-                self._write(key, path, new)
-            return new
+            while True:
+                current = self.read(key)
+                new = change(current.data if current else None)
+                if new is None:
+                    return None
+                if current is not None:
+                    self._write(key, path, new)
+                    return new
+                if self._create(key, path, new):
+                    return new
 
     def delete(self, key: str) -> None:
         path = self.path(key)
@@ -166,17 +178,7 @@ class LocalBackend(ObjectBackend):
     def upload_file(self, path: Path, key: str) -> None:
         dst = self.path(key)
         self._mkdir(key, dst)
-        tmp = dst.with_name(f"{TMP_PREFIX}{os.urandom(8).hex()}-{dst.name}")
-        try:
-            shutil.copyfile(path, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, dst)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        fsync_dir(dst.parent)
+        copy_file_atomic(path, dst, self._mode(key))
 
     def download_file(self, key: str, path: Path) -> None:
         src = self.path(key)

@@ -564,3 +564,50 @@ def test_the_api_never_imports_torch_or_the_engine() -> None:
         "sys.exit(str(bad) if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_connections_get_tcp_nodelay_on_a_socket_bound_like_uvicorn_workers() -> None:
+    """uvicorn --workers N binds the listener with proto 0, so asyncio leaves Nagle on
+    (each keep-alive answer then waits ~40 ms for a delayed ACK); the HTTP protocol
+    `python -m app` gives uvicorn sets TCP_NODELAY itself on every connection."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.importer import import_from_string
+    from uvicorn.server import ServerState
+
+    from app.server import HTTP_PROTOCOL
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # never called
+        raise AssertionError
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off")
+    config.load()
+    listener = config.bind_socket()  # what the multiprocess supervisor hands the workers
+    seen: list[int] = []
+
+    class Probe(import_from_string(HTTP_PROTOCOL)):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def accept_one() -> None:
+        state = ServerState()
+        server = await asyncio.get_running_loop().create_server(
+            lambda: Probe(config=config, server_state=state, app_state={}), sock=listener)
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    try:
+        asyncio.run(accept_one())
+    finally:
+        listener.close()
+    assert seen and seen[0] != 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -243,3 +244,53 @@ def test_only_one_of_two_racing_transitions_wins(store: ArtifactStore, model: di
         winners = [r for r in results if r is not None]
         assert len(winners) == 1
         assert store.get_job(job["id"])["status"] == winners[0]["status"]
+
+
+# ------------------------------------------------------------- file primitives
+def test_write_bytes_atomic_replaces_or_creates_once(tmp_path: Path) -> None:
+    from store.files import TMP_PREFIX, write_bytes_atomic
+
+    path = tmp_path / "doc.json"
+    assert write_bytes_atomic(path, b"one", 0o600) is True
+    assert path.read_bytes() == b"one" and path.stat().st_mode & 0o777 == 0o600
+    assert write_bytes_atomic(path, b"two") is True  # replace (the default)
+    assert write_bytes_atomic(path, b"three", replace=False) is False  # name taken
+    assert path.read_bytes() == b"two"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(TMP_PREFIX)] == []
+
+
+def test_submission_writes_make_no_lock_file_per_job_or_key(store: ArtifactStore,
+                                                            model: dict) -> None:
+    """New objects are created without a per-key lock file, and idempotency keys share
+    256 striped locks: making a file per submission cost as much as writing a document."""
+    local_only(store)
+    for n in range(300):
+        job = store.create_job({"kind": "forget", "model_id": model["id"]})
+        key_hash = hashlib.sha256(f"key {n}".encode()).hexdigest()
+        with store.requests.idempotency(key_hash) as seen:
+            assert seen is None
+            store.requests.remember_idempotency(key_hash, job["id"], "body")
+        with store.requests.idempotency(key_hash) as seen:
+            assert seen is not None and seen["job_id"] == job["id"]
+    assert not (store.root / "jobs" / ".locks").exists()
+    stripes = list((store.root / "idempotency" / "stripes" / ".locks").iterdir())
+    assert 0 < len(stripes) <= 256
+    assert not (store.root / "idempotency" / ".locks").exists()
+
+
+def test_one_idempotency_stripe_serialises_its_keys(store: ArtifactStore) -> None:
+    """Two keys of one stripe wait for each other; the same key always does."""
+    first, second = "ab" + "0" * 62, "ab" + "1" * 62
+    order: list[str] = []
+
+    def other() -> None:
+        with store.requests.idempotency(second):
+            order.append("second")
+
+    with store.requests.idempotency(first):
+        thread = threading.Thread(target=other)
+        thread.start()
+        time.sleep(0.3)  # time for the other thread to block on the stripe
+        order.append("first")
+    thread.join(10)
+    assert order == ["first", "second"]

@@ -106,6 +106,36 @@ def test_update_loses_no_increment_under_contention(backend: ObjectBackend) -> N
     assert backend.update("counter", lambda d: None) is None  # declining writes nothing
 
 
+def test_update_and_put_if_absent_racing_on_a_new_key_create_it_once(
+    backend: ObjectBackend,
+) -> None:
+    """An `update` that creates a missing object and put_if_absent race: one of them
+    creates it, and no update is lost (locally put_if_absent takes no lock)."""
+    other = clone(backend)
+
+    def append(data: bytes | None) -> bytes:
+        return b"u" if data is None else data + b"+"
+
+    def work(i: int) -> bool | None:
+        target = backend if i % 2 else other
+        if i % 3 == 0:
+            return target.put_if_absent("born", f"claim{i}".encode())
+        target.update("born", append)
+        return None
+
+    n = 12
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(work, range(n)))
+    updates = sum(1 for i in range(n) if i % 3)
+    blob = backend.read("born")
+    assert blob is not None
+    claims = [i for i, won in enumerate(results) if won]
+    if claims:  # a put_if_absent created it; every update came after
+        assert len(claims) == 1 and blob.data == f"claim{claims[0]}".encode() + b"+" * updates
+    else:  # an update created it
+        assert blob.data == b"u" + b"+" * (updates - 1)
+
+
 def _claim(kind_url: tuple[str, str, str | None], key: str, me: str, at: float) -> bool:
     kind, where, endpoint = kind_url
     backend = _connect(kind, where, endpoint)
