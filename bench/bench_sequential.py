@@ -355,7 +355,8 @@ def run(lm: Any, plan: Plan, method: str, hparams: dict[str, Any], stats: StatsC
                 "load_average": os.getloadavg()[0], "layers": patch.layers,
                 "timings": patch.metadata.get("timings"), "weights": edits,
                 "target_nll": patch.metadata.get("target_nll"),
-                "target_steps": patch.metadata.get("target_steps")}
+                "target_steps": patch.metadata.get("target_steps"),
+                "rounds": patch.metadata.get("rounds")}
         doc["rows"].append(row)
         doc["finished"] = k == len(plan.steps)
         write(doc, out_dir, name, with_plot)

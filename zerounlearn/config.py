@@ -144,6 +144,10 @@ class ZeroUnlearnHParams(TargetHParams):
     corpus_weight: float = 100_000.0  # a: keep outputs on corpus keys C (paper: 15000)
     forget_weight: float = 5000.0  # b: forget keys map to P V*; key-gated needs >= 500
     preserve_weight: float = 100.0  # c: protected prompts keep their outputs, per key
+    history_weight: float = 5000.0  # keys of the model's earlier edits (and of records
+    # settled in earlier rounds) keep their edited outputs: forgotten stays forgotten
+    max_rounds: int = 3  # records still reproduced after an edit round are edited again
+    retry_at_last_token: bool = True  # ... at the prompt's last token, not the subject's
     protect_neighbors: bool = True  # protected keys include the records' neighbours
     protect_substitutions: bool = True  # ... and forget prompts with other subjects
     reg_lambda: float = 1.0  # lam: ridge towards the old W; keeps B invertible
@@ -161,6 +165,8 @@ class ZeroUnlearnHParams(TargetHParams):
         _range("corpus_weight", self.corpus_weight, 0.0)
         _range("forget_weight", self.forget_weight, 0.0, lo_open=True)
         _range("preserve_weight", self.preserve_weight, 0.0)
+        _range("history_weight", self.history_weight, 0.0)
+        _range("max_rounds", self.max_rounds, 1, 10)
         _range("reg_lambda", self.reg_lambda, 0.0, lo_open=True)
         _range("eps", self.eps, 0.0, 1.0)
         _range("rank_rtol", self.rank_rtol, 0.0, 1.0)

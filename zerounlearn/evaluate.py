@@ -187,6 +187,16 @@ def perplexity(lm: Any, texts: Iterable[str], batch_size: int = 8) -> float:
     return math.exp(total_nll / count)
 
 
+def reproduced(
+    lm: Any, records: Iterable[ForgetRecord | Mapping[str, Any]], batch_size: int = 16
+) -> list[bool]:
+    """Per record: is its answer still fully reproduced after its prompt (teacher
+    forcing, every answer token the argmax)? The efficacy test, without the rest."""
+    recs = _as_records(records)
+    scores = _score_pairs(lm, [r.prompt for r in recs], [r.answer for r in recs], batch_size)
+    return [ok for ok, _ in scores]
+
+
 def _as_records(records: Iterable[ForgetRecord | Mapping[str, Any]]) -> list[ForgetRecord]:
     items = list(records)
     return validate_records(items) if items else []

@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,9 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     path: Path | None = None  # the local HF directory the weights came from
+    # forget keys of every patch applied to this model, per layer: (d_ff, h) float32 on
+    # the CPU; later edits keep them at their edited outputs (apply_patch extends it)
+    edit_keys: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:

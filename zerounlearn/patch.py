@@ -5,9 +5,17 @@ A patch holds, for each edited layer, the NEW down-projection matrix W as
 model (exact, so applying the same patch twice gives bit-identical weights). A version
 chain v1..vN is materialised by applying its patches in order onto the base.
 
-On disk a patch is one safetensors file: tensors "layers.{i}.down_proj.weight" and, in
-the header metadata, one JSON document with the method, hyper-parameters, base
-fingerprint and free metadata (never record text: callers must not put any there).
+A patch may also carry, per edited layer, the forget keys it was computed for ((d_ff, k)
+float32, one or two columns per record: its template-averaged key K_f and its clean
+prompt's key; down-projection inputs, numbers only, never text or token ids).
+apply_patch adds them to a LoadedModel's `edit_keys`, so a later edit of the same
+layers can keep these keys at their edited outputs: earlier forgotten records stay
+forgotten (see zerounlearn.methods.zerounlearn, history_weight).
+
+On disk a patch is one safetensors file: tensors "layers.{i}.down_proj.weight" (and
+"layers.{i}.edit_keys" when it has keys) and, in the header metadata, one JSON document
+with the method, hyper-parameters, base fingerprint and free metadata (never record
+text: callers must not put any there).
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ def _tensor_key(layer: int) -> str:
     return f"layers.{layer}.down_proj.weight"
 
 
+def _keys_key(layer: int) -> str:
+    return f"layers.{layer}.edit_keys"
+
+
 @dataclass
 class Patch:
     """New down-projection weights for some layers, plus how they were computed."""
@@ -48,6 +60,7 @@ class Patch:
     base_fingerprint: str
     weights: dict[int, torch.Tensor]  # layer -> new W (d_model, d_ff), model dtype, CPU
     metadata: dict = field(default_factory=dict)  # json-able; never record text
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> keys (d_ff, k)
 
     @property
     def layers(self) -> list[int]:
@@ -104,6 +117,12 @@ def apply_patch(model_or_loaded: Any, patch: Patch, *, check_fingerprint: bool =
     model, adapter, _ = _target(model_or_loaded)
     for layer in patch.layers:
         adapter.set_weight(model, layer, patch.weights[layer])
+    history = getattr(model_or_loaded, "edit_keys", None)
+    if isinstance(history, dict):  # a LoadedModel remembers the keys of its edits
+        for layer, k in patch.keys.items():
+            old = history.get(layer)
+            k = k.detach().to("cpu", torch.float32)
+            history[layer] = k if old is None else torch.cat([old, k], dim=1)
     logger.debug("applied %s patch to layers %s", patch.method, patch.layers)
 
 
@@ -121,6 +140,9 @@ def save_patch(patch: Patch, path: str | Path) -> dict:
     for layer, weight in patch.weights.items():
         if not bool(torch.isfinite(weight).all()):
             raise NonFiniteResult(f"layer {layer}: patch weight holds NaN or inf")
+    for layer, k in patch.keys.items():
+        if layer not in patch.weights or k.dim() != 2:
+            raise PatchMismatch(f"layer {layer}: edit keys must be (d_ff, n) of an edited layer")
     header = {
         "format": PATCH_FORMAT,
         "method": patch.method,
@@ -129,6 +151,8 @@ def save_patch(patch: Patch, path: str | Path) -> dict:
         "metadata": patch.metadata,
         "layers": patch.layers,
     }
+    if patch.keys:
+        header["key_layers"] = sorted(patch.keys)
     try:
         encoded = json.dumps(header, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -140,6 +164,8 @@ def save_patch(patch: Patch, path: str | Path) -> dict:
         _tensor_key(layer): patch.weights[layer].detach().to("cpu").contiguous().clone()
         for layer in patch.layers
     }
+    for layer, k in patch.keys.items():
+        tensors[_keys_key(layer)] = k.detach().to("cpu", torch.float32).contiguous().clone()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
@@ -169,6 +195,10 @@ def load_patch(path: str | Path) -> Patch:
             weights = {
                 int(layer): f.get_tensor(_tensor_key(int(layer))) for layer in header["layers"]
             }
+            keys = {  # absent in patches written before edit keys existed
+                int(layer): f.get_tensor(_keys_key(int(layer)))
+                for layer in header.get("key_layers", [])
+            }
     except (SafetensorError, json.JSONDecodeError, KeyError, OSError) as exc:
         raise PatchMismatch(f"{path} is not a readable patch: {exc}") from exc
     return Patch(
@@ -177,4 +207,5 @@ def load_patch(path: str | Path) -> Patch:
         base_fingerprint=header["base_fingerprint"],
         weights=weights,
         metadata=header.get("metadata", {}),
+        keys=keys,
     )

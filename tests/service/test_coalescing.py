@@ -265,10 +265,10 @@ def test_without_coalescing_queued_requests_form_a_chain(svc: LiveService) -> No
 
 @pytest.mark.xfail(
     strict=True,
-    reason="engine: on the tiny GPT-2 with TINY_HPARAMS an edit of an already edited "
-    "version neither forgets its own records nor keeps earlier edits (reproduced without "
-    "the service: forget + apply_patch twice in one process); remove this mark once "
-    "sequential edits hold",
+    reason="engine: on the tiny GPT-2 with TINY_HPARAMS the third edit of a chain does "
+    "not make its own records forget, even after 3 rounds (the earlier edits' records stay "
+    "forgotten since edit history; reproduced without the service by "
+    "bench/bench_sequential.py --facts tiny); remove this mark once it does",
 )
 def test_the_head_of_a_chain_forgets_every_request(svc: LiveService) -> None:
     """What the chain is for: the active version forgets all three requests. This needs

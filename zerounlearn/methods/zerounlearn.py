@@ -18,7 +18,9 @@ also when an error interrupts the loop. The new weights travel in the returned P
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +29,7 @@ import torch
 
 from zerounlearn import solve
 from zerounlearn.config import ZeroUnlearnHParams, config_for_model
+from zerounlearn.evaluate import reproduced
 from zerounlearn.keys import EditRequest, KeyState, compute_keys, key_prefix, prepare_requests
 from zerounlearn.methods.registry import register_method
 from zerounlearn.patch import Patch
@@ -77,17 +80,21 @@ def sensitive_states(
 
 def layer_update(
     w: torch.Tensor, c: torch.Tensor, keys: KeyState, v: torch.Tensor, m_f: torch.Tensor,
-    cfg: ZeroUnlearnHParams,
+    cfg: ZeroUnlearnHParams, k_hist: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The new W (d_model, d_ff, W's dtype) of one layer, and the rank of span(M_f).
 
+    k_hist (d_ff, h): forget keys of earlier edits of this layer, kept at their current
+    (already edited) outputs with weight cfg.history_weight, beside the protected keys.
     The float64 solve runs where W lives (with a device map, each layer's own device).
     """
     dev = w.device
     c, v, m_f = c.to(dev), v.to(dev), m_f.to(dev)
     q = solve.sensitive_basis(m_f, cfg.rank_rtol)  # (d_model, r)
-    a, b, lam, c_p = cfg.corpus_weight, cfg.forget_weight, cfg.reg_lambda, cfg.preserve_weight
-    k_f, k_p = keys.k_f.to(dev), None if keys.k_p is None else keys.k_p.to(dev)
+    a, b, lam = cfg.corpus_weight, cfg.forget_weight, cfg.reg_lambda
+    k_f = keys.k_f.to(dev)
+    k_p = kept_keys(keys.k_p, cfg.preserve_weight, k_hist, cfg.history_weight, dev)
+    c_p = 1.0  # the weights are folded into k_p's columns
     if cfg.orthogonality == "none":
         p, rank = None, 0
     else:
@@ -103,6 +110,33 @@ def layer_update(
     else:
         d = solve.key_gated_update(w, c, k_f, v, p, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p)
     return solve.apply_update(d, w), rank
+
+
+def kept_keys(
+    k_p: torch.Tensor | None, c_p: float, k_hist: torch.Tensor | None, c_h: float,
+    dev: torch.device,
+) -> torch.Tensor | None:
+    """[sqrt(c_p) K_p, sqrt(c_h) K_hist] (d_ff, p + h), float64 on dev, or None.
+
+    Every preservation term is quadratic in its keys (c k k^T and c W k k^T), so a
+    weight can ride on the columns and one K with weight 1 serves both kinds."""
+    parts = [
+        math.sqrt(weight) * k.to(dev, torch.float64)
+        for k, weight in ((k_p, c_p), (k_hist, c_h))
+        if k is not None and weight > 0 and k.shape[1] > 0
+    ]
+    return torch.cat(parts, dim=1) if parts else None
+
+
+def _history(
+    earlier: torch.Tensor | None, record_keys: dict[int, torch.Tensor], settled: list[int]
+) -> torch.Tensor | None:
+    """Keys to keep for one layer (d_ff, h): the model's earlier edits, then this
+    request's records that earlier rounds already made forget."""
+    parts = [] if earlier is None else [earlier]
+    if settled:
+        parts.extend(record_keys[i] for i in settled)
+    return torch.cat(parts, dim=1) if parts else None
 
 
 class ZeroUnlearnBase:
@@ -131,6 +165,10 @@ class ZeroUnlearnBase:
                             ctx["protected"], ctx.get("key_prefix"))
         if keys.k_p is not None:
             keys.k_p = drop_overlapping(keys.k_p, keys.k_clean)
+        # (d_ff, n, 2): per record its template-averaged key (what the edit moved) and
+        # its clean-prompt key (what the prompt itself reads); both kept by later edits
+        ctx["round_keys"][layer] = torch.stack([keys.k_f, keys.k_clean], dim=2).detach().to(
+            "cpu", torch.float32)
         timings["keys"] = round(timings.get("keys", 0.0) + time.perf_counter() - started, 3)
         w = lm.adapter.get_weight(lm.model, layer)  # (d_model, d_ff), on its own device
         dev = w.device  # Z_n is on the CPU, H_L on block L's device
@@ -141,15 +179,66 @@ class ZeroUnlearnBase:
         timings["m_f"] = round(timings.get("m_f", 0.0) + time.perf_counter() - started, 3)
         return keys, w, v, m_f
 
+    @staticmethod
+    def history(ctx: dict[str, Any], layer: int, keys: KeyState) -> torch.Tensor | None:
+        """Earlier forget keys of `layer` (d_ff, h) to keep where they are: the model's
+        earlier edits and this request's records already forgotten in earlier rounds.
+        A key that is (almost) one of this round's forget keys is dropped: a record
+        forgotten again must be free to move."""
+        hist = ctx["history"].get(layer)
+        if hist is None or hist.shape[1] == 0:
+            return None
+        return drop_overlapping(hist, keys.k_clean.to(hist.device, hist.dtype))
+
     # one step per layer; the GD variant overrides it
     def edit_layer(self, lm: Any, ctx: dict[str, Any], i: int, layer: int) -> torch.Tensor:
         cfg: ZeroUnlearnHParams = ctx["cfg"]
         keys, w, v, m_f = self.layer_inputs(lm, ctx, i, layer)
-        w_new, rank = layer_update(w, ctx["stats"][layer], keys, v, m_f, cfg)
+        k_hist = self.history(ctx, layer, keys)
+        w_new, rank = layer_update(w, ctx["stats"][layer], keys, v, m_f, cfg, k_hist)
         ctx["info"].setdefault("rank", []).append(rank)
+        ctx["info"].setdefault("history_keys", []).append(
+            0 if k_hist is None else int(k_hist.shape[1]))
         ctx["info"].setdefault("protected_keys", []).append(
             0 if keys.k_p is None else int(keys.k_p.shape[1]))
         return w_new
+
+    def edit_round(
+        self, lm: Any, cfg: ZeroUnlearnHParams, layers: list[int], recs: list[ForgetRecord],
+        requests: list[EditRequest], templates: Sequence[str],
+        c_by_layer: dict[int, torch.Tensor], history: dict[int, torch.Tensor | None],
+        info: dict[str, Any], timings: dict[str, float], new_weights: dict[int, torch.Tensor],
+        progress: Progress | None,
+    ) -> dict[int, torch.Tensor]:
+        """One pass of the spec's loop over `recs`: neutral targets, then each layer's
+        update, left set on the model (later layers and rounds see it; the caller
+        restores). Fills new_weights; returns each layer's forget keys K_f (d_ff, n)."""
+        t = time.perf_counter()
+        protected = []
+        if cfg.preserve_weight > 0:
+            protected = protected_sites(
+                lm.tokenizer, recs, requests, neighbors=cfg.protect_neighbors,
+                substitutions=cfg.protect_substitutions)
+        z, target_info = neutral_targets(lm, requests, templates, layers[-1], cfg, progress)
+        for name, values in target_info.items():  # per record: the first round's
+            info.setdefault(name, values)
+        now = time.perf_counter()
+        timings["targets"] = round(timings.get("targets", 0.0) + now - t, 3)
+        t, keys_before, m_f_before = now, timings.get("keys", 0.0), timings.get("m_f", 0.0)
+        ctx = {"cfg": cfg, "layers": layers, "requests": requests, "templates": templates,
+               "stats": c_by_layer, "protected": protected, "z": z.double(), "info": info,
+               "timings": timings, "history": history, "round_keys": {}}
+        for i, layer in enumerate(layers):
+            _report(progress, "solve", i / len(layers))
+            w_new = self.edit_layer(lm, ctx, i, layer)
+            lm.adapter.set_weight(lm.model, layer, w_new)  # later layers see this edit
+            new_weights[layer] = w_new.detach().to("cpu").clone()
+        ctx.pop("key_prefix", None)  # cached activations: free them now
+        # keys and M_f are timed on their own: "solve" is the rest of the layer loop
+        spent = time.perf_counter() - t - (timings.get("keys", 0.0) - keys_before) \
+            - (timings.get("m_f", 0.0) - m_f_before)
+        timings["solve"] = round(timings.get("solve", 0.0) + spent, 3)
+        return ctx["round_keys"]
 
     def compute_patch(
         self,
@@ -191,30 +280,43 @@ class ZeroUnlearnBase:
                                 seq_len=cfg.stats_seq_len)
             c_by_layer = stats.ensure(lm, layers, corpus, progress)
             c_by_layer = {layer: c_by_layer[layer] for layer in layers}
-            t = lap("statistics", t)
-            protected = []
-            if cfg.preserve_weight > 0:
-                protected = protected_sites(
-                    lm.tokenizer, recs, requests, neighbors=cfg.protect_neighbors,
-                    substitutions=cfg.protect_substitutions)
-            z, target_info = neutral_targets(lm, requests, templates, layers[-1], cfg,
-                                             progress)
-            info.update(target_info)
-            t = lap("targets", t)
-            ctx = {"cfg": cfg, "layers": layers, "requests": requests, "templates": templates,
-                   "stats": c_by_layer, "protected": protected, "z": z.double(), "info": info,
-                   "timings": timings}
-            for i, layer in enumerate(layers):
-                _report(progress, "solve", i / len(layers))
-                w_new = self.edit_layer(lm, ctx, i, layer)
-                adapter.set_weight(model, layer, w_new)  # later layers see this edit
-                new_weights[layer] = w_new.detach().to("cpu").clone()
+            lap("statistics", t)
+            earlier = getattr(lm, "edit_keys", None) or {}  # keys of the model's own edits
+            # per layer and record: its forget key (d_ff,) from the last round it was in
+            record_keys: dict[int, dict[int, torch.Tensor]] = {layer: {} for layer in layers}
+            pending = list(range(len(recs)))
+            info["rounds"] = []
+            edit_recs, edit_requests = recs, requests  # round 2 on: at the last token
+            for r in range(cfg.max_rounds):
+                info["rounds"].append(len(pending))
+                settled = [i for i in record_keys[layers[0]] if i not in pending]
+                history = {layer: _history(earlier.get(layer), record_keys[layer], settled)
+                           for layer in layers}
+                if r == 1 and cfg.retry_at_last_token:
+                    # a record its subject edit did not make forget (seen on models already
+                    # edited many times) is edited where the answer is read: the last token
+                    edit_recs = [dataclasses.replace(x, subject=None) for x in recs]
+                    edit_requests = prepare_requests(lm, edit_recs, cfg.neutral_target)
+                round_keys = self.edit_round(
+                    lm, cfg, layers, [edit_recs[i] for i in pending],
+                    [edit_requests[i] for i in pending], templates, c_by_layer, history, info,
+                    timings, new_weights, progress if r == 0 else None)
+                for layer in layers:
+                    for column, i in enumerate(pending):
+                        pair = round_keys[layer][:, column]  # (d_ff, 2)
+                        same = torch.equal(pair[:, 0], pair[:, 1])  # no templates: one key
+                        record_keys[layer][i] = pair[:, :1] if same else pair
+                if r + 1 == cfg.max_rounds:
+                    break
+                t = time.perf_counter()
+                flags = reproduced(lm, [recs[i] for i in pending])  # on the edited model
+                lap("verify", t)
+                pending = [i for i, still in zip(pending, flags, strict=True) if still]
+                if not pending:
+                    break
             _report(progress, "solve", 1.0)
-            ctx.pop("key_prefix", None)  # cached activations: free them now
-            lap("solve", t)
-            # keys and M_f are timed on their own: "solve" is the rest of the layer loop
-            timings["solve"] = round(timings["solve"] - timings.get("keys", 0.0)
-                                     - timings.get("m_f", 0.0), 3)
+            keys = {layer: torch.cat([record_keys[layer][i] for i in range(len(recs))], 1)
+                    for layer in layers}  # (d_ff, 1 or 2 per record) per layer, in order
         finally:
             for layer, w in originals.items():
                 adapter.set_weight(model, layer, w)  # the model is unchanged on return
@@ -227,6 +329,7 @@ class ZeroUnlearnBase:
             base_fingerprint=str(getattr(lm, "fingerprint", "")),
             weights=new_weights,
             metadata={"records": len(recs), "layers": layers, "timings": timings, **info},
+            keys=keys,
         )
 
 

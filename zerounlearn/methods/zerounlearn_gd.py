@@ -96,8 +96,11 @@ class ZeroUnlearnGD(ZeroUnlearnBase):
         q = solve.sensitive_basis(m_f.to(dev), cfg.rank_rtol)  # (d_model, r)
         u_null = null_space_basis(ctx["stats"][layer].to(dev), cfg.null_rtol,
                                   cfg.null_min_rank)
-        k_p = None if keys.k_p is None else keys.k_p.to(dev)
-        u_null = exclude_keys(u_null, k_p, cfg.null_min_rank)  # protected prompts
+        # protected prompts and the keys of earlier edits: the update must not touch them
+        kept = [k.to(dev, w.dtype) for k in (keys.k_p, self.history(ctx, layer, keys))
+                if k is not None]
+        k_p = torch.cat(kept, dim=1) if kept else None
+        u_null = exclude_keys(u_null, k_p, cfg.null_min_rank)
         update, info = train_null_update(w, keys.k_f.to(dev), v.to(dev), q, u_null, cfg)
         ctx["info"].setdefault("null_rank", []).append(int(u_null.shape[1]))
         ctx["info"].setdefault("gd_steps", []).append(info["steps"])
