@@ -144,8 +144,9 @@ class ZeroUnlearnHParams(TargetHParams):
     corpus_weight: float = 100_000.0  # a: keep outputs on corpus keys C (paper: 15000)
     forget_weight: float = 5000.0  # b: forget keys map to P V*; key-gated needs >= 500
     preserve_weight: float = 100.0  # c: protected prompts keep their outputs, per key
-    history_weight: float = 5000.0  # keys of the model's earlier edits (and of records
-    # settled in earlier rounds) keep their edited outputs: forgotten stays forgotten
+    history_weight: float = 0.0  # > 0: keys of the model's earlier edits (and of records
+    # settled in earlier rounds) keep their edited outputs. Off: with rounds it did not
+    # keep more forgotten on SmolLM2 and cost perplexity (README, Sequential requests)
     max_rounds: int = 3  # records still reproduced after an edit round are edited again
     retry_at_last_token: bool = True  # ... at the prompt's last token, not the subject's
     protect_neighbors: bool = True  # protected keys include the records' neighbours

@@ -72,11 +72,12 @@ def test_the_next_edit_keeps_the_earlier_edits_keys(
     first = forget(tiny_lm, _records(0, 3), "zerounlearn", TINY_HPARAMS, stats=stats)
     assert first.metadata["history_keys"][0] == 0  # nothing edited before
     apply_patch(tiny_lm, first)
-    second = forget(tiny_lm, _records(3, 2), "zerounlearn", TINY_HPARAMS, stats=stats)
+    second = forget(tiny_lm, _records(3, 2), "zerounlearn", {**TINY_HPARAMS,
+                                                              "history_weight": 5000},
+                    stats=stats)
     assert second.metadata["history_keys"][0] == 3
-    off = forget(tiny_lm, _records(3, 2), "zerounlearn", {**TINY_HPARAMS,
-                                                           "history_weight": 0}, stats=stats)
-    assert off.metadata["history_keys"][0] == 3  # offered, but weighted 0: ignored
+    off = forget(tiny_lm, _records(3, 2), "zerounlearn", TINY_HPARAMS, stats=stats)
+    assert off.metadata["history_keys"][0] == 3  # offered, but weighted 0 (the default)
     layer = first.layers[0]
     k_old = first.keys[layer].double()  # (d_ff, 3)
     w_now = tiny_lm.adapter.get_weight(tiny_lm.model, layer).double()
@@ -91,8 +92,9 @@ def test_the_next_edit_keeps_the_earlier_edits_keys(
 def test_the_same_record_forgotten_again_is_not_held_in_place(
         tiny_lm: LoadedModel, stats: StatsCache) -> None:
     recs = _records(0, 2)
-    apply_patch(tiny_lm, forget(tiny_lm, recs, "zerounlearn", TINY_HPARAMS, stats=stats))
-    again = forget(tiny_lm, recs, "zerounlearn", TINY_HPARAMS, stats=stats)
+    hp = {**TINY_HPARAMS, "history_weight": 5000}
+    apply_patch(tiny_lm, forget(tiny_lm, recs, "zerounlearn", hp, stats=stats))
+    again = forget(tiny_lm, recs, "zerounlearn", hp, stats=stats)
     assert again.metadata["history_keys"][0] == 0  # its own keys: dropped, free to move
 
 
