@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimit
+from app.metrics_jobs import JobTally
 from app.observability import RequestContext, RequestMetrics, ServiceCollector
 from app.queue import JobQueue, connect_redis
 from app.reconciler import Reconciler
@@ -51,13 +52,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                s3_endpoint_url=settings.s3_endpoint_url)
     queue = JobQueue(redis, settings)
     reconciler = Reconciler(store, queue, settings)
+    job_tally = JobTally(store)  # the job metrics, refreshed off the request path
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _bootstrap_auth(settings, store)
         reconciler.start()
+        job_tally.start()
         logger.info("API ready: store %s, queue %s", store.describe(), settings.queue_name)
         yield
+        job_tally.stop()
         reconciler.stop()
         redis.close()
 
@@ -72,10 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis = redis
     app.state.queue = queue
     app.state.reconciler = reconciler
+    app.state.job_tally = job_tally
     registry = CollectorRegistry()
     app.state.metrics_registry = registry
     request_metrics = RequestMetrics(registry)
-    registry.register(ServiceCollector(store, queue))
+    registry.register(ServiceCollector(store, queue, job_tally))
     install_error_handlers(app)
     app.include_router(api_router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")

@@ -4,11 +4,14 @@ Two sources, chosen so the numbers are right with several API and worker process
 
 - HTTP requests are counted in THIS process (`RequestMetrics`, a per-app registry):
   each API process exposes its own, as Prometheus expects (one target per process).
-- Everything about jobs, queues, workers and resident models is read at scrape time
-  from what all processes share: job documents in the store (status, kind, and the
-  per-phase `timings` the worker writes when a job ends), RQ in Redis (queue depth,
-  live workers) and the keys workers publish with a TTL (`worker.metrics`). Scraping
-  any API process gives the same answer.
+- Everything about jobs, queues, workers and resident models comes from what all
+  processes share. Job documents in the store (status, kind, and the per-phase
+  `timings` the worker writes when a job ends) are tallied by `JobTally`
+  (app.metrics_jobs), refreshed in the background every few seconds, so a scrape reads
+  no job document; their HELP texts say how stale they may be. RQ in Redis (queue
+  depth, live workers) and the keys workers publish with a TTL (`worker.metrics`) are
+  read at scrape time. Scraping any API process gives the same answer (up to that
+  staleness).
 """
 
 from __future__ import annotations
@@ -20,26 +23,24 @@ import time
 import uuid
 from collections import Counter as Tally
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from rq import Worker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.metrics_jobs import JobTally
 from app.queue import RESIDENT_KEY_PREFIX
-from store import JOB_KINDS, JOB_STATUSES, ArtifactStore, StoreError
+from store import ArtifactStore, StoreError
 from store.logs import request_id_var
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
-"""Seconds: job and phase durations span a tiny model on CPU to SmolLM2 preparation."""
 UNMATCHED_ROUTE = "<unmatched>"
 """Route label of requests no route matched (keeps the label set small)."""
 
@@ -96,72 +97,18 @@ class RequestContext:
             request_id_var.reset(token)
 
 
-def _seconds(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    try:
-        begin = datetime.fromisoformat(start.replace("Z", "+00:00"))
-        finish = datetime.fromisoformat(end.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return max((finish - begin).total_seconds(), 0.0)
-
-
-class _Histograms:
-    """Cumulative-bucket histograms built from observed values, keyed by label tuples."""
-
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, ...], list[float]] = {}
-
-    def observe(self, labels: tuple[str, ...], value: float) -> None:
-        self.values.setdefault(labels, []).append(value)
-
-    def family(self, name: str, doc: str, label_names: list[str]) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(name, doc, labels=label_names)
-        for labels, values in sorted(self.values.items()):
-            buckets = [(str(float(b)), float(sum(v <= b for v in values))) for b in JOB_BUCKETS]
-            buckets.append(("+Inf", float(len(values))))
-            family.add_metric(list(labels), buckets, sum_value=float(sum(values)))
-        return family
-
-
 class ServiceCollector(Collector):
     """Jobs, queue, workers and resident models, read from the store and Redis."""
 
-    def __init__(self, store: ArtifactStore, queue: Any) -> None:
+    def __init__(self, store: ArtifactStore, queue: Any, jobs: JobTally) -> None:
         self.store = store
         self.queue = queue  # app.queue.JobQueue
+        self.jobs = jobs  # kept current in the background: a scrape reads no job
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._jobs()
+        yield from self.jobs.families()
         yield from self._models()
         yield from self._redis()
-
-    def _jobs(self) -> Iterator[Metric]:
-        try:
-            jobs = self.store.list_jobs()
-        except (StoreError, OSError) as exc:
-            logger.warning("metrics: cannot list jobs (%s)", type(exc).__name__)
-            return
-        counts = Tally((str(j.get("kind")), str(j.get("status"))) for j in jobs)
-        gauge = GaugeMetricFamily("zerounlearn_jobs", "Jobs in the store by kind and status",
-                                  labels=["kind", "status"])
-        for kind in JOB_KINDS:
-            for status in JOB_STATUSES:
-                gauge.add_metric([kind, status], counts.get((kind, status), 0))
-        yield gauge
-        total, phases = _Histograms(), _Histograms()
-        for job in jobs:
-            seconds = _seconds(job.get("started_at"), job.get("finished_at"))
-            if seconds is not None and job.get("status") in ("succeeded", "failed"):
-                total.observe((str(job.get("kind")), str(job.get("status"))), seconds)
-            for phase, spent in (job.get("timings") or {}).items():
-                if isinstance(spent, int | float):
-                    phases.observe((str(job.get("kind")), str(phase)), float(spent))
-        yield total.family("zerounlearn_job_duration_seconds",
-                           "Run time of ended jobs (started to finished)", ["kind", "status"])
-        yield phases.family("zerounlearn_job_phase_duration_seconds",
-                            "Time ended jobs spent in each phase", ["kind", "phase"])
 
     def _models(self) -> Iterator[Metric]:
         try:

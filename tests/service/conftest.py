@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.live import LiveService, live_service
+from tests.support.moto_s3 import moto_s3_server
 
 LIVE_REDIS_DB = 7  # 9-14 belong to other service tests, 8 to tests/ui
 
@@ -18,3 +19,10 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -> Itera
     root = tmp_path_factory.mktemp("live")
     with live_service(root, tiny_gpt2_dir, LIVE_REDIS_DB, ZEROUNLEARN_LOG_FORMAT="json") as svc:
         yield svc
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-compatible server (moto) on localhost, one per test module."""
+    with moto_s3_server(tmp_path_factory.mktemp("moto")) as url:
+        yield url

@@ -1,21 +1,33 @@
 """/metrics parsed with prometheus_client's own parser, and the JSON logs, on a live
-service (API + worker started with ZEROUNLEARN_LOG_FORMAT=json)."""
+service (API + worker started with ZEROUNLEARN_LOG_FORMAT=json); the job metrics with
+many jobs stored (a scrape reads no job document), on a local and an S3 store."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.metrics_jobs import JobTally
+from app.observability import ServiceCollector
+from app.queue import JobQueue, connect_redis
+from app.settings import Settings
 from client import NotFound
+from store import ArtifactStore
+from tests.support.counting import counting_backend
 from tests.support.live import LiveService, records
 from tests.support.processes import wait_until
 from tests.support.tiny_model import TINY_HPARAMS
 
 pytestmark = pytest.mark.timeout(600)
+SCALE_REDIS_URL = "redis://127.0.0.1:6379/1"  # read only (queue depth, workers)
+MODEL = "m-0123456789ab"
 
 
 def scrape(url: str) -> dict[str, list]:
@@ -40,6 +52,13 @@ def test_metrics_after_a_forget_job(live: LiveService) -> None:
         api.get_model(mid)
         with pytest.raises(NotFound):
             api.get_model("m-000000000000")
+
+    def counted() -> bool:  # job metrics are refreshed every few seconds (app.metrics_jobs)
+        jobs = scrape(live.url).get("zerounlearn_jobs", [])
+        return any(s.labels.get("kind") == "forget" and s.labels.get("status") == "succeeded"
+                   and s.value >= 1 for s in jobs)
+
+    wait_until(counted, 30, 0.5, "the forget job counted in /metrics")
     families = scrape(live.url)
 
     http = families["zerounlearn_http_requests"]
@@ -100,3 +119,79 @@ def test_json_logs_carry_ids_and_never_request_text(live: LiveService) -> None:
     assert not re.search(rf"(?<![0-9A-Za-z.]){answer}(?![0-9A-Za-z.])", text)
     response = httpx.get(f"{live.url}/healthz", headers={"X-Request-ID": "probe-123"})
     assert response.headers["x-request-id"] == "probe-123"
+
+
+def parse(registry: CollectorRegistry) -> dict[str, list]:
+    text = generate_latest(registry).decode()
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_a_scrape_reads_no_job_document_and_a_refresh_only_what_changed(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Many jobs stored: a scrape reads none of them; the background refresh reads the
+    history once, then only the documents that changed; the figures are the full read's."""
+    values: dict = {"redis_url": SCALE_REDIS_URL, "data_dir": tmp_path / "data"}
+    settings = Settings(**values)
+    backend = counting_backend(kind, settings.data_dir, request, counted=("jobs/",))
+    store = ArtifactStore(settings.data_dir, backend)
+    n = {"local": 400, "s3": 60}[kind]  # moto serves one request at a time
+    ids = [store.create_job({"kind": "forget", "model_id": MODEL})["id"] for _ in range(n)]
+    for i, job_id in enumerate(ids[: n // 2]):  # half ended, half still queued
+        store.transition_job(job_id, ["queued"], "running")
+        store.transition_job(job_id, ["running"], "succeeded" if i % 4 else "failed",
+                             timings={"solve": 0.2 * (i % 10), "verify": 0.05})
+    redis = connect_redis(settings)
+    tally = JobTally(store, refresh_s=3600)
+    registry = CollectorRegistry()
+    registry.register(ServiceCollector(store, JobQueue(redis, settings), tally))
+
+    backend.reads = 0
+    assert "zerounlearn_jobs" not in parse(registry)  # no figures before a refresh
+    tally.refresh()  # what the thread does at start-up: the history, once
+    assert backend.reads == n
+    backend.reads = 0
+    for _ in range(5):
+        families = parse(registry)
+    assert backend.reads == 0  # scrapes read no job document
+    assert tally.refresh().read == 0 and backend.reads == 0  # nothing changed
+
+    # truthful: the figures a full read gives (what a scrape used to compute)
+    def check(families: dict[str, list]) -> None:
+        jobs = store.list_jobs()
+        truth = Counter((j["kind"], j["status"]) for j in jobs)
+        for status in ("queued", "running", "succeeded", "failed", "cancelled"):
+            assert value(families["zerounlearn_jobs"], "zerounlearn_jobs", kind="forget",
+                         status=status) == truth[("forget", status)], status
+        solve = [j["timings"]["solve"] for j in jobs if j.get("timings")]
+        phases = families["zerounlearn_job_phase_duration_seconds"]
+        assert value(phases, "zerounlearn_job_phase_duration_seconds_count",
+                     kind="forget", phase="solve") == len(solve)
+        assert value(phases, "zerounlearn_job_phase_duration_seconds_bucket", kind="forget",
+                     phase="solve", le="0.5") == sum(s <= 0.5 for s in solve)
+        assert value(phases, "zerounlearn_job_phase_duration_seconds_sum", kind="forget",
+                     phase="solve") == pytest.approx(sum(solve))
+        ended = families["zerounlearn_job_duration_seconds"]
+        assert value(ended, "zerounlearn_job_duration_seconds_count", kind="forget",
+                     status="failed") == truth[("forget", "failed")]
+
+    check(families)
+    help_text = generate_latest(registry).decode()
+    assert "# HELP zerounlearn_jobs Jobs by kind and status; from the store" in help_text
+    assert "never shown more than 60 s stale" in help_text
+    assert value(families["zerounlearn_job_metrics_age_seconds"],
+                 "zerounlearn_job_metrics_age_seconds") < 60
+
+    # jobs move on: a refresh reads exactly the changed and the new documents
+    store.transition_job(ids[-1], ["queued"], "cancelled")
+    store.transition_job(ids[-2], ["queued"], "running")
+    store.transition_job(ids[-2], ["running"], "succeeded", timings={"solve": 3.0})
+    store.create_job({"kind": "forget", "model_id": MODEL})
+    backend.reads = 0
+    stats = tally.refresh()
+    assert stats.read == 3 and backend.reads == 3 and stats.jobs == n + 1
+    backend.reads = 0
+    check(parse(registry))
+    assert backend.reads == n + 1  # check()'s own full read, nothing from the scrape
+    redis.close()

@@ -20,43 +20,14 @@ from app.queue import JobQueue
 from app.reconciler import Reconciler
 from app.settings import Settings
 from store import ArtifactStore
-from store.backends import LocalBackend
-from store.backends.base import Blob, ObjectBackend
-from store.backends.s3 import S3Backend
 from store.documents import new_job_id
-from tests.support.moto_s3 import CREDENTIALS, moto_s3_server, new_bucket
+from tests.support.counting import CountingReads, counting_backend
 
 REDIS_URL = "redis://127.0.0.1:6379/2"
 BACKLOG = {"local": 300, "s3": 60}  # moto serves one request at a time
 MODEL = "m-0123456789ab"
 
 
-class Counting(ObjectBackend):
-    """Counts reads of request and job documents (mixed into a real backend)."""
-
-    doc_reads = 0
-
-    def read(self, key: str) -> Blob | None:
-        if key.startswith(("requests/", "jobs/")):
-            self.doc_reads += 1
-        return super().read(key)  # type: ignore[safe-super]
-
-
-class CountingLocal(Counting, LocalBackend):
-    pass
-
-
-class CountingS3(Counting, S3Backend):
-    pass
-
-
-CountingBackend = CountingLocal | CountingS3
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with moto_s3_server(tmp_path_factory.mktemp("moto")) as url:
-        yield url
 
 
 @pytest.fixture
@@ -85,11 +56,11 @@ def accept(store: ArtifactStore, queue: JobQueue) -> str:
     return job_id
 
 
-def reads(backend: Counting, reconciler: Reconciler, **kw: bool) -> tuple[dict, int]:
+def reads(backend: CountingReads, reconciler: Reconciler, **kw: bool) -> tuple[dict, int]:
     """(counts of one pass, documents it read)."""
-    before = backend.doc_reads
+    before = backend.reads
     counts = reconciler.run_once(**kw)
-    return counts, backend.doc_reads - before
+    return counts, backend.reads - before
 
 
 def requeued_jobs(store: ArtifactStore) -> list[str]:
@@ -103,13 +74,7 @@ def test_incremental_pass_requeues_exactly_the_lost_job_reading_few_documents(
     kind: str, tmp_path: Path, redis: Redis, request: pytest.FixtureRequest
 ) -> None:
     settings = make_settings(tmp_path)
-    backend: CountingBackend
-    if kind == "local":
-        backend = CountingLocal(settings.data_dir)
-    else:
-        endpoint = request.getfixturevalue("s3_endpoint")
-        backend = CountingS3(new_bucket(endpoint), endpoint_url=endpoint,
-                             client_options=CREDENTIALS)
+    backend = counting_backend(kind, settings.data_dir, request)
     store = ArtifactStore(settings.data_dir, backend)
     queue = JobQueue(redis, settings)
     backlog = BACKLOG[kind]

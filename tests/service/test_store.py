@@ -10,20 +10,13 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from store import ArtifactStore, Conflict, InvalidDocument, NotFound, new_job_id
-from tests.support.moto_s3 import CREDENTIALS, moto_s3_server, new_bucket
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with moto_s3_server(tmp_path_factory.mktemp("moto")) as url:
-        yield url
+from tests.support.moto_s3 import CREDENTIALS, new_bucket
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -11,7 +11,6 @@ import hashlib
 import json
 import multiprocessing
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,15 +19,9 @@ import pytest
 from store import ArtifactStore, NotFound, StoreError
 from store.backends import LocalBackend, ObjectBackend, open_backend
 from store.backends.s3 import S3Backend
-from tests.support.moto_s3 import CREDENTIALS, moto_s3_server, new_bucket
+from tests.support.moto_s3 import CREDENTIALS, new_bucket
 
 FORK = multiprocessing.get_context("fork")
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with moto_s3_server(tmp_path_factory.mktemp("moto")) as url:
-        yield url
 
 
 def make_backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> ObjectBackend:
