@@ -267,8 +267,8 @@ def test_without_coalescing_queued_requests_form_a_chain(svc: LiveService) -> No
     strict=True,
     reason="engine: on the tiny GPT-2 with TINY_HPARAMS the third edit of a chain does "
     "not make its own records forget, even after 3 rounds (the earlier edits' records stay "
-    "forgotten since edit history; reproduced without the service by "
-    "bench/bench_sequential.py --facts tiny); remove this mark once it does",
+    "forgotten; reproduced without the service by bench/bench_sequential.py --facts "
+    "tiny); remove this mark once it does",
 )
 def test_the_head_of_a_chain_forgets_every_request(svc: LiveService) -> None:
     """What the chain is for: the active version forgets all three requests. This needs
