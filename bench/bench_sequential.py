@@ -427,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     plan = tiny_plan(args) if args.facts == "tiny" else world_plan(args)
     cache = Path(args.cache)
     lm = load_model(args.model, cache_dir=cache / "engine")
+    lm.track_edit_keys()  # so that --hparams '{"history_weight": ...}' can use them
     stats = StatsCache(Path(args.stats_dir) if args.stats_dir else cache / "stats")
     texts = reference_texts()
     doc = {"model": args.model, "model_name": Path(args.model).name if args.facts == "tiny"

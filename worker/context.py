@@ -46,7 +46,7 @@ class WorkerContext:
         budget_mb = settings.model_cache_mb or default_cache_mb(settings.device)
         models = ModelCache(
             store, device=settings.device, max_entries=settings.model_cache_size,
-            max_bytes=budget_mb << 20,
+            max_bytes=budget_mb << 20, track_edit_keys=settings.edit_history,
         )
         return cls(settings=settings, store=store, models=models, name=name)
 

@@ -58,6 +58,7 @@ class ModelCache:
         max_entries: int = 2,
         max_bytes: int | None = None,
         loader: Loader = load_model,
+        track_edit_keys: bool = False,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
@@ -65,6 +66,7 @@ class ModelCache:
             raise ValueError("max_bytes must be positive (or None for no byte budget)")
         self.store = store
         self.device = device
+        self.track_edit_keys = track_edit_keys  # materialised versions keep edit keys
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._loader = loader
@@ -166,6 +168,8 @@ class ModelCache:
                 f"(fingerprint {lm.fingerprint[:12]}, expected {expected[:12]}); "
                 "register it again as a new model"
             )
+        if self.track_edit_keys:
+            lm.track_edit_keys()  # before the chain: its patches' keys are collected
         for version in chain[1:]:
             self._apply_version(key.model_id, version, lm)
         logger.info(

@@ -22,6 +22,9 @@ ZEROUNLEARN_COALESCE_WINDOW_S 2.0       seconds a forget job waits after it was 
                                         method and hparams join its edit (0: no wait)
 ZEROUNLEARN_COALESCE_MAX_BATCH 64       most records one coalesced edit takes (the first
                                         job always runs whole); 1 disables coalescing
+ZEROUNLEARN_EDIT_HISTORY      0         1: resident versions keep their chain's forget keys
+                                        (2 x d_ff floats per record and edited layer), so
+                                        forget jobs may use hparams history_weight > 0
 
 The statistics sample count is part of the statistics cache key: changing it makes the
 next prepare/forget job compute new statistics (old files stay in `stats/`).
@@ -83,6 +86,7 @@ class WorkerSettings:
     log_level: str = "INFO"
     coalesce_window_s: float = DEFAULT_COALESCE_WINDOW_S
     coalesce_max_batch: int = DEFAULT_COALESCE_MAX_BATCH
+    edit_history: bool = False  # ZEROUNLEARN_EDIT_HISTORY: resident models track edit keys
     # ZEROUNLEARN_STORE_URL: None = data_dir is the store; s3://bucket/prefix = shared
     # object store (data_dir is then this machine's cache); see store.backends.
     store_url: str | None = None
@@ -149,6 +153,10 @@ class WorkerSettings:
             env, "ZEROUNLEARN_COALESCE_MAX_BATCH", DEFAULT_COALESCE_MAX_BATCH, problems
         )
 
+        history = env.get("ZEROUNLEARN_EDIT_HISTORY", "").strip().lower() or "0"
+        if history not in ("0", "1", "true", "false"):
+            problems.append("ZEROUNLEARN_EDIT_HISTORY must be 0 or 1")
+
         store_url = env.get("ZEROUNLEARN_STORE_URL", "").strip() or None
         if store_url and not store_url.startswith(("s3://", "file://")):
             problems.append("ZEROUNLEARN_STORE_URL must be s3://bucket[/prefix] or file:///path")
@@ -172,6 +180,7 @@ class WorkerSettings:
             log_level=log_level,
             coalesce_window_s=window,
             coalesce_max_batch=max_batch,
+            edit_history=history in ("1", "true"),
             store_url=store_url,
             s3_endpoint_url=s3_endpoint_url,
         )

@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,15 @@ class LoadedModel:
     device: torch.device
     path: Path | None = None  # the local HF directory the weights came from
     # forget keys of every patch applied to this model, per layer: (d_ff, h) float32 on
-    # the CPU; later edits keep them at their edited outputs (apply_patch extends it)
-    edit_keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    # the CPU, for edits with history_weight > 0 (apply_patch extends it); None: not
+    # tracked (the default: they grow with every record the chain forgot)
+    edit_keys: dict[int, torch.Tensor] | None = None
+
+    def track_edit_keys(self) -> None:
+        """Collect the forget keys of the patches applied from now on (call it before the
+        version chain is applied: keys of patches applied earlier are not recovered)."""
+        if self.edit_keys is None:
+            self.edit_keys = {}
 
     @property
     def num_layers(self) -> int:

@@ -8,9 +8,9 @@ chain v1..vN is materialised by applying its patches in order onto the base.
 A patch may also carry, per edited layer, the forget keys it was computed for ((d_ff, k)
 float32, one or two columns per record: its template-averaged key K_f and its clean
 prompt's key; down-projection inputs, numbers only, never text or token ids).
-apply_patch adds them to a LoadedModel's `edit_keys`, so a later edit of the same
-layers can keep these keys at their edited outputs: earlier forgotten records stay
-forgotten (see zerounlearn.methods.zerounlearn, history_weight).
+apply_patch adds them to a LoadedModel's `edit_keys` when the model tracks them
+(`track_edit_keys()`), so a later edit of the same layers can keep these keys at their
+edited outputs (see zerounlearn.methods.zerounlearn, history_weight).
 
 On disk a patch is one safetensors file: tensors "layers.{i}.down_proj.weight" (and
 "layers.{i}.edit_keys" when it has keys) and, in the header metadata, one JSON document

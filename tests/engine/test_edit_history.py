@@ -15,6 +15,7 @@ from tests.support.tiny_model import TINY_HPARAMS, tiny_facts
 from zerounlearn import solve
 from zerounlearn.api import forget
 from zerounlearn.config import ZeroUnlearnHParams
+from zerounlearn.errors import InvalidHyperParameters
 from zerounlearn.evaluate import reproduced
 from zerounlearn.keys import KeyState
 from zerounlearn.loading import LoadedModel, load_model
@@ -25,7 +26,9 @@ from zerounlearn.stats import StatsCache
 
 @pytest.fixture()
 def tiny_lm(tiny_gpt2_dir: Path) -> LoadedModel:
-    return load_model(str(tiny_gpt2_dir))  # function scope: tests edit it in place
+    lm = load_model(str(tiny_gpt2_dir))  # function scope: tests edit it in place
+    lm.track_edit_keys()
+    return lm
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +189,14 @@ def test_a_record_its_subject_edit_misses_is_retried_at_the_last_token(
     else:
         assert patch.metadata["rounds"] == [4, 4, 4]
         assert reproduced(tiny_lm, recs) == [True] * 4
+
+
+def test_an_untracked_model_keeps_no_keys_and_refuses_history(
+        tiny_gpt2_dir: Path, stats: StatsCache) -> None:
+    lm = load_model(str(tiny_gpt2_dir))
+    assert lm.edit_keys is None  # the default: nothing grows with the chain
+    apply_patch(lm, forget(lm, _records(0, 2), "zerounlearn", TINY_HPARAMS, stats=stats))
+    assert lm.edit_keys is None
+    with pytest.raises(InvalidHyperParameters, match="history_weight"):
+        forget(lm, _records(2, 2), "zerounlearn", {**TINY_HPARAMS, "history_weight": 10},
+               stats=stats)

@@ -37,6 +37,9 @@ def test_settings_defaults(tmp_path: Path) -> None:
     budget = WorkerSettings.from_env({"REDIS_URL": "redis://h/0",
                                       "ZEROUNLEARN_MODEL_CACHE_MB": "2048"})
     assert budget.model_cache_mb == 2048
+    assert s.edit_history is False  # resident models keep no edit keys unless asked
+    assert WorkerSettings.from_env({"REDIS_URL": "redis://h/0",
+                                    "ZEROUNLEARN_EDIT_HISTORY": "1"}).edit_history is True
 
 
 def test_settings_list_every_bad_value() -> None:
@@ -48,6 +51,7 @@ def test_settings_list_every_bad_value() -> None:
         "ZEROUNLEARN_STATS_SAMPLES": "-5",
         "ZEROUNLEARN_LOG_LEVEL": "loud",
         "ZEROUNLEARN_MODEL_CACHE_MB": "lots",
+        "ZEROUNLEARN_EDIT_HISTORY": "maybe",
     }
     with pytest.raises(SettingsError) as info:
         WorkerSettings.from_env(env)
@@ -196,7 +200,9 @@ def test_recover_fails_jobs_of_dead_local_workers(
 # -------------------------------------------------------------- model cache
 @pytest.fixture
 def tiny_model_store(store: ArtifactStore, tiny_gpt2_dir: Path) -> tuple[ArtifactStore, str]:
-    """A model with v0 and v1 (layer 1 scaled by 0.5), published through the store."""
+    """A model with v0 and v1 (layer 1 scaled by 0.5, two edit keys), in the store."""
+    import torch
+
     from zerounlearn import Patch, load_model, save_patch
 
     model = store.create_model({"name": "tiny", "source": str(tiny_gpt2_dir), "status": "ready"})
@@ -205,6 +211,7 @@ def tiny_model_store(store: ArtifactStore, tiny_gpt2_dir: Path) -> tuple[Artifac
     patch = Patch(
         method="test", hparams={}, base_fingerprint=lm.fingerprint,
         weights={1: lm.adapter.get_weight(lm.model, 1) * 0.5},
+        keys={1: torch.ones(lm.adapter.weight_shape(lm.model, 1)[1], 2)},
     )
     path = store.root / "p.safetensors"
     info = save_patch(patch, path)
@@ -235,6 +242,9 @@ def test_model_cache_materialises_exactly_and_evicts(
     assert taken is v0 and len(cache) == 0
     cache.put(mid, "v0", taken)
     assert cache.get(mid, "v0") is v0
+    assert v1.edit_keys is None  # not tracked by default
+    tracked = ModelCache(store, max_entries=1, track_edit_keys=True).get(mid, "v1")
+    assert tracked.edit_keys is not None and tracked.edit_keys[1].shape[1] == 2
 
 
 def test_model_cache_evicts_least_recently_used_under_a_byte_budget(

@@ -29,6 +29,7 @@ import torch
 
 from zerounlearn import solve
 from zerounlearn.config import ZeroUnlearnHParams, config_for_model
+from zerounlearn.errors import InvalidHyperParameters
 from zerounlearn.evaluate import reproduced
 from zerounlearn.keys import EditRequest, KeyState, compute_keys, key_prefix, prepare_requests
 from zerounlearn.methods.registry import register_method
@@ -281,7 +282,13 @@ class ZeroUnlearnBase:
             c_by_layer = stats.ensure(lm, layers, corpus, progress)
             c_by_layer = {layer: c_by_layer[layer] for layer in layers}
             lap("statistics", t)
-            earlier = getattr(lm, "edit_keys", None) or {}  # keys of the model's own edits
+            earlier = getattr(lm, "edit_keys", None)  # keys of the model's own edits
+            if earlier is None and cfg.history_weight > 0:
+                raise InvalidHyperParameters(
+                    "hyper-parameter 'history_weight' > 0 needs a model that tracks its "
+                    "edit keys (LoadedModel.track_edit_keys() before its patches are "
+                    "applied; workers: ZEROUNLEARN_EDIT_HISTORY=1)")
+            earlier = earlier or {}
             # per layer and record: its forget key (d_ff,) from the last round it was in
             record_keys: dict[int, dict[int, torch.Tensor]] = {layer: {} for layer in layers}
             pending = list(range(len(recs)))
