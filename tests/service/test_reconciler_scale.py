@@ -22,6 +22,7 @@ from app.settings import Settings
 from store import ArtifactStore
 from store.documents import new_job_id
 from tests.support.counting import CountingReads, counting_backend
+from tests.support.processes import flushed_redis
 
 REDIS_URL = "redis://127.0.0.1:6379/2"
 BACKLOG = {"local": 300, "s3": 60}  # moto serves one request at a time
@@ -32,11 +33,8 @@ MODEL = "m-0123456789ab"
 
 @pytest.fixture
 def redis() -> Iterator[Redis]:
-    conn = Redis.from_url(REDIS_URL)
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-    conn.close()
+    with flushed_redis(REDIS_URL) as conn:
+        yield conn
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:

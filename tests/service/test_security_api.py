@@ -15,6 +15,7 @@ from redis import Redis
 from app.main import create_app
 from app.settings import Settings
 from store import ArtifactStore
+from tests.support.processes import flushed_redis
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 ADMIN = "security-admin-token-0123456789abcdef"
@@ -27,11 +28,8 @@ def bearer(token: str) -> dict[str, str]:
 
 @pytest.fixture
 def redis() -> Iterator[Redis]:
-    conn = Redis.from_url(REDIS_URL)
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-    conn.close()
+    with flushed_redis(REDIS_URL) as conn:
+        yield conn
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:

@@ -99,16 +99,23 @@ def redis_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def flushed_db(base_url: str, db: int = TEST_REDIS_DB) -> Iterator[str]:
-    """URL of database `db` on base_url, flushed before and after the block."""
-    url = f"{base_url}/{db}"
+def flushed_redis(url: str) -> Iterator[Redis]:
+    """A connection to the database at `url`, flushed before and after the block."""
     conn = Redis.from_url(url)
     conn.flushdb()
     try:
-        yield url
+        yield conn
     finally:
         conn.flushdb()
         conn.close()
+
+
+@contextlib.contextmanager
+def flushed_db(base_url: str, db: int = TEST_REDIS_DB) -> Iterator[str]:
+    """URL of database `db` on base_url, flushed before and after the block."""
+    url = f"{base_url}/{db}"
+    with flushed_redis(url):
+        yield url
 
 
 # -------------------------------------------------------------------- processes
