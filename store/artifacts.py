@@ -320,28 +320,13 @@ class ArtifactStore:
 
     def job_stamps(self) -> dict[str, str | None]:
         """Every job id -> a cheap change stamp of its document, from one listing and no
-        document read (what a tally re-reads only when it changed).
-
-        Locally "inode:mtime_ns:size" from the directory scan (every write is a new file
-        renamed into place, and every status change changes the size); on S3 the
-        listing's ETag; None on other backends (unknown: read the document to know).
+        document read (what a tally re-reads only when it changed): the backend's
+        child_stamps (local: inode/mtime/size; S3: the ETag; None: unknown, read it).
         A stamp is taken before any read that follows, so a change in between shows
         as a different stamp next time (read again), never as a missed one.
         """
-        if isinstance(self.backend, LocalBackend):
-            return _local_stamps(self.backend.path("jobs"))
-        pages = getattr(self.backend, "_pages", None)  # S3Backend's paginated listing
-        if pages is not None:
-            start = len(getattr(self.backend, "prefix", "")) + len("jobs/")
-            stamps: dict[str, str | None] = {}
-            for page in pages("jobs/", delimiter="/"):
-                for obj in page.get("Contents", []):
-                    job_id = _job_id(obj["Key"][start:])
-                    if job_id:
-                        stamps[job_id] = str(obj.get("ETag") or "") or None
-            return stamps
-        return {job_id: None for job_id in map(_job_id, self.backend.children("jobs/"))
-                if job_id}
+        return {job_id: stamp for name, stamp in self.backend.child_stamps("jobs/").items()
+                if (job_id := _job_id(name))}
 
     def update_job(self, job_id: str, **fields: Any) -> dict[str, Any]:
         """Atomic read-modify-write of a job (progress, result...); returns the new document.
@@ -399,22 +384,3 @@ def _job_id(name: str) -> str | None:
     if name.endswith(".json") and JOB_ID_RE.match(name[: -len(".json")]):
         return name[: -len(".json")]
     return None
-
-
-def _local_stamps(directory: Path) -> dict[str, str | None]:
-    stamps: dict[str, str | None] = {}
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return stamps
-    with entries:
-        for entry in entries:
-            job_id = _job_id(entry.name)
-            if not job_id:
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            stamps[job_id] = f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
-    return stamps

@@ -87,6 +87,12 @@ class ObjectBackend(ABC):
         """Immediate children of the "directory" prefix (which ends in "/"): object
         names as "name", sub-prefixes as "name/"; sorted."""
 
+    def child_stamps(self, prefix: str) -> dict[str, str | None]:
+        """Immediate child objects of the "directory" prefix -> a cheap change stamp of
+        each, from one listing and no read: a different stamp means the object changed
+        (read it again); None means unknown (read it to know). This default knows none."""
+        return {name: None for name in self.children(prefix) if not name.endswith("/")}
+
     @abstractmethod
     def upload_file(self, path: Path, key: str) -> None:
         """Store a (big) local file as an object."""

@@ -175,6 +175,26 @@ class LocalBackend(ObjectBackend):
                if not e.name.startswith(".")]
         return sorted(out)
 
+    def child_stamps(self, prefix: str) -> dict[str, str | None]:
+        """"inode:mtime_ns:size" from the directory scan: every write is a new file
+        renamed into place, so a changed object has a new inode."""
+        base = self.root / prefix if prefix else self.root
+        stamps: dict[str, str | None] = {}
+        try:
+            entries = os.scandir(base)
+        except FileNotFoundError:
+            return stamps
+        with entries:
+            for entry in entries:
+                if entry.name.startswith(".") or entry.is_dir():
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # replaced or deleted meanwhile
+                    continue
+                stamps[entry.name] = f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+        return stamps
+
     def upload_file(self, path: Path, key: str) -> None:
         dst = self.path(key)
         self._mkdir(key, dst)
