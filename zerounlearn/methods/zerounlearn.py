@@ -11,6 +11,8 @@ The layer loop of the spec, for edited layers l_0 < ... < l_{m-1} = L:
     6. W <- D W (the paper, update="multiplicative"), or W <- W' solved in key space
        (ours, update="additive": W' = D W can only act through W k, d_model numbers,
        and could not tell same-relation keys apart; see solve.direct_update)
+Rounds (max_rounds): after the loop, records the edited model still reproduces are
+edited again on top (from round 2 at the prompt's last token, retry_at_last_token).
 The model is unchanged on return: edits are made on the model's own weights for the
 forward passes of later layers, and every edited weight is restored in a `finally`,
 also when an error interrupts the loop. The new weights travel in the returned Patch.
@@ -213,7 +215,8 @@ class ZeroUnlearnBase:
     ) -> dict[int, torch.Tensor]:
         """One pass of the spec's loop over `recs`: neutral targets, then each layer's
         update, left set on the model (later layers and rounds see it; the caller
-        restores). Fills new_weights; returns each layer's forget keys K_f (d_ff, n)."""
+        restores). Fills new_weights; returns each layer's keys (d_ff, n, 2): per record
+        its template-averaged key K_f and its clean-prompt key."""
         t = time.perf_counter()
         protected = []
         if cfg.preserve_weight > 0:
