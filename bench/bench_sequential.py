@@ -77,6 +77,7 @@ class Plan:
     heldout: list[Record]
     ids: list[list[tuple[str, str]]] = field(default_factory=list)
     describe: dict[str, Any] = field(default_factory=dict)
+    bank: list[Record] = field(default_factory=list)  # the neighbour pool, as retain facts
 
 
 def _record(fact: dict[str, Any], with_subject: bool = True) -> Record:
@@ -152,8 +153,10 @@ def make_plan(facts: Sequence[dict[str, Any]], steps: int, per_step: int, heldou
                 "neighbor_pool": len(nb_pool), "neighbors_per_record": neighbors,
                 "paraphrases": sum(len(r["paraphrases"]) for r in records),
                 "forgotten_per_relation": rel_count, "heldout_per_relation": held_rel}
+    bank = [{k: v for k, v in _record(f, with_subject).items() if k != "paraphrases"}
+            for f in nb_pool]
     return Plan(split, [_record(f, with_subject) | {"neighbors": []} for f in held], ids,
-                describe)
+                describe, bank)
 
 
 def world_plan(args: argparse.Namespace) -> Plan:
@@ -345,7 +348,8 @@ def run(lm: Any, plan: Plan, method: str, hparams: dict[str, Any], stats: StatsC
     _log(row)
     for k, records in enumerate(plan.steps, start=1):
         t0 = time.perf_counter()
-        patch = forget(lm, records, impl, hparams, stats=stats)
+        patch = forget(lm, records, impl, hparams, stats=stats,
+                       retain=plan.bank if doc.get("bank") else None)
         forget_s = time.perf_counter() - t0
         edits = weight_change(lm, patch)  # before apply: forget() left the model as it was
         apply_patch(lm, patch)  # in place: the next request builds on this version
@@ -400,6 +404,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pool", type=int, default=20, help="facts the requests name as neighbours")
     p.add_argument("--neighbors", type=int, default=2, help="neighbours per record")
     p.add_argument("--hparams", default="{}", help="JSON overrides of the method's hparams")
+    p.add_argument("--bank", action="store_true",
+                   help="give the neighbour pool to the engine as the model's retain bank")
     p.add_argument("--skip-subject-first", action="store_true",
                    help="leave out facts whose prompt starts with the subject (the "
                         "'continent' relation): editing at the prompt's first token blew "
@@ -436,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
            "steps_planned": args.steps, "per_step": args.per_step,
            "threads": args.threads, "started": datetime.now(UTC).isoformat(timespec="seconds"),
            "machine": machine(args.threads), "plan": plan.describe,
-           "forgotten_ids": plan.ids, "finished": False, "rows": []}
+           "forgotten_ids": plan.ids, "finished": False, "rows": [], "bank": args.bank}
     return run(lm, plan, args.method, hparams, stats, texts, doc, Path(args.out_dir),
                args.out_name, with_plot=not args.no_plot)
 

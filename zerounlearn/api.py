@@ -12,7 +12,7 @@ from zerounlearn.errors import NonFiniteResult
 from zerounlearn.keys import prepare_requests
 from zerounlearn.methods.registry import UnlearningMethod, get_method
 from zerounlearn.patch import Patch
-from zerounlearn.records import ForgetRecord, validate_records
+from zerounlearn.records import ForgetRecord, RetainFact, validate_records, validate_retain
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +43,16 @@ def forget(
     *,
     stats: Any,
     progress: Progress | None = None,
+    retain: Iterable[RetainFact | Mapping[str, Any]] | None = None,
 ) -> Patch:
     """Compute a patch that makes `lm` forget `records` with `method`.
 
     `method` is a registered name, or an instance from `get_method` that the caller
     keeps between calls so its caches (context templates) are reused.
+
+    `retain`: the model's retain bank, facts it must keep ({"prompt", "answer",
+    "subject"?}); the method protects those most at risk. Give only facts the model
+    reproduces (a fact it does not know needs no protection and costs solve capacity).
 
     Validates the records (InvalidRecord), resolves and checks hyper-parameters
     (InvalidHyperParameters, LayerOutOfRange), refuses non-finite results
@@ -55,6 +60,8 @@ def forget(
     """
     impl = get_method(method) if isinstance(method, str) else method  # UnknownMethod early
     recs = check_records(lm, records)
-    patch = impl.compute_patch(lm, recs, hparams, stats=stats, progress=progress)
+    bank = validate_retain(retain)
+    patch = impl.compute_patch(lm, recs, hparams, stats=stats, progress=progress,
+                               retain=bank or None)
     check_patch_finite(patch)
     return patch

@@ -23,7 +23,7 @@ from zerounlearn.errors import InvalidHyperParameters, LayerOutOfRange, UnknownM
 
 
 def _range(name: str, value: float, lo: float, hi: float = math.inf, *, lo_open=False) -> None:
-    ok = math.isfinite(value) or hi == math.inf and value == math.inf
+    ok = math.isfinite(value)  # every hyper-parameter is a finite number
     ok = ok and (value > lo if lo_open else value >= lo) and value <= hi
     if not ok:
         bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
@@ -121,17 +121,17 @@ class TargetHParams(BaseHParams):
         super().validate()
         _range("template_count", self.template_count, 0, 64)
         _range("template_tokens", self.template_tokens, 1, 64)
-        _range("template_seed", self.template_seed, 0)
+        _range("template_seed", self.template_seed, 0, 2**31 - 1)
         if not self.neutral_target.strip():
             raise InvalidHyperParameters("hyper-parameter 'neutral_target' is empty")
         _choice("step_units", self.step_units, ("relative", "absolute"))
-        _range("target_lr", self.target_lr, 0.0, lo_open=True)
-        _range("target_steps", self.target_steps, 0, 10_000)
-        _range("target_stop_loss", self.target_stop_loss, 0.0)
+        _range("target_lr", self.target_lr, 0.0, 1.0, lo_open=True)
+        _range("target_steps", self.target_steps, 0, 1000)
+        _range("target_stop_loss", self.target_stop_loss, 0.0, 10.0)
         _choice("early_stop_on", self.early_stop_on, ("nll", "total"))
-        _range("kl_weight", self.kl_weight, 0.0)
-        _range("weight_decay", self.weight_decay, 0.0)
-        _range("clamp", self.clamp, 0.0, lo_open=True)
+        _range("kl_weight", self.kl_weight, 0.0, 100.0)
+        _range("weight_decay", self.weight_decay, 0.0, 100.0)
+        _range("clamp", self.clamp, 0.0, 2.0, lo_open=True)  # ||delta|| <= 2 ||h||
 
 
 @dataclass
@@ -147,6 +147,16 @@ class ZeroUnlearnHParams(TargetHParams):
     history_weight: float = 0.0  # > 0: keys of the model's earlier edits (and of records
     # settled in earlier rounds) keep their edited outputs. Off: with rounds it did not
     # keep more forgotten on SmolLM2 and cost perplexity (README, Sequential requests)
+    retain_top_k: int = 64  # retain-bank sites protected per request: those whose keys
+    # lie closest to the forget keys (retain.py); 0 ignores the bank
+    retain_substitutions: bool = True  # candidates include forget prompts with bank subjects
+    carry_weight: float = 1.0  # the version's accumulated preservation (carry.py) joins
+    # the solve with this factor; 0 ignores it
+    carry_protect_weight: float = 100.0  # per key: this request's protected keys, added
+    # to the carry that the new version hands on
+    carry_forget_weight: float = 100.0  # per key: this request's forget keys, kept at
+    # their edited outputs by later edits
+    carry_rank: int = 1024  # the carry's columns at most (capped at d_ff, where it is exact)
     max_rounds: int = 3  # records still reproduced after an edit round are edited again
     retry_at_last_token: bool = True  # ... at the prompt's last token, not the subject's
     protect_neighbors: bool = True  # protected keys include the records' neighbours
@@ -163,16 +173,21 @@ class ZeroUnlearnHParams(TargetHParams):
         _choice("sensitive_state", self.sensitive_state, ("activation", "optimized"))
         _choice("orthogonality", self.orthogonality, ("global", "key_gated", "none"))
         _choice("update", self.update, ("multiplicative", "additive"))
-        _range("corpus_weight", self.corpus_weight, 0.0)
-        _range("forget_weight", self.forget_weight, 0.0, lo_open=True)
-        _range("preserve_weight", self.preserve_weight, 0.0)
-        _range("history_weight", self.history_weight, 0.0)
+        _range("corpus_weight", self.corpus_weight, 1e3, 1e8)  # a = 0 lets C go
+        _range("forget_weight", self.forget_weight, 1.0, 1e5)
+        _range("preserve_weight", self.preserve_weight, 0.0, 1e6)
+        _range("history_weight", self.history_weight, 0.0, 1e6)
         _range("max_rounds", self.max_rounds, 1, 10)
-        _range("reg_lambda", self.reg_lambda, 0.0, lo_open=True)
+        _range("retain_top_k", self.retain_top_k, 0, 4096)
+        _range("carry_weight", self.carry_weight, 0.0, 100.0)
+        _range("carry_protect_weight", self.carry_protect_weight, 0.0, 1e6)
+        _range("carry_forget_weight", self.carry_forget_weight, 0.0, 1e6)
+        _range("carry_rank", self.carry_rank, 0, 65536)
+        _range("reg_lambda", self.reg_lambda, 1e-3, 1e6)  # keeps B invertible
         _range("eps", self.eps, 0.0, 1.0)
         _range("rank_rtol", self.rank_rtol, 0.0, 1.0)
-        _range("stats_samples", self.stats_samples, 1)
-        _range("stats_seq_len", self.stats_seq_len, 2)
+        _range("stats_samples", self.stats_samples, 1, 10_000_000)
+        _range("stats_seq_len", self.stats_seq_len, 2, 8192)
 
 
 @dataclass
@@ -191,13 +206,13 @@ class ZeroUnlearnGDHParams(ZeroUnlearnHParams):
     def validate(self) -> None:
         super().validate()
         _range("null_rtol", self.null_rtol, 0.0, 1.0)
-        _range("null_min_rank", self.null_min_rank, 1)
-        _range("gd_lr", self.gd_lr, 0.0, lo_open=True)
-        _range("gd_steps", self.gd_steps, 1, 100_000)
-        _range("gd_stop_loss", self.gd_stop_loss, 0.0)
-        _range("orth_weight", self.orth_weight, 0.0)
-        _range("value_weight", self.value_weight, 0.0)
-        _range("update_weight", self.update_weight, 0.0)
+        _range("null_min_rank", self.null_min_rank, 1, 65536)
+        _range("gd_lr", self.gd_lr, 0.0, 1.0, lo_open=True)
+        _range("gd_steps", self.gd_steps, 1, 10_000)
+        _range("gd_stop_loss", self.gd_stop_loss, 0.0, 1.0)
+        _range("orth_weight", self.orth_weight, 0.0, 1e6)
+        _range("value_weight", self.value_weight, 0.0, 1e6)
+        _range("update_weight", self.update_weight, 0.0, 1e6)
 
 
 @dataclass
@@ -211,9 +226,9 @@ class GradientAscentHParams(BaseHParams):
 
     def validate(self) -> None:
         super().validate()
-        _range("lr", self.lr, 0.0, lo_open=True)
-        _range("steps", self.steps, 1, 100_000)
-        _range("max_grad_norm", self.max_grad_norm, 0.0, lo_open=True)
+        _range("lr", self.lr, 0.0, 0.1, lo_open=True)
+        _range("steps", self.steps, 1, 1000)
+        _range("max_grad_norm", self.max_grad_norm, 0.0, 100.0, lo_open=True)
 
 
 @dataclass
@@ -224,7 +239,7 @@ class NPOHParams(GradientAscentHParams):
 
     def validate(self) -> None:
         super().validate()
-        _range("beta", self.beta, 0.0, lo_open=True)
+        _range("beta", self.beta, 0.0, 10.0, lo_open=True)
 
 
 HPARAMS_CLASSES: dict[str, type[BaseHParams]] = {

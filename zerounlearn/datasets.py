@@ -79,3 +79,42 @@ def tuning_records() -> list[dict[str, Any]]:
 def reference_texts() -> list[str]:
     """The packaged reference paragraphs for perplexity."""
     return list(_load("reference_texts.json")["texts"])
+
+
+# ----------------------------------------------------------------------------- splits
+# Every packaged fact (world_facts() + more_facts()) belongs to exactly one part:
+# - "bank": the built-in SmolLM2 retain bank, facts the service protects on its own;
+# - "tune": where defaults are chosen (forget sets and held-out facts of tuning runs);
+# - "test": where figures are reported; no default was chosen on it.
+# Within each relation, facts are ordered by a hash of their prompt and dealt out
+# bank, tune, test, tune, test, bank, ... (every relation with >= 3 facts has all three
+# parts). Adding facts to the data files reshuffles the parts: report the commit.
+SPLITS = ("bank", "tune", "test")
+_DEAL = ("bank", "tune", "test", "tune", "test")  # 1/5 bank, 2/5 tune, 2/5 test
+
+
+def _fact_hash(fact: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(fact["prompt"].encode("utf-8")).hexdigest()
+
+
+def split_facts(part: str) -> list[dict[str, Any]]:
+    """The packaged facts of one part ("bank", "tune" or "test"), relation by relation."""
+    if part not in SPLITS:
+        raise ValueError(f"unknown split {part!r}; known: {', '.join(SPLITS)}")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for fact in world_facts() + more_facts():
+        groups.setdefault(fact["relation"], []).append(fact)
+    out = []
+    for relation in sorted(groups):
+        ordered = sorted(groups[relation], key=_fact_hash)
+        out += [f for i, f in enumerate(ordered) if _DEAL[i % len(_DEAL)] == part]
+    return out
+
+
+def builtin_retain_bank() -> list[dict[str, Any]]:
+    """The built-in SmolLM2 model's retain bank: the "bank" part, as retain facts
+    ({"prompt", "answer", "subject", "relation"}), all reproduced by the base model."""
+    return [{"prompt": f["prompt"], "answer": f["answer"], "subject": f["subject"],
+             "relation": f["relation"]} for f in split_facts("bank")]

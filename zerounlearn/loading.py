@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,9 @@ class LoadedModel:
     # the CPU, for edits with history_weight > 0 (apply_patch extends it); None: not
     # tracked (the default: they grow with every record the chain forgot)
     edit_keys: dict[int, torch.Tensor] | None = None
+    # the version's accumulated preservation per edited layer: L (d_ff, r) float32 on the
+    # CPU, bounded in size (zerounlearn.carry); apply_patch replaces it layer by layer
+    carry: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def track_edit_keys(self) -> None:
         """Collect the forget keys of the patches applied from now on (call it before the

@@ -12,10 +12,16 @@ apply_patch adds them to a LoadedModel's `edit_keys` when the model tracks them
 (`track_edit_keys()`), so a later edit of the same layers can keep these keys at their
 edited outputs (see zerounlearn.methods.zerounlearn, history_weight).
 
+A patch also carries, per edited layer, the version's accumulated preservation factor
+L (d_ff, r) (zerounlearn.carry; float32 in memory, bfloat16 on disk): what later
+edits of this version must honour. It is the whole version's, not a delta: apply_patch
+REPLACES a LoadedModel's carry for those layers, so materialising a chain leaves the
+newest version's factors.
+
 On disk a patch is one safetensors file: tensors "layers.{i}.down_proj.weight" (and
-"layers.{i}.edit_keys" when it has keys) and, in the header metadata, one JSON document
-with the method, hyper-parameters, base fingerprint and free metadata (never record
-text: callers must not put any there).
+"layers.{i}.edit_keys" / "layers.{i}.carry" when it has them) and, in the header
+metadata, one JSON document with the method, hyper-parameters, base fingerprint and
+free metadata (never record text: callers must not put any there).
 """
 
 from __future__ import annotations
@@ -51,6 +57,10 @@ def _keys_key(layer: int) -> str:
     return f"layers.{layer}.edit_keys"
 
 
+def _carry_key(layer: int) -> str:
+    return f"layers.{layer}.carry"
+
+
 @dataclass
 class Patch:
     """New down-projection weights for some layers, plus how they were computed."""
@@ -61,6 +71,7 @@ class Patch:
     weights: dict[int, torch.Tensor]  # layer -> new W (d_model, d_ff), model dtype, CPU
     metadata: dict = field(default_factory=dict)  # json-able; never record text
     keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> keys (d_ff, k)
+    carry: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> L (d_ff, r)
 
     @property
     def layers(self) -> list[int]:
@@ -117,6 +128,10 @@ def apply_patch(model_or_loaded: Any, patch: Patch, *, check_fingerprint: bool =
     model, adapter, _ = _target(model_or_loaded)
     for layer in patch.layers:
         adapter.set_weight(model, layer, patch.weights[layer])
+    carried = getattr(model_or_loaded, "carry", None)
+    if isinstance(carried, dict):  # the version's accumulated preservation, per layer
+        for layer, factor in patch.carry.items():
+            carried[layer] = factor.detach().to("cpu", torch.float32)
     history = getattr(model_or_loaded, "edit_keys", None)
     if isinstance(history, dict):  # a LoadedModel remembers the keys of its edits
         for layer, k in patch.keys.items():
@@ -143,6 +158,11 @@ def save_patch(patch: Patch, path: str | Path) -> dict:
     for layer, k in patch.keys.items():
         if layer not in patch.weights or k.dim() != 2:
             raise PatchMismatch(f"layer {layer}: edit keys must be (d_ff, n) of an edited layer")
+    for layer, factor in patch.carry.items():
+        if layer not in patch.weights or factor.dim() != 2:
+            raise PatchMismatch(f"layer {layer}: a carry must be (d_ff, r) of an edited layer")
+        if not bool(torch.isfinite(factor).all()):
+            raise NonFiniteResult(f"layer {layer}: the carry holds NaN or inf")
     header = {
         "format": PATCH_FORMAT,
         "method": patch.method,
@@ -153,6 +173,8 @@ def save_patch(patch: Patch, path: str | Path) -> dict:
     }
     if patch.keys:
         header["key_layers"] = sorted(patch.keys)
+    if patch.carry:
+        header["carry_layers"] = sorted(patch.carry)
     try:
         encoded = json.dumps(header, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -166,6 +188,9 @@ def save_patch(patch: Patch, path: str | Path) -> dict:
     }
     for layer, k in patch.keys.items():
         tensors[_keys_key(layer)] = k.detach().to("cpu", torch.float32).contiguous().clone()
+    for layer, factor in patch.carry.items():
+        # bfloat16 on disk: carry.merge rounds to it, so nothing is lost
+        tensors[_carry_key(layer)] = factor.detach().to("cpu", torch.bfloat16).contiguous().clone()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
@@ -199,6 +224,10 @@ def load_patch(path: str | Path) -> Patch:
                 int(layer): f.get_tensor(_keys_key(int(layer)))
                 for layer in header.get("key_layers", [])
             }
+            carry = {  # absent in patches written before the carry existed
+                int(layer): f.get_tensor(_carry_key(int(layer))).to(torch.float32)
+                for layer in header.get("carry_layers", [])
+            }
     except (SafetensorError, json.JSONDecodeError, KeyError, OSError) as exc:
         raise PatchMismatch(f"{path} is not a readable patch: {exc}") from exc
     return Patch(
@@ -208,4 +237,5 @@ def load_patch(path: str | Path) -> Patch:
         weights=weights,
         metadata=header.get("metadata", {}),
         keys=keys,
+        carry=carry,
     )

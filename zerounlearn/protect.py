@@ -4,8 +4,9 @@ The spec's finding: neighbours that share a relation with a forgotten fact die w
 because subjects of one relation have similar keys at the edited layers. The cure is to
 name such keys in the solve with a weight c: c ||D W K_p - W K_p||^2. Two sources:
 
-- the request's neighbours: every token of each neighbour prompt (the subject position
-  where the fact is recalled is not marked in a neighbour, so all positions are kept);
+- the request's neighbours: every token of each neighbour prompt and of its answer but
+  the last (the subject position where the fact is recalled is not marked in a
+  neighbour, so all positions are kept; see fact_site for the answer's);
 - substitutions: each forget prompt with its subject replaced by ANOTHER record's
   subject ("The capital of France is" + "Goethe" -> "The capital of Goethe is"), from
   the subject's first token to the end: same-relation context, different subject.
@@ -27,10 +28,21 @@ from zerounlearn.records import ForgetRecord
 MAX_COSINE = 0.99  # a protected key this close to a forget key is the same key
 
 
-def _token_indices_from(tokenizer: Any, text: str, start_char: int) -> tuple[int, ...]:
+def token_indices_from(tokenizer: Any, text: str, start_char: int) -> tuple[int, ...]:
     """Indices of the tokens that end after `start_char` (the tail of the text)."""
     enc = tokenizer(text, return_offsets_mapping=True)
     return tuple(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and b > start_char)
+
+
+def fact_site(tokenizer: Any, prompt: str, answer: str, start_char: int = -1) -> Site | None:
+    """A known fact as a protected site: prompt + answer, every token from start_char
+    on except the last. Those are the positions that produce the answer (the prompt's
+    last token predicts its first token, each answer token the next): protecting only
+    the prompt would push an edit's damage onto the answer positions, where a multi-token
+    answer is lost all the same."""
+    text = prompt + answer
+    indices = token_indices_from(tokenizer, text, start_char)[:-1]
+    return Site(text, indices) if indices else None
 
 
 def neighbor_sites(tokenizer: Any, records: Sequence[ForgetRecord]) -> list[Site]:
@@ -42,9 +54,9 @@ def neighbor_sites(tokenizer: Any, records: Sequence[ForgetRecord]) -> list[Site
             if nb.prompt in seen:
                 continue
             seen.add(nb.prompt)
-            indices = _token_indices_from(tokenizer, nb.prompt, -1)
-            if indices:
-                sites.append(Site(nb.prompt, indices))
+            site = fact_site(tokenizer, nb.prompt, nb.answer)
+            if site is not None:
+                sites.append(site)
     return sites
 
 
@@ -69,7 +81,7 @@ def substitution_sites(tokenizer: Any, requests: Sequence[EditRequest]) -> list[
             if head in forget_heads or text in seen:
                 continue
             seen.add(text)
-            indices = _token_indices_from(tokenizer, text, start)
+            indices = token_indices_from(tokenizer, text, start)
             if indices:
                 sites.append(Site(text, indices))
     return sites

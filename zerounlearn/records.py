@@ -100,3 +100,41 @@ def validate_records(records: Iterable[ForgetRecord | Mapping[str, Any]]) -> lis
     if not out:
         raise InvalidRecord("records is empty: give at least one record to forget")
     return out
+
+
+@dataclass(frozen=True)
+class RetainFact:
+    """A fact the model must keep (its retain bank): the edit protects its keys.
+
+    prompt / answer as in ForgetRecord; subject (optional) marks where the fact is
+    recalled, so its keys are read from the subject on, and lets its subject stand in
+    for a forget record's ("The capital of <retained subject> is") as a protected prompt.
+    """
+
+    prompt: str
+    answer: str
+    subject: str | None = None
+
+
+def validate_retain(facts: Iterable[RetainFact | Mapping[str, Any]] | None) -> list[RetainFact]:
+    """Retain facts from objects or JSON-like dicts; errors name retain[i], never text."""
+    out: list[RetainFact] = []
+    for i, fact in enumerate(facts or ()):
+        if isinstance(fact, RetainFact):
+            f = fact
+        else:
+            if not isinstance(fact, Mapping):
+                raise InvalidRecord(f"retain[{i}] must be an object")
+            for key in ("prompt", "answer"):
+                if not isinstance(fact.get(key), str):
+                    raise InvalidRecord(f"retain[{i}].{key} must be a string")
+            subject = fact.get("subject")
+            if subject is not None and not isinstance(subject, str):
+                raise InvalidRecord(f"retain[{i}].subject must be a string")
+            f = RetainFact(fact["prompt"], fact["answer"], subject)
+        if not f.prompt.strip() or not f.answer.strip():
+            raise InvalidRecord(f"retain[{i}] needs a non-empty prompt and answer")
+        if f.subject is not None and (not f.subject.strip() or f.subject not in f.prompt):
+            raise InvalidRecord(f"retain[{i}].subject does not occur in retain[{i}].prompt")
+        out.append(f)
+    return out

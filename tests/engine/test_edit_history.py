@@ -138,14 +138,14 @@ def test_kept_keys_fold_the_weights_into_the_columns() -> None:
     v = torch.randn(d_model, 2, generator=g, dtype=torch.float64)
     k_p = torch.randn(d_ff, 3, generator=g, dtype=torch.float64)
     k_h = torch.randn(d_ff, 4, generator=g, dtype=torch.float64)
-    folded = kept_keys(k_p, 7.0, k_h, 7.0, torch.device("cpu"))
+    folded = kept_keys([(k_p, 7.0), (k_h, 7.0)], torch.device("cpu"))
     assert folded is not None and folded.shape == (d_ff, 7)
     both = torch.cat([k_p, k_h], dim=1)
     ref = solve.direct_update(w, c, k_f, v, None, a=10.0, b=5.0, lam=1.0, k_p=both, c_p=7.0)
     got = solve.direct_update(w, c, k_f, v, None, a=10.0, b=5.0, lam=1.0, k_p=folded,
                               c_p=1.0)
     assert torch.allclose(ref, got, atol=1e-9)
-    assert kept_keys(None, 5.0, k_h, 0.0, torch.device("cpu")) is None
+    assert kept_keys([(None, 5.0), (k_h, 0.0)], torch.device("cpu")) is None
 
 
 def test_history_weight_holds_earlier_keys_in_the_solve() -> None:

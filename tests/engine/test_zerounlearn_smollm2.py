@@ -26,6 +26,12 @@ pytestmark = pytest.mark.slow
 STATS_SAMPLES = 10_000  # small (CI time); scripts/sweep.py used 20,000
 
 
+def _restore(lm, state) -> None:
+    """Back to the unedited model: its weights and its (empty) accumulated carry."""
+    lm.model.load_state_dict(state)
+    lm.carry.clear()
+
+
 @pytest.fixture(scope="module")
 def smollm2(smollm2_dir: Path) -> LoadedModel:
     return load_model(str(smollm2_dir))
@@ -47,7 +53,7 @@ def test_forgets_world_facts_and_keeps_neighbours_and_perplexity(smollm2, cache_
         apply_patch(lm, patch)
         after = evaluate(lm, records, texts, generate_tokens=0)["summary"]
     finally:
-        lm.model.load_state_dict(base)
+        _restore(lm, base)
     assert after["efficacy"] <= 10.0
     assert after["specificity"] >= before["specificity"] - 10.0
     assert after["perplexity"] <= before["perplexity"] * 1.05

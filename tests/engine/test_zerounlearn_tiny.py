@@ -37,6 +37,12 @@ from zerounlearn.tokens import answer_batch, score_answers
 N_FORGET, N_NEIGHBORS = 10, 95
 
 
+def _restore(lm, state) -> None:
+    """Back to the unedited model: its weights and its (empty) accumulated carry."""
+    lm.model.load_state_dict(state)
+    lm.carry.clear()
+
+
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_gpt2_dir: Path) -> LoadedModel:
     return load_model(str(tiny_gpt2_dir))
@@ -97,7 +103,7 @@ def test_forgets_the_facts_and_keeps_the_others(tiny_lm, patch, facts) -> None:
         # also the facts that were NOT given as neighbours
         assert _recall(tiny_lm, facts[N_FORGET + N_NEIGHBORS :]) >= 0.90
     finally:
-        tiny_lm.model.load_state_dict(base)
+        _restore(tiny_lm, base)
 
 
 def test_patch_describes_itself(tiny_lm, patch) -> None:
@@ -120,11 +126,11 @@ def test_same_patch_twice_is_bit_identical(tiny_lm, patch) -> None:
         once = _snapshot(tiny_lm)
         apply_patch(tiny_lm, patch)
         assert _same(once, _snapshot(tiny_lm))
-        tiny_lm.model.load_state_dict(base)
+        _restore(tiny_lm, base)
         apply_patch(tiny_lm, patch)
         assert _same(once, _snapshot(tiny_lm))
     finally:
-        tiny_lm.model.load_state_dict(base)
+        _restore(tiny_lm, base)
 
 
 def test_same_request_gives_the_same_patch(tiny_lm, stats, facts, patch) -> None:
@@ -147,7 +153,7 @@ def test_gd_variant_also_forgets(tiny_lm, stats, facts) -> None:
         # freshly built tiny model): the bound says "at least half forgotten".
         assert _recall(tiny_lm, facts[:N_FORGET]) <= 0.50
     finally:
-        tiny_lm.model.load_state_dict(before)
+        _restore(tiny_lm, before)
     assert all(r >= 16 for r in gd.metadata["null_rank"])  # never empty
 
 

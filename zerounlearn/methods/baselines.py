@@ -74,6 +74,7 @@ class _GradientBaseline:
         *,
         stats: Any = None,  # unused: baselines need no corpus statistics
         progress: Progress | None = None,
+        retain: Any = None,  # unused: the baselines protect nothing
     ) -> Patch:
         started = time.perf_counter()
         recs = validate_records(records)

@@ -1,7 +1,8 @@
 """The method registry: names -> unlearning method classes.
 
 A method is a class with a `name` and `compute_patch(lm, records, hparams, *, stats,
-progress=None) -> Patch`; `@register_method("name")` adds it. Unknown names raise
+progress=None, retain=None) -> Patch` (retain: facts the model must keep, which a
+method may protect or ignore); `@register_method("name")` adds it. Unknown names raise
 UnknownMethod (listing the registered ones), a second registration of a name raises
 DuplicateMethod. `get_method` returns a NEW instance: an instance may keep caches (the
 context templates of the models it has seen), owned by whoever holds it.
@@ -29,6 +30,7 @@ class UnlearningMethod(Protocol):
         *,
         stats: Any,
         progress: Progress | None = None,
+        retain: Any = None,
     ) -> Any: ...
 
 

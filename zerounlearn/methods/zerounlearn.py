@@ -29,15 +29,23 @@ from typing import Any
 
 import torch
 
-from zerounlearn import solve
+from zerounlearn import carry, solve
 from zerounlearn.config import ZeroUnlearnHParams, config_for_model
 from zerounlearn.errors import InvalidHyperParameters
 from zerounlearn.evaluate import reproduced
-from zerounlearn.keys import EditRequest, KeyState, compute_keys, key_prefix, prepare_requests
+from zerounlearn.keys import (
+    EditRequest,
+    KeyState,
+    Site,
+    compute_keys,
+    key_prefix,
+    prepare_requests,
+)
 from zerounlearn.methods.registry import register_method
 from zerounlearn.patch import Patch
 from zerounlearn.protect import drop_overlapping, protected_sites
-from zerounlearn.records import ForgetRecord, validate_records
+from zerounlearn.records import ForgetRecord, RetainFact, validate_records
+from zerounlearn.retain import candidate_sites, select_at_risk
 from zerounlearn.targets import TargetSettings, optimize_deltas
 from zerounlearn.templates import TemplateCache
 
@@ -84,11 +92,14 @@ def sensitive_states(
 def layer_update(
     w: torch.Tensor, c: torch.Tensor, keys: KeyState, v: torch.Tensor, m_f: torch.Tensor,
     cfg: ZeroUnlearnHParams, k_hist: torch.Tensor | None = None,
+    k_carry: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The new W (d_model, d_ff, W's dtype) of one layer, and the rank of span(M_f).
 
     k_hist (d_ff, h): forget keys of earlier edits of this layer, kept at their current
     (already edited) outputs with weight cfg.history_weight, beside the protected keys.
+    k_carry (d_ff, r): the version's accumulated preservation factor (carry.py, weights
+    folded into its columns), kept with the factor cfg.carry_weight.
     The float64 solve runs where W lives (with a device map, each layer's own device).
     """
     dev = w.device
@@ -96,7 +107,8 @@ def layer_update(
     q = solve.sensitive_basis(m_f, cfg.rank_rtol)  # (d_model, r)
     a, b, lam = cfg.corpus_weight, cfg.forget_weight, cfg.reg_lambda
     k_f = keys.k_f.to(dev)
-    k_p = kept_keys(keys.k_p, cfg.preserve_weight, k_hist, cfg.history_weight, dev)
+    k_p = kept_keys([(keys.k_p, cfg.preserve_weight), (k_hist, cfg.history_weight),
+                     (k_carry, cfg.carry_weight)], dev)
     c_p = 1.0  # the weights are folded into k_p's columns
     if cfg.orthogonality == "none":
         p, rank = None, 0
@@ -116,16 +128,15 @@ def layer_update(
 
 
 def kept_keys(
-    k_p: torch.Tensor | None, c_p: float, k_hist: torch.Tensor | None, c_h: float,
-    dev: torch.device,
+    weighted: Sequence[tuple[torch.Tensor | None, float]], dev: torch.device,
 ) -> torch.Tensor | None:
-    """[sqrt(c_p) K_p, sqrt(c_h) K_hist] (d_ff, p + h), float64 on dev, or None.
+    """[sqrt(c_1) K_1, sqrt(c_2) K_2, ...] (d_ff, sum of columns), float64 on dev, or None.
 
     Every preservation term is quadratic in its keys (c k k^T and c W k k^T), so a
     weight can ride on the columns and one K with weight 1 serves both kinds."""
     parts = [
         math.sqrt(weight) * k.to(dev, torch.float64)
-        for k, weight in ((k_p, c_p), (k_hist, c_h))
+        for k, weight in weighted
         if k is not None and weight > 0 and k.shape[1] > 0
     ]
     return torch.cat(parts, dim=1) if parts else None
@@ -168,6 +179,7 @@ class ZeroUnlearnBase:
                             ctx["protected"], ctx.get("key_prefix"))
         if keys.k_p is not None:
             keys.k_p = drop_overlapping(keys.k_p, keys.k_clean)
+            ctx["round_protected"][layer] = keys.k_p.detach().to("cpu", torch.float32)
         # (d_ff, n, 2): per record its template-averaged key (what the edit moved) and
         # its clean-prompt key (what the prompt itself reads); both kept by later edits
         ctx["round_keys"][layer] = torch.stack([keys.k_f, keys.k_clean], dim=2).detach().to(
@@ -193,12 +205,21 @@ class ZeroUnlearnBase:
             return None
         return drop_overlapping(hist, keys.k_clean.to(hist.device, hist.dtype))
 
+    @staticmethod
+    def carried(ctx: dict[str, Any], layer: int) -> torch.Tensor | None:
+        """The version's carry of `layer` (d_ff, r), or None when there is none or it is
+        off. Used whole: see carry.py on why it is not cut along the forget keys."""
+        cfg: ZeroUnlearnHParams = ctx["cfg"]
+        factor = ctx["carry"].get(layer)
+        return None if factor is None or cfg.carry_weight <= 0 else factor
+
     # one step per layer; the GD variant overrides it
     def edit_layer(self, lm: Any, ctx: dict[str, Any], i: int, layer: int) -> torch.Tensor:
         cfg: ZeroUnlearnHParams = ctx["cfg"]
         keys, w, v, m_f = self.layer_inputs(lm, ctx, i, layer)
         k_hist = self.history(ctx, layer, keys)
-        w_new, rank = layer_update(w, ctx["stats"][layer], keys, v, m_f, cfg, k_hist)
+        k_carry = self.carried(ctx, layer)
+        w_new, rank = layer_update(w, ctx["stats"][layer], keys, v, m_f, cfg, k_hist, k_carry)
         ctx["info"].setdefault("rank", []).append(rank)
         ctx["info"].setdefault("history_keys", []).append(
             0 if k_hist is None else int(k_hist.shape[1]))
@@ -211,18 +232,21 @@ class ZeroUnlearnBase:
         requests: list[EditRequest], templates: Sequence[str],
         c_by_layer: dict[int, torch.Tensor], history: dict[int, torch.Tensor | None],
         info: dict[str, Any], timings: dict[str, float], new_weights: dict[int, torch.Tensor],
-        progress: Progress | None,
-    ) -> dict[int, torch.Tensor]:
+        progress: Progress | None, retain_sites: Sequence[Site] = (),
+        carried: dict[int, torch.Tensor] | None = None,
+    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         """One pass of the spec's loop over `recs`: neutral targets, then each layer's
         update, left set on the model (later layers and rounds see it; the caller
         restores). Fills new_weights; returns each layer's keys (d_ff, n, 2): per record
-        its template-averaged key K_f and its clean-prompt key."""
+        its template-averaged key K_f and its clean-prompt key; and each layer's protected
+        keys (d_ff, p) as the solve used them. retain_sites: the retain bank's sites chosen
+        for this request (retain.py); carried: the version's carry per layer (carry.py)."""
         t = time.perf_counter()
         protected = []
         if cfg.preserve_weight > 0:
             protected = protected_sites(
                 lm.tokenizer, recs, requests, neighbors=cfg.protect_neighbors,
-                substitutions=cfg.protect_substitutions)
+                substitutions=cfg.protect_substitutions) + list(retain_sites)
         z, target_info = neutral_targets(lm, requests, templates, layers[-1], cfg, progress)
         for name, values in target_info.items():  # per record: the first round's
             info.setdefault(name, values)
@@ -231,7 +255,8 @@ class ZeroUnlearnBase:
         t, keys_before, m_f_before = now, timings.get("keys", 0.0), timings.get("m_f", 0.0)
         ctx = {"cfg": cfg, "layers": layers, "requests": requests, "templates": templates,
                "stats": c_by_layer, "protected": protected, "z": z.double(), "info": info,
-               "timings": timings, "history": history, "round_keys": {}}
+               "timings": timings, "history": history, "round_keys": {},
+               "round_protected": {}, "carry": carried or {}}
         for i, layer in enumerate(layers):
             _report(progress, "solve", i / len(layers))
             w_new = self.edit_layer(lm, ctx, i, layer)
@@ -242,7 +267,29 @@ class ZeroUnlearnBase:
         spent = time.perf_counter() - t - (timings.get("keys", 0.0) - keys_before) \
             - (timings.get("m_f", 0.0) - m_f_before)
         timings["solve"] = round(timings.get("solve", 0.0) + spent, 3)
-        return ctx["round_keys"]
+        return ctx["round_keys"], ctx["round_protected"]
+
+    @staticmethod
+    def next_carry(
+        cfg: ZeroUnlearnHParams, layers: list[int], carried: dict[int, torch.Tensor],
+        forget_keys: dict[int, torch.Tensor], protected: dict[int, torch.Tensor],
+    ) -> dict[int, torch.Tensor]:
+        """The carry the new version hands on, per layer (d_ff, r) float32: the parent's
+        plus this request's protected keys and forget keys, their weights folded in."""
+        if cfg.carry_rank <= 0:
+            return {}
+        out = {}
+        for layer in layers:
+            k_f = forget_keys[layer].double()  # (d_ff, 1 or 2 per record)
+            columns = [math.sqrt(cfg.carry_forget_weight) * k_f] \
+                if cfg.carry_forget_weight > 0 else []
+            k_p = protected.get(layer)
+            if k_p is not None and cfg.carry_protect_weight > 0:
+                columns.append(math.sqrt(cfg.carry_protect_weight) * k_p.double())
+            factor = carry.merge(carried.get(layer), columns, cfg.carry_rank)
+            if factor is not None:
+                out[layer] = factor
+        return out
 
     def compute_patch(
         self,
@@ -252,6 +299,7 @@ class ZeroUnlearnBase:
         *,
         stats: Any,
         progress: Progress | None = None,
+        retain: Sequence[RetainFact] | None = None,
     ) -> Patch:
         from zerounlearn.stats import CorpusSpec
 
@@ -292,6 +340,16 @@ class ZeroUnlearnBase:
                     "edit keys (LoadedModel.track_edit_keys() before its patches are "
                     "applied; workers: ZEROUNLEARN_EDIT_HISTORY=1)")
             earlier = earlier or {}
+            carried = dict(getattr(lm, "carry", None) or {})  # the version's carry
+            retain_sites: list[Site] = []
+            if retain and cfg.retain_top_k > 0 and cfg.preserve_weight > 0:
+                t = time.perf_counter()
+                candidates = candidate_sites(lm.tokenizer, requests, retain,
+                                             cfg.retain_substitutions)
+                retain_sites, info["retain"] = select_at_risk(
+                    lm, requests, candidates, layers[0], cfg.retain_top_k)
+                lap("retain", t)
+            protected_by_layer: dict[int, torch.Tensor] = {}
             # per layer and record: its forget key (d_ff,) from the last round it was in
             record_keys: dict[int, dict[int, torch.Tensor]] = {layer: {} for layer in layers}
             pending = list(range(len(recs)))
@@ -307,10 +365,11 @@ class ZeroUnlearnBase:
                     # edited many times) is edited where the answer is read: the last token
                     edit_recs = [dataclasses.replace(x, subject=None) for x in recs]
                     edit_requests = prepare_requests(lm, edit_recs, cfg.neutral_target)
-                round_keys = self.edit_round(
+                round_keys, round_protected = self.edit_round(
                     lm, cfg, layers, [edit_recs[i] for i in pending],
                     [edit_requests[i] for i in pending], templates, c_by_layer, history, info,
-                    timings, new_weights, progress if r == 0 else None)
+                    timings, new_weights, progress if r == 0 else None, retain_sites, carried)
+                protected_by_layer.update(round_protected)  # the last round's win
                 for layer in layers:
                     for column, i in enumerate(pending):
                         pair = round_keys[layer][:, column]  # (d_ff, 2)
@@ -327,9 +386,12 @@ class ZeroUnlearnBase:
             _report(progress, "solve", 1.0)
             keys = {layer: torch.cat([record_keys[layer][i] for i in range(len(recs))], 1)
                     for layer in layers}  # (d_ff, 1 or 2 per record) per layer, in order
+            new_carry = self.next_carry(cfg, layers, carried, keys, protected_by_layer)
         finally:
             for layer, w in originals.items():
                 adapter.set_weight(model, layer, w)  # the model is unchanged on return
+        info["carry_rank"] = [int(new_carry[layer].shape[1]) if layer in new_carry else 0
+                              for layer in layers]
         timings["total"] = round(time.perf_counter() - t0, 3)
         logger.info("%s: %d records, layers %s, %.1f s", self.name, len(recs), layers,
                     timings["total"])
@@ -340,6 +402,7 @@ class ZeroUnlearnBase:
             weights=new_weights,
             metadata={"records": len(recs), "layers": layers, "timings": timings, **info},
             keys=keys,
+            carry=new_carry,
         )
 
 

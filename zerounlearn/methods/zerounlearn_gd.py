@@ -97,7 +97,8 @@ class ZeroUnlearnGD(ZeroUnlearnBase):
         u_null = null_space_basis(ctx["stats"][layer].to(dev), cfg.null_rtol,
                                   cfg.null_min_rank)
         # protected prompts and the keys of earlier edits: the update must not touch them
-        kept = [k.to(dev, w.dtype) for k in (keys.k_p, self.history(ctx, layer, keys))
+        kept = [k.to(dev, w.dtype) for k in (keys.k_p, self.history(ctx, layer, keys),
+                                              self.carried(ctx, layer))
                 if k is not None]
         k_p = torch.cat(kept, dim=1) if kept else None
         u_null = exclude_keys(u_null, k_p, cfg.null_min_rank)
