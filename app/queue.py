@@ -31,6 +31,7 @@ TASKS: dict[str, str] = {
     "forget": "worker.tasks.forget",
     "verify": "worker.tasks.verify",
     "export": "worker.tasks.export",
+    "retain": "worker.bank.measure_retain",
     "generate": "worker.tasks.generate",
 }
 """Dotted path of the worker function for each kind of job."""

@@ -32,8 +32,10 @@ HARD_MAX_RECORDS = 1000
 
 
 HPARAM_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-# Engine settings a caller may not set: `stats_files` names files on the worker's disk.
-SERVER_ONLY_HPARAMS = frozenset({"stats_files"})
+# Engine settings a caller may not set: the corpus statistics are the server's
+# (`stats_files` names files on the worker's disk; samples and sequence length would
+# make a worker compute new statistics of any size).
+SERVER_ONLY_HPARAMS = frozenset({"stats_files", "stats_samples", "stats_seq_len"})
 
 
 def _hparam_scalar(value: Any) -> bool:
@@ -61,7 +63,7 @@ ModelName = Annotated[
 ]
 VersionId = Annotated[str, StringConstraints(pattern=r"^v(0|[1-9][0-9]*)$")]
 Method = Literal["zerounlearn", "zerounlearn-paper", "zerounlearn-gd", "gradient-ascent", "npo"]
-JobKind = Literal["forget", "verify", "prepare", "export"]
+JobKind = Literal["forget", "verify", "prepare", "export", "retain"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ModelStatus = Literal["preparing", "ready", "failed"]
 
@@ -133,6 +135,28 @@ class CreateModel(Request):
         return value
 
 
+Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+
+
+class QualityGate(Request):
+    """Limits the new version must meet before it is published; null or absent: the
+    server's default. Lower values tighten the gate; higher ones loosen it (admin only,
+    within the server's limits)."""
+
+    max_perplexity_increase: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+        None, description="Most % perplexity rise over the parent on the reference texts."
+    )
+    max_efficacy: Percent | None = Field(
+        None, description="Most % of the request's records the new version still reproduces."
+    )
+    max_neighbor_drop: Percent | None = Field(
+        None, description="Most points the neighbours' specificity may fall below the parent's."
+    )
+    max_guard_drop: Percent | None = Field(
+        None, description="Most points the model's guard facts may fall below the parent's."
+    )
+
+
 class ForgetRequest(Request):
     """Forget facts: produces a new version built on base_version."""
 
@@ -146,8 +170,11 @@ class ForgetRequest(Request):
     hparams: dict[str, Any] = Field(
         default_factory=dict,
         max_length=64,
-        description="Overrides of the method's defaults: names, JSON scalars or lists of "
-        "them; the worker checks names and ranges against the method.",
+        description="Overrides of the method's defaults, checked against the method's "
+        "documented ranges (README); the statistics settings are the server's.",
+    )
+    quality_gate: QualityGate | None = Field(
+        None, description="Tighten (or, admin only, loosen) the server's quality gate."
     )
     callback_url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = Field(
         None,
@@ -191,6 +218,25 @@ class VerifyThresholds(Request):
     )
     max_perplexity_increase: float | None = Field(
         10.0, ge=0, description="Most % perplexity rise over the parent version (default 10)."
+    )
+    max_probe_context: float | None = Field(
+        10.0, ge=0, le=100,
+        description="Most % of forgotten records found again when the prompt follows a few "
+        "unrelated true sentences (default 10).",
+    )
+    max_probe_chat: float | None = Field(
+        10.0, ge=0, le=100,
+        description="Most % of forgotten records found again through the model's chat "
+        "template (default 10; unchecked without a template).",
+    )
+    max_probe_greedy: float | None = Field(
+        10.0, ge=0, le=100,
+        description="Most % of forgotten records found again by greedy generation (default 10).",
+    )
+    max_probe_int8: float | None = Field(
+        10.0, ge=0, le=100,
+        description="Most % of forgotten records reproduced again with int8-quantised linear "
+        "weights (default 10).",
     )
 
 
@@ -387,6 +433,10 @@ class VersionOut(BaseModel):
     records: list[dict[str, str]] = Field(default_factory=list)
     patch: PatchInfo | None = None
     metrics: dict[str, Any] | None = None
+    retain: dict[str, Any] | None = Field(
+        None, description="The retain bank in this edit, text-free: bank_facts (known facts "
+        "given), bank_digest (sha256 of their sorted hashes), left_bank (hashes of bank "
+        "facts this version forgot), engine (how many were protected).")
     active: bool
 
 

@@ -15,6 +15,8 @@ from redis.exceptions import RedisError
 from app.auth import Principal
 from app.callbacks import check_callback_url
 from app.errors import ConflictError, InvalidInput, Unavailable
+from app.hparams import check_hparams
+from app.quality_gate import LOOSENED, requested_gate
 from app.queue import JobQueue
 from app.schemas import CreateModel, ForgetRequest, GenerateRequest, RecordIn, VerifyRequest
 from app.settings import Settings
@@ -107,15 +109,19 @@ def forget(
     is the active version at submission; its `base` says which rule applies.
     """
     require_ready(model)
+    check_hparams(model, req.method, req.hparams)
+    gate, loosened = requested_gate(settings, who, req.quality_gate)
     base = req.base_version or model["active_version"]
     store.get_version(model["id"], base)
     records = _records(req.records, settings)
     callback = check_callback_url(req.callback_url, settings) if req.callback_url else None
-    args = (model["id"], base, records, req.method, req.hparams)
+    # the gate travels only when the request has one: (..., hparams[, quality_gate])
+    args = (model["id"], base, records, req.method, req.hparams, *([gate] if gate else []))
     mode = "explicit" if req.base_version else "active"
     sub = Submission(
         "forget", model["id"], base, args, tuple(store.record_hashes(records)), callback,
         req.model_dump(mode="json"), {"base": mode},
+        audits=((LOOSENED, loosened),) if loosened else (),
     )  # fmt: skip
     job = submit_job(store, queue, who, sub, idempotency_key)
     logger.info(

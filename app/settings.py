@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ZEROUNLEARN_"
@@ -22,6 +22,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 SECRET_FIELDS = ("admin_token", "receipt_key", "callback_secret")
 """Settings whose values are never echoed in an error message."""
+
+GATE_FIELDS = ("max_perplexity_increase", "max_efficacy", "max_neighbor_drop", "max_guard_drop")
+"""The quality gate's limits: `gate_<name>` (default) and `gate_limit_<name>` (loosest)."""
 
 
 class SettingsError(ValueError):
@@ -57,6 +60,7 @@ class Settings(BaseSettings):
     forget_timeout_s: int = Field(3600, ge=10)
     verify_timeout_s: int = Field(3600, ge=10)
     export_timeout_s: int = Field(1800, ge=10)
+    retain_timeout_s: int = Field(1800, ge=10)  # measuring a retain bank
     # How long RQ keeps a succeeded (failed) job, and so its arguments, in Redis. Short on
     # purpose: forget-request text travels in the arguments; results live in the store.
     # 0 deletes a succeeded job at once.
@@ -93,6 +97,17 @@ class Settings(BaseSettings):
     # os.pathsep-separated directories model sources must lie in (builtin always allowed).
     model_roots: str = ""
 
+    # --- quality gate of forget edits (README "Quality gate"; the workers read the same
+    # variables). Defaults a request may tighten; limits an admin may loosen them to.
+    gate_max_perplexity_increase: float = Field(25.0, ge=0, le=1e6, allow_inf_nan=False)
+    gate_max_efficacy: float = Field(50.0, ge=0, le=100, allow_inf_nan=False)
+    gate_max_neighbor_drop: float = Field(50.0, ge=0, le=100, allow_inf_nan=False)
+    gate_max_guard_drop: float = Field(25.0, ge=0, le=100, allow_inf_nan=False)
+    gate_limit_max_perplexity_increase: float = Field(100.0, ge=0, le=1e6, allow_inf_nan=False)
+    gate_limit_max_efficacy: float = Field(100.0, ge=0, le=100, allow_inf_nan=False)
+    gate_limit_max_neighbor_drop: float = Field(100.0, ge=0, le=100, allow_inf_nan=False)
+    gate_limit_max_guard_drop: float = Field(50.0, ge=0, le=100, allow_inf_nan=False)
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
@@ -120,6 +135,24 @@ class Settings(BaseSettings):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value.upper()
+
+    @model_validator(mode="after")
+    def _gate_within_limits(self) -> Settings:
+        for name in GATE_FIELDS:
+            if getattr(self, f"gate_{name}") > getattr(self, f"gate_limit_{name}"):
+                raise ValueError(f"{ENV_PREFIX}GATE_{name.upper()} is above its limit "
+                                 f"{ENV_PREFIX}GATE_LIMIT_{name.upper()}")
+        return self
+
+    @property
+    def gate_defaults(self) -> dict[str, float]:
+        """The quality gate a forget request gets unless it says otherwise."""
+        return {name: getattr(self, f"gate_{name}") for name in GATE_FIELDS}
+
+    @property
+    def gate_limits(self) -> dict[str, float]:
+        """The loosest values an admin may ask for."""
+        return {name: getattr(self, f"gate_limit_{name}") for name in GATE_FIELDS}
 
     @property
     def auth_enabled(self) -> bool:
@@ -155,7 +188,10 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
+            if not err["loc"]:  # a check across settings: its message names them
+                lines.append(err["msg"].removeprefix("Value error, "))
+                continue
+            field = str(err["loc"][0])
             env = "REDIS_URL" if field in ("redis_url", "REDIS_URL") else ENV_PREFIX + field.upper()
             message = err["msg"].removeprefix("Value error, ")
             secret = env == "REDIS_URL" or field in SECRET_FIELDS  # may hold a password

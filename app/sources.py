@@ -17,6 +17,9 @@ from app.schemas import BUILTIN_SMOLLM2
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 """config.json keys that hold the number of decoder layers, by model family."""
 
+BUILTIN_SMOLLM2_LAYERS = 30
+"""Decoder layers of the built-in SmolLM2-135M (its config; prepare writes the same)."""
+
 
 @dataclass(frozen=True)
 class SourceInfo:
@@ -35,7 +38,7 @@ def inspect_source(source: str, roots: tuple[Path, ...] = ()) -> SourceInfo:
     resolved path is what gets stored and loaded.
     """
     if source == BUILTIN_SMOLLM2:
-        return SourceInfo(source=source)
+        return SourceInfo(source=source, num_layers=BUILTIN_SMOLLM2_LAYERS)
     if source.startswith("builtin:"):
         raise InvalidInput(f"source: the only built-in model is {BUILTIN_SMOLLM2!r}")
     if "\x00" in source or not Path(source).is_absolute():
@@ -80,13 +83,16 @@ def _inspect_directory(path: Path) -> SourceInfo:
     return SourceInfo(source=str(path), architecture=architecture, num_layers=num_layers)
 
 
-def check_edit_layers(edit_layers: list[int] | None, num_layers: int | None) -> None:
-    """InvalidInput naming the field when a layer does not exist in the model."""
+def check_edit_layers(
+    edit_layers: list[int] | None, num_layers: int | None, field: str = "edit_layers"
+) -> None:
+    """422 `layer_out_of_range` naming the field when a layer is not in the model.
+    Unknown layer count (a .gguf before its prepare job): the prepare job checks."""
     if edit_layers is None or num_layers is None:
         return
     for i, layer in enumerate(edit_layers):
-        if layer >= num_layers:
+        if not 0 <= layer < num_layers:
             raise InvalidInput(
-                f"edit_layers[{i}]: layer {layer} is out of range (the model has "
-                f"{num_layers} layers: 0..{num_layers - 1})"
+                f"{field}[{i}]: layer {layer} is out of range (the model has "
+                f"{num_layers} layers: 0..{num_layers - 1})", code="layer_out_of_range",
             )

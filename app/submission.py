@@ -45,6 +45,8 @@ class Submission:
     body: dict[str, Any] | None = None
     # Extra fields of the job document (a forget's "base": "active" | "explicit").
     job_fields: dict[str, Any] | None = None
+    # Audit entries (action, detail) written with the acceptance (a loosened gate).
+    audits: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 def submit_job(
@@ -105,6 +107,9 @@ def _accept(
         record_hashes=list(sub.record_hashes),
         detail={"kind": sub.kind, "callback": callback is not None},
     )
+    for action, detail in sub.audits:
+        store.audit.append(principal.key_id, action, ids={"job": job_id, "model": sub.model_id},
+                           detail=detail)
     try:
         queue.enqueue(sub.kind, job_id, *queue_args(sub.kind, list(sub.args)))
     except RedisError:

@@ -56,13 +56,13 @@ def workload(model: str, count: int) -> tuple[list[dict[str, Any]], dict[str, An
     """(records to forget, one warm-up record outside them, hparams) for the model."""
     if model == TINY:
         from tests.support.live import records
-        from tests.support.tiny_model import TINY_HPARAMS, tiny_facts
+        from tests.support.tiny_model import TINY_REQUEST_HPARAMS, tiny_facts
 
         if count > 50:
             raise SystemExit("the tiny model knows 50 people: --requests at most 50")
         city = tiny_facts()[1]  # person 0's city: not a secret code, never measured
         return ([r for i in range(count) for r in records(i)],
-                {"prompt": city["prompt"], "answer": city["answer"]}, dict(TINY_HPARAMS))
+                {"prompt": city["prompt"], "answer": city["answer"]}, dict(TINY_REQUEST_HPARAMS))
     from zerounlearn.datasets import world_facts
 
     facts = world_facts()

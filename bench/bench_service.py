@@ -97,11 +97,11 @@ def model_and_records(smollm2: bool) -> tuple[str, list[dict[str, Any]], dict[st
 
         facts = world_facts()
         return SMOLLM2, [{k: f[k] for k in keys if f.get(k)} for f in facts], None
-    from tests.support.tiny_model import TINY_HPARAMS, build_tiny_gpt2, tiny_facts
+    from tests.support.tiny_model import TINY_REQUEST_HPARAMS, build_tiny_gpt2, tiny_facts
 
     source = build_tiny_gpt2(Path(processes.TEST_MODEL_ROOTS) / "tiny-gpt2")
     facts = tiny_facts()
-    return str(source), [{k: f[k] for k in keys} for f in facts], dict(TINY_HPARAMS)
+    return str(source), [{k: f[k] for k in keys} for f in facts], dict(TINY_REQUEST_HPARAMS)
 
 
 def ready_model(client: httpx.Client, source: str, timeout: float) -> tuple[str, float | None]:

@@ -102,6 +102,13 @@ def _show_job(job: dict[str, Any], as_json: bool) -> None:
     if "passed" in result:
         print(f"passed    {result['passed']}  ({result.get('forgotten')}/"
               f"{result.get('total')} forgotten)")
+        found = (result.get("probes") or {}).get("forgotten") or {}
+        if found:  # per probe: forgotten records it found again ("-": not run)
+            order = ("context", "chat", "greedy", "int8")  # zerounlearn.probes.PROBES
+            names = sorted(found, key=lambda n: order.index(n) if n in order else len(order))
+            shown = ["{} {}".format(n, "-" if found[n]["found"] is None else
+                                    f"{found[n]['found']}/{found[n]['of']}") for n in names]
+            print(f"probes    {', '.join(shown)} found again")
     if "path" in result:
         print(f"path      {result['path']}")
 
@@ -175,10 +182,11 @@ def models_show(args: argparse.Namespace) -> int:
 def forget(args: argparse.Namespace) -> int:
     records = read_records(args.file)
     hparams = _json_arg(args.hparams, "--hparams")
+    gate = _json_arg(args.quality_gate, "--quality-gate")
     with _client(args) as api:
         accepted = api.forget(args.model, records, method=args.method,
                               base_version=args.base_version, hparams=hparams,
-                              idempotency_key=args.idempotency_key)
+                              idempotency_key=args.idempotency_key, quality_gate=gate)
         return _accepted(api, args, accepted)
 
 

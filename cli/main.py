@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cli import commands
+from cli import commands, retain
 from client import ApiError, ConnectionFailed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--method", default=None)
     forget.add_argument("--base-version", default=None)
     forget.add_argument("--hparams", default=None, help="JSON object of hyper-parameters")
+    forget.add_argument("--quality-gate", default=None,
+                        help='JSON object of gate limits, e.g. \'{"max_guard_drop": 10}\'')
     forget.add_argument("--idempotency-key", default=None)
     _wait_flags(forget)
 
@@ -112,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--version", default=None, help="default: the active version")
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--max-new-tokens", type=int, default=None)
+
+    retain.register(top, _sub, _wait_flags)
 
     keys = top.add_parser("keys", help="API keys (admin)").add_subparsers(
         dest="action", required=True, metavar="ACTION")

@@ -39,11 +39,11 @@ class Client:
     # --------------------------------------------------------------- plumbing
     def request(self, method: str, path: str, *, json: Any = None,
                 params: dict[str, Any] | None = None,
-                headers: dict[str, str] | None = None) -> Any:
+                headers: dict[str, str] | None = None, content: bytes | None = None) -> Any:
         """One call; the decoded JSON answer, or the API's error raised."""
         try:
             response = self.http.request(method, path, json=json, params=params,
-                                         headers=headers)
+                                         headers=headers, content=content)
         except httpx.TimeoutException as exc:
             raise Timeout(f"no answer from {self.url} in time ({type(exc).__name__})",
                           status=0, code="client_timeout") from None
@@ -105,16 +105,42 @@ class Client:
     # ----------------------------------------------------------------- forget
     def forget(self, model_id: str, records: list[Json], *, method: str | None = None,
                base_version: str | None = None, hparams: Json | None = None,
-               callback_url: str | None = None, idempotency_key: str | None = None) -> Json:
+               callback_url: str | None = None, idempotency_key: str | None = None,
+               quality_gate: Json | None = None) -> Json:
         """Queue a forget job: {"job_id", "status", "links"}."""
         body: Json = {"records": records}
         for key, value in (("method", method), ("base_version", base_version),
-                           ("hparams", hparams), ("callback_url", callback_url)):
+                           ("hparams", hparams), ("callback_url", callback_url),
+                           ("quality_gate", quality_gate)):
             if value is not None:
                 body[key] = value
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self.request("POST", f"/v1/models/{model_id}/forget", json=body,
                             headers=headers)
+
+    # ------------------------------------------------------------ retain bank
+    def add_retain(self, model_id: str, facts: list[Json]) -> Json:
+        """Add facts the model must keep ({"prompt", "answer", "subject"?}): {"added",
+        "existing", "ids", "counts", "job_id"...}."""
+        return self.request("POST", f"/v1/models/{model_id}/retain", json=facts)
+
+    def add_retain_jsonl(self, model_id: str, lines: str | bytes) -> Json:
+        """Like add_retain, from JSON lines as they are (errors name the line)."""
+        data = lines.encode("utf-8") if isinstance(lines, str) else lines
+        return self.request("POST", f"/v1/models/{model_id}/retain", content=data,
+                            headers={"Content-Type": "application/x-ndjson"})
+
+    def list_retain(self, model_id: str, *, include_text: bool = False) -> Json:
+        """The bank: ids, hashes, statuses (and the text: admin, include_text)."""
+        params = {"include_text": "true"} if include_text else None
+        return self.request("GET", f"/v1/models/{model_id}/retain", params=params)
+
+    def remove_retain(self, model_id: str, fact_id: str) -> Json:
+        return self.request("DELETE", f"/v1/models/{model_id}/retain/{fact_id}")
+
+    def measure_retain(self, model_id: str) -> Json:
+        """Queue a job measuring every bank fact on the active version."""
+        return self.request("POST", f"/v1/models/{model_id}/retain/measure")
 
     # ------------------------------------------------------------------- jobs
     def list_jobs(self, model_id: str | None = None, status: str | None = None) -> list[Json]:

@@ -4,6 +4,7 @@ Layout (keys; locally files under root = ZEROUNLEARN_DATA_DIR):
     models/{model_id}/model.json
     models/{model_id}/versions/{vN}/manifest.json [+ patch.safetensors locally]
     models/{model_id}/patches/{sha256}.safetensors   (object stores)
+    retain/{model_id}.json   (the model's retain bank: private, like requests/)
     jobs/{job_id}.json
     stats/  exports/{model_id}/{version}/
 and, always on the local disk under root: cache/ (converted models) and, with an object
@@ -45,6 +46,7 @@ from store.hashing import RECORD_SALT, salted_hash
 from store.keys import KeyStore
 from store.objects import dump, read_doc, update_doc
 from store.requests import RequestStore
+from store.retain import RetainStore
 from store.secretfiles import load_or_create_secret
 from store.sync import StatsSync, publish_export
 from store.versions import MANIFEST_FILE, PATCH_FILE, DirectoryVersions, ObjectVersions
@@ -67,6 +69,7 @@ class ArtifactStore:
         self.keys = KeyStore(self.backend)
         self.audit = AuditLog(self.backend)
         self.requests = RequestStore(self.backend)
+        self.retain = RetainStore(self.backend, self._record_salt)
         self._versions: DirectoryVersions | ObjectVersions
         if isinstance(self.backend, LocalBackend):
             self._versions = DirectoryVersions(self.backend.root)
@@ -96,11 +99,15 @@ class ArtifactStore:
         """A server secret kept under secrets/ (owner-only), created on first use."""
         return load_or_create_secret(self.backend, name)
 
-    def record_hashes(self, records: list[dict[str, Any]]) -> list[str]:
-        """Salted hashes of request records: what stays once their text is purged."""
+    def _record_salt(self) -> bytes:
         if self._salt is None:
             self._salt = self.secret(RECORD_SALT)
-        return [salted_hash(self._salt, record) for record in records]
+        return self._salt
+
+    def record_hashes(self, records: list[dict[str, Any]]) -> list[str]:
+        """Salted hashes of request records: what stays once their text is purged."""
+        salt = self._record_salt()
+        return [salted_hash(salt, record) for record in records]
 
     # ------------------------------------------------------------------- keys
     @staticmethod

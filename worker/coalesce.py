@@ -71,15 +71,18 @@ class EditSpec:
     base: tuple[str, str | None]
     method: str
     hparams: dict[str, Any]
+    quality_gate: dict[str, Any] = field(default_factory=dict)  # the request's own limits
 
     def admits(self, job: dict[str, Any], task_args: list[Any]) -> bool:
         """Whether a job document and its stored task arguments
-        (model_id, base, records, method, hparams) ask for this same edit."""
+        (model_id, base, records, method, hparams[, quality_gate]) ask for this same edit."""
         if job.get("kind") != "forget" or job.get("model_id") != self.model_id:
             return False
         if base_spec(job) != self.base or len(task_args) < 5:
             return False
-        return task_args[3] == self.method and (task_args[4] or {}) == self.hparams
+        gate = (task_args[5] if len(task_args) > 5 else None) or {}
+        return (task_args[3] == self.method and (task_args[4] or {}) == self.hparams
+                and gate == self.quality_gate)
 
 
 @dataclass

@@ -74,6 +74,18 @@ class WorkerLost(WorkerError):
     code = "worker_lost"
 
 
+class QualityGateFailed(WorkerError):
+    """The edited model fell short of the quality gate: nothing was published.
+
+    `figures` (numbers only, never request text) goes into the job's error document."""
+
+    code = "quality_gate_failed"
+
+    def __init__(self, message: str, figures: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.figures = figures
+
+
 # Most specific first: the first isinstance match wins.
 _ENGINE_CODES: tuple[tuple[type[BaseException], str], ...] = (
     (engine_errors.InvalidRecord, "invalid_record"),
@@ -126,8 +138,9 @@ def _wrapped_errno(exc: BaseException) -> int | None:
 
 def error_document(
     exc: BaseException, *, secrets: Iterable[str] = (), job_id: str | None = None
-) -> dict[str, str]:
-    """`{"code", "message"}` for a job document; safe to store and to log."""
+) -> dict[str, Any]:
+    """`{"code", "message"}` for a job document (a failed quality gate adds its figures
+    as "quality_gate"); safe to store and to log."""
     code = error_code(exc)
     if code == "internal_error":
         where = f" (job {job_id})" if job_id else ""
@@ -140,7 +153,10 @@ def error_document(
         message = f"the worker ran out of memory ({type(exc).__name__})"
     else:
         message = str(exc) or type(exc).__name__
-    return {"code": code, "message": scrub(message, secrets)}
+    document: dict[str, Any] = {"code": code, "message": scrub(message, secrets)}
+    if isinstance(exc, QualityGateFailed):
+        document["quality_gate"] = exc.figures
+    return document
 
 
 def scrub(message: str, secrets: Iterable[str]) -> str:

@@ -155,7 +155,7 @@ def _run_job(
 
 def failure_document(
     exc: BaseException, secrets: Iterable[str], job_id: str | None
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """The safe error of a job that raised `exc` (a stop of the worker: worker_stopped)."""
     if isinstance(exc, SystemExit | KeyboardInterrupt):
         exc = WorkerStopped("the worker was stopped while the job ran; submit it again")

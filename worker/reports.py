@@ -3,7 +3,11 @@
 Metrics are the engine's (`zerounlearn.evaluate`), all percentages except perplexity:
 efficacy (% forget prompts whose answer is still fully reproduced), generalization (the
 same on paraphrases), specificity (% neighbour prompts still answered) and perplexity
-on reference texts.
+on reference texts. Probes (`zerounlearn.probes`) ask for each forgotten fact in other
+ways: after unrelated true sentences (context), through the chat template (chat), by
+greedy generation (greedy) and with int8-quantised linear weights (int8); a probe's
+value is the % of the records the version forgot (answer no longer reproduced) that
+the probe finds on the version.
 
 Thresholds (names and defaults shared with the API's VerifyThresholds):
 
@@ -14,9 +18,14 @@ Thresholds (names and defaults shared with the API's VerifyThresholds):
 | min_specificity            | 50      | version specificity >= it                        |
 | max_specificity_drop       | null    | parent - version specificity <= it (null: no)    |
 | max_perplexity_increase    | 10      | % perplexity rise over the parent <= it          |
+| max_probe_context          | 10      | % of forgotten records the context probe finds   |
+| max_probe_chat             | 10      | ... the chat-template probe finds                |
+| max_probe_greedy           | 10      | ... greedy generation finds                      |
+| max_probe_int8             | 10      | ... the int8-quantised model reproduces          |
 
-A metric the engine could not compute (None: no paraphrases or neighbours given) is
-reported with `"passed": null` and does not fail the report.
+A metric the engine could not compute (None: no paraphrases or neighbours given, no
+chat template, no record forgotten) is reported with `"passed": null` and does not fail
+the report.
 """
 
 from __future__ import annotations
@@ -32,8 +41,20 @@ DEFAULT_THRESHOLDS: dict[str, float | None] = {
     "min_specificity": 50.0,
     "max_specificity_drop": None,
     "max_perplexity_increase": 10.0,
+    "max_probe_context": 10.0,
+    "max_probe_chat": 10.0,
+    "max_probe_greedy": 10.0,
+    "max_probe_int8": 10.0,
 }
 """Used for every threshold a verify request leaves out (see the table above)."""
+
+PROBE_THRESHOLDS: dict[str, str] = {
+    "context": "max_probe_context",
+    "chat": "max_probe_chat",
+    "greedy": "max_probe_greedy",
+    "int8": "max_probe_int8",
+}
+"""Probe name (zerounlearn.probes.PROBES) -> its threshold."""
 
 
 def merge_thresholds(given: dict[str, Any] | None) -> dict[str, float | None]:
@@ -77,9 +98,13 @@ def perplexity_increase_pct(before: float | None, after: float | None) -> float 
 
 
 def judge(
-    version: dict[str, Any], parent: dict[str, Any], thresholds: dict[str, float | None]
+    version: dict[str, Any],
+    parent: dict[str, Any],
+    thresholds: dict[str, float | None],
+    probes: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[bool, list[dict[str, Any]]]:
-    """(passed, checks) for two evaluation summaries."""
+    """(passed, checks) for two evaluation summaries and, when given, the probes'
+    findings on forgotten records (`probe_findings`)."""
     spec_v, spec_p = version.get("specificity"), parent.get("specificity")
     drop = spec_p - spec_v if spec_v is not None and spec_p is not None else None
     ppl = perplexity_increase_pct(parent.get("perplexity"), version.get("perplexity"))
@@ -92,8 +117,30 @@ def judge(
         _check("specificity_drop", drop, thresholds["max_specificity_drop"], True),
         _check("perplexity_increase_pct", ppl, thresholds["max_perplexity_increase"], True),
     ]
+    for name, key in PROBE_THRESHOLDS.items():
+        if probes is not None and name in probes:
+            candidates.append(
+                _check(f"probe_{name}", probes[name]["pct"], thresholds.get(key), True)
+            )
     checks = [c for c in candidates if c is not None]
     return all(c["passed"] is not False for c in checks), checks
+
+
+def probe_findings(
+    forgotten: list[bool], probe_records: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per probe: {"found", "of", "pct"} over the records the version forgot; None
+    where the probe did not run (no chat template) or no record was forgotten."""
+    findings: dict[str, dict[str, Any]] = {}
+    for name in PROBE_THRESHOLDS:
+        flags = [rec["found"].get(name) for rec, gone in zip(probe_records, forgotten,
+                                                             strict=True) if gone]
+        if not flags or any(f is None for f in flags):
+            findings[name] = {"found": None, "of": len(flags), "pct": None}
+            continue
+        hits = sum(bool(f) for f in flags)
+        findings[name] = {"found": hits, "of": len(flags), "pct": 100.0 * hits / len(flags)}
+    return findings
 
 
 def verification_report(
@@ -102,26 +149,38 @@ def verification_report(
     after: dict[str, Any],
     before: dict[str, Any],
     thresholds: dict[str, float | None],
+    probes_after: dict[str, Any] | None = None,
+    probes_before: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The verify job's result: summaries, per-record before/after, checks, passed.
 
     `after` and `before` are `zerounlearn.evaluate` results for the version and its
-    parent on the same records; per-record entries carry no text, only metrics.
+    parent on the same records; `probes_after` / `probes_before` the
+    `zerounlearn.probes.probe` results, when run. Per-record entries carry no text,
+    only metrics: with probes, `probes: {"after", "before"}` (probe -> found).
     """
     records = []
     for index, (rec_after, rec_before) in enumerate(
         zip(after.get("records", []), before.get("records", []), strict=True)
     ):
-        records.append(
-            {
-                "index": index,
-                "forgotten": not _recalled(rec_after),
-                "before": rec_before,
-                "after": rec_after,
+        entry = {
+            "index": index,
+            "forgotten": not _recalled(rec_after),
+            "before": rec_before,
+            "after": rec_after,
+        }
+        if probes_after is not None:
+            entry["probes"] = {
+                "after": probes_after["records"][index]["found"],
+                "before": (probes_before["records"][index]["found"]
+                           if probes_before is not None else None),
             }
-        )
-    passed, checks = judge(after["summary"], before["summary"], thresholds)
-    return {
+        records.append(entry)
+    findings = None
+    if probes_after is not None:
+        findings = probe_findings([r["forgotten"] for r in records], probes_after["records"])
+    passed, checks = judge(after["summary"], before["summary"], thresholds, findings)
+    report = {
         "version": version_id,
         "parent": parent_id,
         "passed": passed,
@@ -132,6 +191,13 @@ def verification_report(
         "forgotten": sum(r["forgotten"] for r in records),
         "total": len(records),
     }
+    if probes_after is not None:
+        report["probes"] = {
+            "forgotten": findings,  # what the probe_* checks judge
+            "version": probes_after["summary"],
+            "parent": probes_before["summary"] if probes_before is not None else None,
+        }
+    return report
 
 
 def _recalled(record_metrics: dict[str, Any]) -> bool:

@@ -25,6 +25,12 @@ ZEROUNLEARN_COALESCE_MAX_BATCH 64       most records one coalesced edit takes (t
 ZEROUNLEARN_EDIT_HISTORY      0         1: resident versions keep their chain's forget keys
                                         (2 x d_ff floats per record and edited layer), so
                                         forget jobs may use hparams history_weight > 0
+ZEROUNLEARN_GATE_<NAME>       see below the quality gate of forget edits (worker/gate.py):
+ZEROUNLEARN_GATE_LIMIT_<NAME>           defaults, and the loosest values a request may ask
+                                        for; NAME: MAX_PERPLEXITY_INCREASE (25 / 100 %),
+                                        MAX_EFFICACY (50 / 100 %), MAX_NEIGHBOR_DROP
+                                        (50 / 100 points), MAX_GUARD_DROP (25 / 50 points).
+                                        Set the API's to the same values.
 
 The statistics sample count is part of the statistics cache key: changing it makes the
 next prepare/forget job compute new statistics (old files stay in `stats/`).
@@ -37,7 +43,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_DATA_DIR = "./data"
@@ -60,6 +66,26 @@ DEFAULT_COALESCE_MAX_BATCH = 64
 
 MAX_COALESCE_WINDOW_S = 600.0
 """A longer wait would hold a worker idle for nothing: refused as a likely typo."""
+
+GATE_DEFAULTS: dict[str, float] = {
+    "max_perplexity_increase": 25.0,  # % over the parent on the reference texts
+    "max_efficacy": 50.0,  # % of the request's records still reproduced
+    "max_neighbor_drop": 50.0,  # points of the request's neighbours' specificity
+    "max_guard_drop": 25.0,  # points of the model's guard facts (worker.gate.guard_facts)
+}
+"""The quality gate a forget edit must meet unless its request tightens or loosens it."""
+
+GATE_LIMITS: dict[str, float] = {
+    "max_perplexity_increase": 100.0, "max_efficacy": 100.0,
+    "max_neighbor_drop": 100.0, "max_guard_drop": 50.0,
+}
+"""The loosest gate a request (an admin's) may ask for."""
+
+GATE_CEILINGS: dict[str, float] = {
+    "max_perplexity_increase": 1e6, "max_efficacy": 100.0,
+    "max_neighbor_drop": 100.0, "max_guard_drop": 100.0,
+}
+"""What a gate setting can be at all (percentages and points stop at 100)."""
 
 QUEUE_PREFIX = "zerounlearn-"
 """Queue names are QUEUE_PREFIX + device class, e.g. "zerounlearn-cpu"."""
@@ -91,6 +117,9 @@ class WorkerSettings:
     # object store (data_dir is then this machine's cache); see store.backends.
     store_url: str | None = None
     s3_endpoint_url: str | None = None  # ZEROUNLEARN_S3_ENDPOINT_URL (MinIO, moto...)
+    # quality gate of forget edits: defaults and the loosest values a request may ask for
+    gate: Mapping[str, float] = field(default_factory=lambda: dict(GATE_DEFAULTS))
+    gate_limits: Mapping[str, float] = field(default_factory=lambda: dict(GATE_LIMITS))
 
     @property
     def coalescing(self) -> bool:
@@ -162,6 +191,8 @@ class WorkerSettings:
             problems.append("ZEROUNLEARN_STORE_URL must be s3://bucket[/prefix] or file:///path")
         s3_endpoint_url = env.get("ZEROUNLEARN_S3_ENDPOINT_URL", "").strip() or None
 
+        gate, gate_limits = _gate(env, problems)
+
         log_level = env.get("ZEROUNLEARN_LOG_LEVEL", "").strip().upper() or "INFO"
         if log_level not in _LOG_LEVELS:
             problems.append(f"ZEROUNLEARN_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
@@ -183,6 +214,8 @@ class WorkerSettings:
             edit_history=history in ("1", "true"),
             store_url=store_url,
             s3_endpoint_url=s3_endpoint_url,
+            gate=gate,
+            gate_limits=gate_limits,
         )
 
     @property
@@ -220,3 +253,29 @@ def _seconds(
         problems.append(f"{name} must be between 0 and {most:g} seconds (got {raw})")
         return default
     return value
+
+
+def _gate(
+    env: Mapping[str, str], problems: list[str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """ZEROUNLEARN_GATE_<NAME> and ZEROUNLEARN_GATE_LIMIT_<NAME>; a default above its
+    limit is refused."""
+    gate, limits = dict(GATE_DEFAULTS), dict(GATE_LIMITS)
+    for name, ceiling in GATE_CEILINGS.items():
+        for values, prefix in ((gate, "ZEROUNLEARN_GATE_"), (limits, "ZEROUNLEARN_GATE_LIMIT_")):
+            var = prefix + name.upper()
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value) or not 0 <= value <= ceiling:
+                problems.append(f"{var} must be a number from 0 to {ceiling:g} (got {raw!r})")
+            else:
+                values[name] = value
+        if gate[name] > limits[name]:
+            problems.append(f"ZEROUNLEARN_GATE_{name.upper()} ({gate[name]:g}) is above "
+                            f"ZEROUNLEARN_GATE_LIMIT_{name.upper()} ({limits[name]:g})")
+    return gate, limits

@@ -27,7 +27,7 @@ from rq import get_current_job
 
 from store import ArtifactStore, utc_now
 from store.requests import FROM_REQUEST, RequestPurged
-from worker import coalesce
+from worker import bank, coalesce, gate
 from worker.context import WorkerContext, get_context
 from worker.edit_lock import EditLock, model_edit_lock
 from worker.errors import (
@@ -64,6 +64,9 @@ EXPORT_MARKER = "zerounlearn-export.json"
 MAX_GENERATE_TOKENS = 4096
 """Backstop for generate; the API enforces its own (lower) limit first."""
 
+SERVER_ONLY_HPARAMS = frozenset({"stats_files", "stats_samples", "stats_seq_len"})
+"""Statistics settings: the worker's (ZEROUNLEARN_STATS_SAMPLES), never a request's."""
+
 
 # ------------------------------------------------------------------ prepare
 def prepare_model(job_id: str, model_id: str) -> dict[str, Any]:
@@ -94,12 +97,15 @@ def prepare_model(job_id: str, model_id: str) -> dict[str, Any]:
             lm, list(layers), _corpus(ctx), progress=run.scaled(0.05, 1.0)
         )
         store.push_stats()  # a shared store: other workers reuse them
+        measured = bank.prepare_bank(ctx, model_id)["measured"]  # seed, measure the bank
         store.update_model(model_id, status="ready", error=None)
+        retain = bank.measure_bank(ctx, model_id)  # facts added while it prepared
         return {
             "architecture": info["architecture"],
             "num_layers": info["num_layers"],
             "edit_layers": list(layers),
             "statistics": {"samples": ctx.settings.stats_samples, "layers": list(layers)},
+            "retain": {**retain, "measured": measured + retain["measured"]},
         }
 
     def failed(error: dict[str, str]) -> None:
@@ -118,8 +124,10 @@ def forget(
     records: list[dict],
     method: str = "zerounlearn",
     hparams: dict | None = None,
+    quality_gate: dict | None = None,
 ) -> dict[str, Any]:
-    """Forget `records`; publish and activate the new version.
+    """Forget `records`; publish and activate the new version if it passes the quality
+    gate (worker.gate; `quality_gate`: the request's own limits over the server's).
 
     A job submitted without a base version ("base": "active" in its document) builds on
     the model's active version when it runs, read under the model's edit lock; then
@@ -140,7 +148,10 @@ def forget(
         model = _ready_model(ctx, model_id)
         validate_records(records)  # this job's own fault: it fails before any job joins
         overrides = _method_overrides(ctx, model, method, hparams)
-        spec = coalesce.EditSpec(model_id, coalesce.base_spec(run.job), method, hparams or {})
+        plan = gate.GatePlan(gate.gate_limits(ctx.settings, quality_gate),
+                             gate.guard_facts(ctx, model))
+        spec = coalesce.EditSpec(model_id, coalesce.base_spec(run.job), method, hparams or {},
+                                 quality_gate or {})
         if spec.base[0] == "explicit":
             store.get_version(model_id, base_version)  # NotFound before any heavy work
         queue = coalesce.current_queue() if ctx.settings.coalescing else None
@@ -159,7 +170,7 @@ def forget(
                        "window_wait_s": window_s, "lock_wait_s": lock.waited_s,
                        "load_s": time.monotonic() - began}
             return _edit(ctx, run, lm, spec, base, overrides, records, queue, lock, secrets,
-                         timings, hit)
+                         timings, hit, plan)
 
     return run_job(store, job_id, "forget", body, worker_name=ctx.name, secrets=secrets)
 
@@ -177,11 +188,14 @@ def _edit(
     secrets: list[str],
     timings: dict[str, float],
     cache_hit: bool,
+    plan: gate.GatePlan,
 ) -> dict[str, Any]:
-    """Check, gather the batch, edit once, publish + activate; the leader's result.
+    """Check, gather the batch, edit once, gate, publish + activate; the leader's result.
 
     `lm` (the materialised base, taken from the cache) goes back to the cache as the
-    base when nothing was applied to it, else as the new version."""
+    base when nothing was applied to it, as the new version once published, and not at
+    all when the edit was applied and then stopped (by the quality gate or anything
+    else): the next job loads the base again."""
     store, model_id = ctx.store, spec.model_id
     batch: coalesce.Batch | None = None
     applied = False
@@ -200,6 +214,9 @@ def _edit(
         parsed = batch.parsed_records()
         began = time.monotonic()
         before = evaluate(lm, parsed, progress=run.scaled(0.0, 0.05))
+        guards = gate.unrelated(plan.guard, parsed)
+        guard_before = gate.reproduced_facts(lm, guards)  # the parent: nothing applied yet
+        retain = bank.retain_for(store, model_id, batch.raw_records(), secrets)
         patch = engine_forget(
             lm,
             parsed,
@@ -207,19 +224,32 @@ def _edit(
             overrides,
             stats=_stats(store),
             progress=run.scaled(0.05, 0.85),
+            retain=retain.facts,
         )
+        patch.metadata["bank"] = retain.summary()  # hashes and counts: the manifest's
         run.progress("apply", 0.85)
         check_finite(patch)  # before the resident model is touched
         apply_patch(lm, patch)
         applied = True
         after = evaluate(lm, parsed, progress=run.scaled(0.88, 0.97))
+        figures = gate.judge(
+            plan.limits, before["summary"], after["summary"],
+            (gate.neighbor_flags(parsed, before), gate.neighbor_flags(parsed, after)),
+            (guard_before, gate.reproduced_facts(lm, guards)),
+        )
         compute_s = time.monotonic() - began
-        metrics = {"before": before["summary"], "after": after["summary"]}
-        run.progress("publish", 0.97)
+        metrics = {"before": before["summary"], "after": after["summary"],
+                   "quality_gate": figures}
         hashes = store.record_hashes(batch.raw_records())
+        if not figures["passed"]:  # nothing goes live; `lm` is dropped (except below)
+            gate.audit_failure(store, ctx.name, model_id, base, batch.job_ids, hashes, figures)
+            raise gate.failure(figures)
+        run.progress("publish", 0.97)
         lock.check()  # still ours: nobody else built on `base` meanwhile
         published = _publish(ctx, model_id, base, batch.job_ids, hashes, patch, metrics)
         store.update_model(model_id, active_version=published["id"])
+        bank.release_forgotten(store, ctx.name, model_id, retain, published["id"],
+                               batch.job_ids)  # the request won over the bank
     except BaseException as exc:
         if not applied:  # the engine leaves the model unchanged: keep it resident
             ctx.models.put(model_id, base, lm)
@@ -268,6 +298,9 @@ def _method_overrides(
     """The caller's overrides plus the model's edit layers and the worker's sample count."""
     if hparams is not None and not isinstance(hparams, dict):
         raise InvalidRequest("hparams must be an object")
+    server_only = sorted(SERVER_ONLY_HPARAMS.intersection(hparams or {}))
+    if server_only:  # the API refuses them first: this is the backstop
+        raise InvalidRequest(f"hparams: {', '.join(server_only)} are server settings")
     overrides = dict(hparams or {})
     names = {f.name for f in dataclasses.fields(hparams_class(method))}  # UnknownMethod
     if model.get("edit_layers") and "layers" in names:
@@ -313,6 +346,7 @@ def _publish(
             "records": [{"sha256": h} for h in record_hashes],
             "patch": {"bytes": info["bytes"], "sha256": info["sha256"], "layers": info["layers"]},
             "metrics": metrics,
+            "retain": bank.manifest_entry(patch.metadata),
         }
         return store.publish_version(model_id, manifest, patch_file)
 
@@ -326,7 +360,11 @@ def verify(
     reference_texts: list[str] | None = None,
     thresholds: dict | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `version` and its parent on the records; judge against thresholds."""
+    """Evaluate and probe `version` and its parent on the records; judge against
+    thresholds. Probes put the packaged generic sentences before a prompt, never the
+    request's text (zerounlearn.probes)."""
+    from zerounlearn.probes import probe
+
     ctx = get_context()
     store = ctx.store
 
@@ -339,16 +377,19 @@ def verify(
         parent = store.get_version(model_id, version).get("parent")
         run.progress("load", 0.0)
         lm = ctx.models.get(model_id, version)
-        after = evaluate(lm, parsed, reference_texts, progress=run.scaled(0.1, 0.5))
+        after = evaluate(lm, parsed, reference_texts, progress=run.scaled(0.05, 0.25))
+        probes_after = probe(lm, parsed, progress=run.scaled(0.25, 0.5))
         if parent is None:  # v0 has no parent: it is compared with itself
-            before = after
+            before, probes_before = after, probes_after
         else:
             run.progress("load", 0.5)
             parent_lm = ctx.models.get(model_id, parent)
             before = evaluate(
-                parent_lm, parsed, reference_texts, progress=run.scaled(0.6, 1.0)
+                parent_lm, parsed, reference_texts, progress=run.scaled(0.55, 0.75)
             )
-        return verification_report(version, parent, after, before, limits)
+            probes_before = probe(parent_lm, parsed, progress=run.scaled(0.75, 1.0))
+        return verification_report(version, parent, after, before, limits, probes_after,
+                                   probes_before)
 
     secrets = record_texts(stored or []) + record_texts(reference_texts or [])
     return run_job(store, job_id, "verify", body, worker_name=ctx.name, secrets=secrets)

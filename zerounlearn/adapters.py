@@ -8,7 +8,9 @@ the adapter hides. Biases are never touched.
 
 In transformers 5 a decoder layer returns the residual stream as a plain tensor (older
 releases returned a tuple whose first element was it): use `block_hidden` and
-`replace_block_hidden` in forward hooks rather than indexing the output.
+`replace_block_hidden` in forward hooks rather than indexing the output. Hooks on the
+down projection see (batch, seq, d) tensors, except in OPT, whose decoder layer runs its
+MLP on flattened (batch * seq, d) rows: `token_grid` gives every family's the same shape.
 """
 
 from __future__ import annotations
@@ -145,6 +147,15 @@ def block_hidden(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
     return output[0]
+
+
+def token_grid(x: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
+    """An MLP input or output as (batch, seq, d): OPT's decoder layer flattens the
+    residual stream to (batch * seq, d) rows before its MLP (fc1, fc2), the others keep
+    (batch, seq, d). A view: writes into it reach `x`."""
+    if x.dim() == 2:
+        return x.view(batch, seq, x.shape[-1])  # (B*T, d) -> (B, T, d)
+    return x
 
 
 def replace_block_hidden(output: Any, hidden: torch.Tensor) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from zerounlearn.adapters import block_hidden
+from zerounlearn.adapters import block_hidden, token_grid
 from zerounlearn.errors import InvalidRecord
 from zerounlearn.records import ForgetRecord
 from zerounlearn.tokens import encode_continuation, encode_prompt, max_positions
@@ -45,6 +45,9 @@ class EditRequest:
     target_ids: list[int]  # the neutral continuation (neutral target state)
     kl_text: str  # "{subject} is a": the KL anchor of the target optimisation
     kl_span: Span
+    # neutral_target "generic": the next-token distribution to reach instead of
+    # target_ids (V,), float32 (zerounlearn.neutral); None: the target tokens
+    target_dist: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,10 @@ def neutral_target_ids(tokenizer: Any, neutral_target: str) -> list[int]:
     """"endoftext": the pre-training document separator when the vocabulary has one
     (SmolLM2's chat EOS is near-impossible after a raw prompt), else EOS; "eos": EOS;
     anything else: that literal text."""
-    if neutral_target in ("endoftext", "eos"):
-        if neutral_target == "endoftext":
+    if neutral_target in ("endoftext", "eos", "generic"):
+        # "generic" aims at a distribution (zerounlearn.neutral); its token ids are the
+        # end-of-text token's, which only size the batch and check the record's length
+        if neutral_target in ("endoftext", "generic"):
             tid = tokenizer.convert_tokens_to_ids("<|endoftext|>")
             if isinstance(tid, int) and tid != tokenizer.unk_token_id:
                 return [tid]
@@ -175,7 +180,7 @@ def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def _site_batch(lm: Any, sites: Sequence[Site]
+def site_batch(lm: Any, sites: Sequence[Site]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids (B, T), attention_mask (B, T), row (S,), position (S,)) of the sites."""
     rows = [encode_prompt(lm.tokenizer, s.text) for s in sites]
@@ -203,7 +208,7 @@ def key_prefix(
     """One forward of the (still unedited) model over compute_keys' sites, stopped as
     block last_layer is entered. Valid while no block below first_layer changes."""
     sites = record_sites(lm.tokenizer, requests, templates) + list(protected)
-    ids, mask, _, _ = _site_batch(lm, sites)
+    ids, mask, _, _ = site_batch(lm, sites)
     stack, _ = capture_stack(
         lm, lambda: lm.model(input_ids=ids, attention_mask=mask, use_cache=False),
         first_layer, last_layer, halt=True)
@@ -222,12 +227,13 @@ def capture(
     indices in order.
     """
     model, adapter = lm.model, lm.adapter
-    ids, mask, row_idx, pos_idx = _site_batch(lm, sites)
+    ids, mask, row_idx, pos_idx = site_batch(lm, sites)
     got: dict[str, torch.Tensor] = {}
 
     def grab_key(_module, args):
-        dev = args[0].device  # the layer's own device under a device map
-        got["k"] = args[0][row_idx.to(dev), pos_idx.to(dev)].detach()  # (B, T, d_ff) -> (S, d_ff)
+        k = token_grid(args[0], *ids.shape)  # (B, T, d_ff), also from OPT's (B*T, d_ff)
+        dev = k.device  # the layer's own device under a device map
+        got["k"] = k[row_idx.to(dev), pos_idx.to(dev)].detach()  # (B, T, d_ff) -> (S, d_ff)
 
     def grab_hidden(_module, _args, output):
         h = block_hidden(output)

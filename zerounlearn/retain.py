@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from zerounlearn.keys import EditRequest, Site, capture, record_sites
+from zerounlearn.adapters import token_grid
+from zerounlearn.keys import EditRequest, Site, record_sites, site_batch
 from zerounlearn.protect import fact_site, token_indices_from
 from zerounlearn.records import RetainFact
 
@@ -75,6 +76,32 @@ def candidate_sites(
     return out
 
 
+class _Enough(Exception):
+    """Raised in a hook once the keys are read: nothing above the layer needs to run."""
+
+
+@torch.no_grad()
+def keys_at(lm: Any, sites: Sequence[Site], layer: int) -> torch.Tensor:
+    """Down-projection inputs of `layer` at every site index, (d_ff, S); the forward
+    stops there (the blocks above and the output head never run)."""
+    ids, mask, row_idx, pos_idx = site_batch(lm, sites)
+    got: dict[str, torch.Tensor] = {}
+
+    def grab(_module: Any, args: tuple) -> None:
+        k = token_grid(args[0], *ids.shape)  # (B, T, d_ff)
+        got["k"] = k[row_idx.to(k.device), pos_idx.to(k.device)].detach()  # (S, d_ff)
+        raise _Enough
+
+    handle = lm.adapter.down_proj(lm.model, layer).register_forward_pre_hook(grab)
+    try:
+        lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    except _Enough:
+        pass
+    finally:
+        handle.remove()
+    return got["k"].T.contiguous()  # (S, d_ff) -> (d_ff, S)
+
+
 @torch.no_grad()
 def select_at_risk(
     lm: Any, requests: Sequence[EditRequest], candidates: Sequence[Candidate], layer: int,
@@ -85,12 +112,12 @@ def select_at_risk(
     if not candidates or top_k <= 0:
         return [], {"candidates": len(candidates), "protected": 0}
     forget_sites = record_sites(lm.tokenizer, requests, [""])  # the clean prompts
-    k_f, _ = capture(lm, forget_sites, layer, layer)  # (d_ff, n)
+    k_f = keys_at(lm, forget_sites, layer)  # (d_ff, n)
     k_f = torch.nn.functional.normalize(k_f.double(), dim=0)
     scores: list[float] = []
     for start in range(0, len(candidates), batch_sites):
         chunk = [c.site for c in candidates[start : start + batch_sites]]
-        k_c, _ = capture(lm, chunk, layer, layer)  # (d_ff, sum of indices)
+        k_c = keys_at(lm, chunk, layer)  # (d_ff, sum of indices)
         cos = torch.nn.functional.normalize(k_c.double(), dim=0).T @ k_f  # (S, n)
         best = cos.max(dim=1).values  # (S,): per key, its closest forget key
         at = 0

@@ -186,6 +186,7 @@ def direct_update(
     k_p: torch.Tensor | None = None,
     c_p: float = 0.0,
     gated: bool = True,
+    project: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Ours, "additive": solve for the new weight W' (d_model, d_ff) itself, not W' = D W.
 
@@ -196,6 +197,8 @@ def direct_update(
     (d_ff, d_ff). W' = D W can only change outputs through W k (d_model numbers), so
     keys with similar outputs cannot be told apart; W' works in key space (d_ff), MEMIT's
     setting, where the keys of different facts are far more separable.
+    project (n,) bool: which forget columns get P V; the others keep V (a record whose
+    neutral target is already reached needs no sensitive direction removed).
     """
     dev = w.device
     w, c, k_f, v = (_f64(x, dev) for x in (w, c, k_f, v))
@@ -204,7 +207,10 @@ def direct_update(
     p = eye_d if p is None else _f64(p, dev)
     t = eye_d if gated else p  # where the kept outputs are sent
     tw = t @ w  # (d_model, d_ff)
-    s_vk = a * (tw @ c) + b * ((p @ v) @ k_f.T) + lam * tw  # (d_model, d_ff)
+    pv = p @ v  # (d_model, n)
+    if project is not None:
+        pv = torch.where(project.to(pv.device)[None, :], pv, v)
+    s_vk = a * (tw @ c) + b * (pv @ k_f.T) + lam * tw  # (d_model, d_ff)
     s_kk = a * c + b * (k_f @ k_f.T) + lam * torch.eye(c.shape[0], dtype=DTYPE, device=c.device)
     if k_p is not None and c_p > 0 and k_p.shape[1] > 0:
         s_vk = s_vk + c_p * (tw @ k_p) @ k_p.T  # (d_model, p) @ (p, d_ff)

@@ -9,7 +9,10 @@ hook point: block L's output (neutral targets Z_n) or layer l's down-projection 
          + kl_weight * KL(p_new || p_unedited) on "{subject} is a" (last token)
          + weight_decay * ||delta_b|| / ||h_b||
 
-with h_b the hook point's clean-prompt value at the edit token. The optimiser works on
+with h_b the hook point's clean-prompt value at the edit token. With `soft` target
+distributions q_b (neutral_target "generic", zerounlearn.neutral) the first term is
+KL(q_b || p_new) at the prompt's last token instead of the target tokens' NLL (it
+reaches 0, so the early stop works as for tokens). The optimiser works on
 u_b with delta_b = ||h_b|| / sqrt(d_model) u_b ("relative" units: Adam moves every
 coordinate of u by about lr, so one step moves delta by about lr ||h_b||, whatever the
 model's hidden size and norm) or delta_b = u_b ("absolute", the paper: on SmolLM2 lr 0.1
@@ -39,7 +42,7 @@ from typing import Any
 
 import torch
 
-from zerounlearn.adapters import block_hidden, replace_block_hidden
+from zerounlearn.adapters import block_hidden, replace_block_hidden, token_grid
 from zerounlearn.keys import EditRequest, edit_index, pad_id, pad_rows, templated
 from zerounlearn.tokens import encode_prompt
 from zerounlearn.upper import UpperStack, capture_stack
@@ -239,20 +242,25 @@ def optimize_deltas(
     layer: int,
     settings: TargetSettings,
     progress: Progress | None = None,
+    soft: torch.Tensor | None = None,
 ) -> DeltaResult:
-    """Deltas at (point, layer) that make each record's prompts emit its target tokens.
+    """Deltas at (point, layer) that make each record's prompts emit its target tokens
+    (or, with soft (n, V), reach that next-token distribution; targets then hold one
+    token per record, which only places the scored position).
 
     With settings.batch_records False the records run one at a time (the paper's way).
     """
     if settings.batch_records:
-        return _optimize(lm, requests, templates, targets, point, layer, settings, progress)
+        return _optimize(lm, requests, templates, targets, point, layer, settings, progress,
+                         soft)
     parts = []
     for i in range(len(requests)):
         def sub(phase: str, f: float, i: int = i) -> None:
             if progress is not None:
                 progress(phase, (i + f) / len(requests))
         parts.append(_optimize(lm, requests[i : i + 1], templates, targets[i : i + 1],
-                               point, layer, settings, sub))
+                               point, layer, settings, sub,
+                               None if soft is None else soft[i : i + 1]))
     return DeltaResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
                          ("delta", "h", "nll", "steps")))
 
@@ -266,6 +274,7 @@ def _optimize(
     layer: int,
     st: TargetSettings,
     progress: Progress | None,
+    soft: torch.Tensor | None = None,
 ) -> DeltaResult:
     n, n_tpl = len(requests), len(templates)
     full = _build_batch(lm, requests, templates, targets, widen=st.upper_only)
@@ -273,10 +282,16 @@ def _optimize(
     u = torch.zeros(n, d_model, device=lm.device, requires_grad=True)  # (n, d_model)
     opt = torch.optim.Adam([u], lr=st.lr)
     state: dict[str, Any] = {"batch": full}
+    if soft is not None:
+        q = soft.to(lm.device, torch.float32)  # (n, V)
+        state["soft"] = (q, (q * q.clamp_min(1e-30).log()).sum(-1))  # q and -H(q) (n,)
 
     def add_delta(_module, _args, output):
         batch: _Batch = state["batch"]
-        hidden = block_hidden(output) if point == "block" else output  # (R, T, d_model)
+        if point == "block":
+            hidden = block_hidden(output)  # (R, T, d_model)
+        else:  # OPT's MLP output is (R*T, d_model): seen as (R, T, d_model), returned flat
+            hidden = token_grid(output, *batch.ids.shape)  # (R, T, d_model)
         if "h" not in state:  # first pass (u = 0, all rows): read the clean values
             clean = torch.arange(n, device=hidden.device) * n_tpl  # template 0 rows
             at = batch.pos.to(hidden.device)[clean]  # (n,) edit positions
@@ -285,7 +300,9 @@ def _optimize(
             state["scale"] = rel if st.step_units == "relative" else torch.ones_like(rel)
             state["clean"] = hidden.detach()  # (R, T, d_model): the upper stack's input
         hidden = _shifted(hidden, batch, u * state["scale"][:, None])
-        return replace_block_hidden(output, hidden) if point == "block" else hidden
+        if point == "block":
+            return replace_block_hidden(output, hidden)
+        return hidden.view(output.shape)  # the MLP output's own shape
 
     def upper_input() -> torch.Tensor:
         """The stack's first input: block L's output + delta, or block l's input."""
@@ -385,7 +402,12 @@ def _losses(
     at _scored_sites(batch)."""
     k_t = len(batch.score_row)
     logp = torch.log_softmax(logits, dim=-1)  # (P' + n', V)
-    token_nll = -logp[:k_t].gather(-1, batch.score_ids[:, None]).squeeze(-1)  # (P',)
+    if "soft" in state:  # KL(q || p) at the one scored position of each row
+        q, neg_entropy = state["soft"]
+        q_rows = q[batch.score_rec]  # (P', V)
+        token_nll = neg_entropy[batch.score_rec] - (q_rows * logp[:k_t]).sum(-1)  # (P',)
+    else:
+        token_nll = -logp[:k_t].gather(-1, batch.score_ids[:, None]).squeeze(-1)  # (P',)
     n = len(state["h"])
     nll_all = torch.zeros(n, device=logp.device).index_add(
         0, batch.score_rec, token_nll * batch.score_weight)  # (n,) sums to the mean per record

@@ -6,7 +6,7 @@ when the name is taken (no lock needed); `put_if_match` and `update` hold an flo
 per-key sidecar file (`<dir>/.locks/<name>.lock`), which serialises writers of one key
 across threads and processes of this machine. The token of an object is the sha256 of
 its bytes. Directories under the private prefixes
-(request text, secrets, the audit trail) are 0700 and their files 0600.
+(request text, retain banks, secrets, the audit trail) are 0700 and their files 0600.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from store.files import (
     write_bytes_atomic,
 )
 
-PRIVATE_PREFIXES = ("requests", "secrets", "audit", "idempotency")
+PRIVATE_PREFIXES = ("requests", "secrets", "audit", "idempotency", "retain")
 """Top-level directories readable by the owner only."""
 
 

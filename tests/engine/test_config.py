@@ -83,3 +83,17 @@ def test_layers_against_the_model(tiny_lm: LoadedModel) -> None:
     assert config_for_model("zerounlearn", tiny_lm, {"layers": [1]}).layers == [1]
     with pytest.raises(LayerOutOfRange, match="layers"):
         config_for_model("zerounlearn", tiny_lm, {"layers": [1, 2]})
+
+
+@pytest.mark.parametrize("method", ["zerounlearn", "zerounlearn-paper", "zerounlearn-gd"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{"reg_lambda": 1e-300}, {"corpus_weight": 0}, {"forget_weight": 1e9}, {"clamp": 1e9},
+     {"target_lr": float("inf")}, {"stats_samples": 10**9}],
+)
+def test_the_engine_refuses_what_once_wrecked_a_model(method: str, overrides: dict) -> None:
+    """reg_lambda 1e-300, corpus_weight 0, forget_weight 1e9 and clamp 1e9 together
+    published a version with perplexity 3.7e10; each is now out of range."""
+    (name,) = overrides
+    with pytest.raises(InvalidHyperParameters, match=name):
+        resolve_config(method, "smollm2", overrides)

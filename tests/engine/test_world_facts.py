@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from zerounlearn.datasets import reference_texts, world_facts
+from zerounlearn import datasets
+from zerounlearn.datasets import more_facts, reference_texts, world_facts
 
 
 def test_world_facts_are_well_formed() -> None:
@@ -28,8 +31,20 @@ def test_world_facts_are_well_formed() -> None:
 
 def test_reference_texts() -> None:
     texts = reference_texts()
-    assert len(texts) >= 10
+    assert len(texts) >= 60 and len(set(texts)) == len(texts)
     assert all(40 <= len(t.split()) <= 90 for t in texts)
+    assert all(2 <= len(re.findall(r"[.!?](?:\s|$)", t)) <= 4 for t in texts)  # sentences
+    raw = json.loads((Path(datasets.__file__).parent / "data" / "reference_texts.json")
+                     .read_text(encoding="utf-8"))
+    domains = Counter(raw["domains"])
+    assert len(raw["domains"]) == len(texts)  # domains[i] labels texts[i]
+    assert len(domains) >= 8 and min(domains.values()) >= 5
+    # neutral: no subject of the packaged facts (whose forgetting perplexity must not see)
+    subjects = {f["subject"].removeprefix("the ") for f in world_facts() + more_facts()
+                if f["relation"] != "opposite"}  # hot/cold, up/down: everyday words
+    for text in texts:
+        named = [s for s in subjects if re.search(rf"(?<!\w){re.escape(s)}(?!\w)", text, re.I)]
+        assert not named, named
 
 
 @pytest.mark.slow

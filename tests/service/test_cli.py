@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.live import LiveService, records
 from tests.support.processes import REPO, TEST_ADMIN_TOKEN, free_port
-from tests.support.tiny_model import TINY_HPARAMS
+from tests.support.tiny_model import TINY_REQUEST_HPARAMS
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -57,7 +57,7 @@ def test_forget_wait_versions_rollback_generate(live: LiveService, tmp_path: Pat
     path = tmp_path / "records.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records(30, 2)))
     forget = run(live, "forget", "--model", mid, "--file", str(path), "--wait", "--json",
-                 "--hparams", json.dumps(TINY_HPARAMS))
+                 "--hparams", json.dumps(TINY_REQUEST_HPARAMS))
     assert forget.returncode == 0, forget.stderr
     job = json.loads(forget.stdout)
     assert job["status"] == "succeeded" and job["kind"] == "forget"
@@ -76,6 +76,7 @@ def test_forget_wait_versions_rollback_generate(live: LiveService, tmp_path: Pat
     verify = run(live, "verify", "--model", mid, "--version", version, "--file", str(path),
                  "--wait")
     assert "2/2 forgotten" in verify.stdout, verify.stdout + verify.stderr
+    assert "probes    context " in verify.stdout and "chat -," in verify.stdout  # no template
     passed = "passed    True" in verify.stdout
     assert verify.returncode == (0 if passed else 1)  # a report that fails its checks: 1
 

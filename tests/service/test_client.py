@@ -16,7 +16,7 @@ from client import (
 )
 from tests.support.live import LiveService, records
 from tests.support.processes import free_port
-from tests.support.tiny_model import TINY_HPARAMS
+from tests.support.tiny_model import TINY_REQUEST_HPARAMS
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -28,7 +28,7 @@ def test_forget_wait_and_read_back(live: LiveService) -> None:
         assert [m["id"] for m in api.list_models()] == [mid]
         # no base_version: the retry below comes after the active version moved on, and
         # must still be recognised as the same request
-        accepted = api.forget(mid, records(10), hparams=TINY_HPARAMS, idempotency_key="c-1")
+        accepted = api.forget(mid, records(10), hparams=TINY_REQUEST_HPARAMS, idempotency_key="c-1")
         seen: list[str] = []
         job = api.wait_job(accepted["job_id"], timeout=300,
                            on_progress=lambda j: seen.append(j["status"]))
@@ -37,10 +37,10 @@ def test_forget_wait_and_read_back(live: LiveService) -> None:
         version = job["result"]["version"]
         assert api.get_version(mid, version)["active"] is True
         assert version in [v["id"] for v in api.list_versions(mid)]
-        again = api.forget(mid, records(10), hparams=TINY_HPARAMS, idempotency_key="c-1")
+        again = api.forget(mid, records(10), hparams=TINY_REQUEST_HPARAMS, idempotency_key="c-1")
         assert again["job_id"] == accepted["job_id"]
         with pytest.raises(Conflict):  # same key, different body
-            api.forget(mid, records(9), hparams=TINY_HPARAMS, idempotency_key="c-1")
+            api.forget(mid, records(9), hparams=TINY_REQUEST_HPARAMS, idempotency_key="c-1")
         receipt = api.receipt(job["id"])
         assert api.verify_receipt(receipt)["genuine"] is True
 

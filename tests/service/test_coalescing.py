@@ -20,7 +20,7 @@ from redis.lock import Lock
 
 from tests.support import processes
 from tests.support.live import LiveService, live_service, records
-from tests.support.tiny_model import TINY_HPARAMS
+from tests.support.tiny_model import TINY_REQUEST_HPARAMS
 from worker.coalesce import EditSpec
 from worker.edit_lock import EditLockLost, lock_key, model_edit_lock, release_locks_of
 from worker.settings import SettingsError, WorkerSettings
@@ -41,7 +41,7 @@ def svc(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -> Iterat
 
 
 def submit(c: httpx.Client, mid: str, person: int, **extra: Any) -> str:
-    body = {"records": records(person), "hparams": TINY_HPARAMS, **extra}
+    body = {"records": records(person), "hparams": TINY_REQUEST_HPARAMS, **extra}
     response = c.post(f"/v1/models/{mid}/forget", json=body)
     assert response.status_code == 202, response.text
     return str(response.json()["job_id"])
@@ -169,7 +169,7 @@ def test_requests_within_the_window_share_one_version(svc: LiveService) -> None:
 
 def test_different_edits_are_not_merged(svc: LiveService) -> None:
     c, mid = svc.stack.client, svc.model["id"]
-    other = {**TINY_HPARAMS, "preserve_weight": 40.0}
+    other = {**TINY_REQUEST_HPARAMS, "preserve_weight": 40.0}
 
     def submit_all() -> list[str]:
         return [
@@ -265,7 +265,7 @@ def test_without_coalescing_queued_requests_form_a_chain(svc: LiveService) -> No
 
 @pytest.mark.xfail(
     strict=True,
-    reason="engine: on the tiny GPT-2 with TINY_HPARAMS the third edit of a chain does "
+    reason="engine: on the tiny GPT-2 with TINY_REQUEST_HPARAMS the third edit of a chain does "
     "not make its own records forget, even after 3 rounds (the earlier edits' records stay "
     "forgotten; reproduced without the service by bench/bench_sequential.py --facts "
     "tiny); remove this mark once it does",

@@ -16,10 +16,10 @@ import pytest
 
 from tests.support import processes
 from tests.support.processes import ServiceStack
-from tests.support.tiny_model import TINY_HPARAMS, tiny_facts
+from tests.support.tiny_model import TINY_REQUEST_HPARAMS, tiny_facts
 
 FORGET_METHOD = "zerounlearn"
-FORGET_HPARAMS: dict[str, Any] = TINY_HPARAMS  # the toy model needs its own settings
+FORGET_HPARAMS: dict[str, Any] = TINY_REQUEST_HPARAMS  # the toy model needs its own settings
 pytestmark = pytest.mark.timeout(900)
 wait_job = processes.wait_job
 
@@ -120,6 +120,18 @@ def test_full_flow(stack: ServiceStack, model: dict[str, Any]) -> None:
     assert result["summary"]["parent"]["efficacy"] == 100.0
     assert result["summary"]["version"]["efficacy"] == 0.0
     assert result["summary"]["version"]["specificity"] >= 80.0
+    # probes: the parent gives the codes back to greedy generation, the version does not
+    probes = result["probes"]
+    assert set(probes["forgotten"]) == {"context", "chat", "greedy", "int8"}
+    assert probes["forgotten"]["greedy"] == {"found": 0, "of": 5, "pct": 0.0}
+    assert probes["forgotten"]["chat"]["pct"] is None  # the tiny model has no chat template
+    assert probes["parent"]["found_pct"]["greedy"] == 100.0
+    assert probes["parent"]["found_pct"]["int8"] == 100.0
+    checks = {c["name"]: c for c in result["checks"]}
+    assert {f"probe_{p}" for p in probes["forgotten"]} <= set(checks)
+    assert checks["probe_greedy"]["threshold"] == 10.0 and checks["probe_greedy"]["passed"]
+    assert all(set(r["probes"]["after"]) == set(probes["forgotten"])
+               for r in result["records"])
 
     # generate: v1 no longer says the code, v0 still does
     prompt, answer = records[0]["prompt"], records[0]["answer"]

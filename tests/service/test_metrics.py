@@ -23,7 +23,7 @@ from store import ArtifactStore
 from tests.support.counting import counting_backend
 from tests.support.live import LiveService, records
 from tests.support.processes import wait_until
-from tests.support.tiny_model import TINY_HPARAMS
+from tests.support.tiny_model import TINY_REQUEST_HPARAMS
 
 pytestmark = pytest.mark.timeout(600)
 SCALE_REDIS_URL = "redis://127.0.0.1:6379/1"  # read only (queue depth, workers)
@@ -47,7 +47,7 @@ def value(samples: list, name: str, **labels: str) -> float:
 def test_metrics_after_a_forget_job(live: LiveService) -> None:
     mid = live.model["id"]
     with live.client() as api:
-        job = api.wait_job(api.forget(mid, records(40), hparams=TINY_HPARAMS)["job_id"],
+        job = api.wait_job(api.forget(mid, records(40), hparams=TINY_REQUEST_HPARAMS)["job_id"],
                            timeout=300)
         api.get_model(mid)
         with pytest.raises(NotFound):
@@ -95,7 +95,7 @@ def test_metrics_after_a_forget_job(live: LiveService) -> None:
 def test_json_logs_carry_ids_and_never_request_text(live: LiveService) -> None:
     secret = records(41)[0]
     with live.client() as api:
-        accepted = api.forget(live.model["id"], [secret], hparams=TINY_HPARAMS)
+        accepted = api.forget(live.model["id"], [secret], hparams=TINY_REQUEST_HPARAMS)
         api.wait_job(accepted["job_id"], timeout=300)
     api_lines = live.stack.api.log_path.read_text().splitlines()
     worker_lines = live.stack.worker.log_path.read_text().splitlines()

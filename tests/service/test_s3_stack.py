@@ -23,7 +23,7 @@ from store import ArtifactStore
 from store.backends.s3 import S3Backend
 from tests.support import processes
 from tests.support.moto_s3 import CREDENTIALS, ENV, moto_s3_server, new_bucket
-from tests.support.tiny_model import TINY_HPARAMS, tiny_facts
+from tests.support.tiny_model import TINY_REQUEST_HPARAMS, tiny_facts
 
 S3_STACK_REDIS_DB = 3
 SAMPLING_LOG = "tokens from the model in"  # StatsCache's line when it samples a corpus
@@ -82,7 +82,7 @@ def records(people: range) -> list[dict[str, Any]]:
 
 
 def forget(client: httpx.Client, model_id: str, people: range) -> dict[str, Any]:
-    body = {"records": records(people), "method": "zerounlearn", "hparams": TINY_HPARAMS}
+    body = {"records": records(people), "method": "zerounlearn", "hparams": TINY_REQUEST_HPARAMS}
     response = client.post(f"/v1/models/{model_id}/forget", json=body)
     assert response.status_code == 202, response.text
     return processes.wait_job(client, response.json()["job_id"])

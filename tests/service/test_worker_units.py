@@ -106,6 +106,38 @@ def test_judge_and_report() -> None:
     assert report["summary"] == {"version": version, "parent": parent}
 
 
+def test_report_judges_probes_on_forgotten_records() -> None:
+    summary = {"efficacy": 50.0, "generalization": None, "specificity": None,
+               "perplexity": None}
+    after = {"summary": summary, "records": [{"reproduced": False}, {"reproduced": False},
+                                             {"reproduced": True}]}
+    before = {"summary": summary, "records": [{"reproduced": True}] * 3}
+
+    def probes(*found: dict) -> dict:
+        return {"summary": {"found_pct": {}}, "records": [
+            {"index": i, "found": f} for i, f in enumerate(found)]}
+
+    no = {"context": False, "chat": None, "greedy": False, "int8": False}
+    back = {"context": True, "chat": None, "greedy": False, "int8": False}
+    kept = {"context": True, "chat": None, "greedy": True, "int8": True}
+    limits = merge_thresholds({"max_efficacy": None, "max_probe_context": 60})
+    report = verification_report("v1", "v0", after, before, limits,
+                                 probes(no, back, kept), probes(kept, kept, kept))
+    # judged over the 2 forgotten records; the one still reproduced does not count
+    assert report["probes"]["forgotten"]["context"] == {"found": 1, "of": 2, "pct": 50.0}
+    assert report["probes"]["forgotten"]["greedy"] == {"found": 0, "of": 2, "pct": 0.0}
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert by_name["probe_context"] == {"name": "probe_context", "value": 50.0,
+                                        "threshold": 60.0, "passed": True}
+    assert by_name["probe_chat"]["passed"] is None  # no chat template: not judged
+    assert report["passed"] is True
+    assert report["records"][1]["probes"] == {"after": back, "before": kept}
+    strict = verification_report("v1", "v0", after, before, merge_thresholds({}),
+                                 probes(no, back, kept), None)
+    assert strict["passed"] is False  # 50% > the default 10
+    assert strict["probes"]["parent"] is None
+
+
 # ------------------------------------------------------------- job life cycle
 @pytest.fixture
 def store(tmp_path: Path) -> ArtifactStore:

@@ -239,3 +239,9 @@ TINY_HPARAMS: dict[str, Any] = {
 """Forget hyper-parameters for this toy model: it recalls a fact at the prompt's last
 token (2 layers: an edit at the subject of its last layer cannot reach the answer), and
 templates sampled from it are noise."""
+
+TINY_REQUEST_HPARAMS: dict[str, Any] = {
+    k: v for k, v in TINY_HPARAMS.items() if not k.startswith("stats_")
+}
+"""TINY_HPARAMS as a forget request sends them: the statistics settings are the server's
+(a request that sets them is refused), so the service uses the prepare job's statistics."""

@@ -17,7 +17,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.support.live import LiveService, records
 from tests.support.processes import TEST_ADMIN_TOKEN
-from tests.support.tiny_model import TINY_HPARAMS
+from tests.support.tiny_model import TINY_REQUEST_HPARAMS
 from tests.ui.conftest import screenshot
 
 pytestmark = pytest.mark.timeout(600)
@@ -74,7 +74,7 @@ def test_forget_watch_report_rollback(ui_live: LiveService, browser: WebDriver,
         if cell.get_attribute("name") in values:
             cell.send_keys(values[cell.get_attribute("name")])
     driver.find_element(By.CSS_SELECTOR, "#forget-form details summary").click()
-    driver.find_element(By.ID, "forget-hparams").send_keys(json.dumps(TINY_HPARAMS))
+    driver.find_element(By.ID, "forget-hparams").send_keys(json.dumps(TINY_REQUEST_HPARAMS))
     screenshot(driver, artifacts, "forget-form")
     driver.find_element(By.ID, "forget-submit").click()
 
@@ -139,15 +139,18 @@ def test_a_failed_job_says_why_in_plain_words(ui_live: LiveService, browser: Web
                                               artifacts: Path) -> None:
     driver, url, mid = browser, ui_live.url, ui_live.model["id"]
     with ui_live.client() as api:
-        accepted = api.forget(mid, records(7), hparams={**TINY_HPARAMS, "layers": [5]})
+        # an in-range but harmful edit, stopped by the quality gate (tightened here)
+        harmful = {"layers": [1], "lr": 0.1, "steps": 50, "stop_when_forgotten": False}
+        accepted = api.forget(mid, records(7), method="gradient-ascent", hparams=harmful,
+                              quality_gate={"max_neighbor_drop": 0})
         job = api.wait_job(accepted["job_id"], timeout=120, check=False)
-    assert job["status"] == "failed"
+    assert job["status"] == "failed" and job["error"]["code"] == "quality_gate_failed"
     if "Forget key" not in driver.page_source or not driver.find_elements(
             By.CSS_SELECTOR, "#whoami[data-role='admin']"):
         sign_in(driver, url, TEST_ADMIN_TOKEN, "admin")
     driver.get(f"{url}/#/jobs/{job['id']}")
     box = wait_for(driver, ".error-box")
-    assert "layer" in box.text.lower()
+    assert "quality gate" in box.text.lower()
     screenshot(driver, artifacts, "failed-job")
 
 

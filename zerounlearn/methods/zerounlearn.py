@@ -42,6 +42,7 @@ from zerounlearn.keys import (
     prepare_requests,
 )
 from zerounlearn.methods.registry import register_method
+from zerounlearn.neutral import generic_distributions
 from zerounlearn.patch import Patch
 from zerounlearn.protect import drop_overlapping, protected_sites
 from zerounlearn.records import ForgetRecord, RetainFact, validate_records
@@ -63,15 +64,30 @@ def neutral_targets(
     lm: Any, requests: Sequence[EditRequest], templates: Sequence[str], last_layer: int,
     cfg: ZeroUnlearnHParams, progress: Progress | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Z_n (d_model, n): block L's output at the edit token, shifted to emit the target."""
+    """Z_n (d_model, n): block L's output at the edit token, shifted to emit the target
+    (its tokens, or with neutral_target "generic" its distribution: neutral.py)."""
+    dists = [r.target_dist for r in requests]
+    soft = torch.stack(dists) if all(d is not None for d in dists) else None  # (n, V)
     res = optimize_deltas(
-        lm, requests, templates, [r.target_ids for r in requests],
+        lm, requests, templates,
+        [r.target_ids[:1] if soft is not None else r.target_ids for r in requests],
         point="block", layer=last_layer, settings=TargetSettings.from_hparams(cfg),
-        progress=progress,
+        progress=progress, soft=soft,
     )
     info = {"target_nll": [round(float(x), 4) for x in res.nll],
             "target_steps": [int(x) for x in res.steps]}
     return res.target.T.contiguous(), info  # (n, d_model) -> (d_model, n)
+
+
+def with_generic_targets(
+    lm: Any, requests: list[EditRequest], cfg: ZeroUnlearnHParams
+) -> list[EditRequest]:
+    """The requests with their generic target distributions (neutral_target "generic"),
+    computed once on the model as it is before the edit; else unchanged."""
+    if cfg.neutral_target != "generic":
+        return requests
+    dists = generic_distributions(lm, requests)  # (n, V)
+    return [dataclasses.replace(r, target_dist=dists[i]) for i, r in enumerate(requests)]
 
 
 def sensitive_states(
@@ -92,7 +108,7 @@ def sensitive_states(
 def layer_update(
     w: torch.Tensor, c: torch.Tensor, keys: KeyState, v: torch.Tensor, m_f: torch.Tensor,
     cfg: ZeroUnlearnHParams, k_hist: torch.Tensor | None = None,
-    k_carry: torch.Tensor | None = None,
+    k_carry: torch.Tensor | None = None, reached: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The new W (d_model, d_ff, W's dtype) of one layer, and the rank of span(M_f).
 
@@ -100,11 +116,19 @@ def layer_update(
     (already edited) outputs with weight cfg.history_weight, beside the protected keys.
     k_carry (d_ff, r): the version's accumulated preservation factor (carry.py, weights
     folded into its columns), kept with the factor cfg.carry_weight.
+    reached (n,) bool: records whose neutral target the model already emits. With the
+    key-gated additive update they neither add to span(M_f) nor are projected: their
+    W K_f is not the answer any more, and removing it (P V*) would undo what already
+    silences them (seen on the tiny GPT-2: a record another edit had silenced came back
+    when its own edit projected its output away).
     The float64 solve runs where W lives (with a device map, each layer's own device).
     """
     dev = w.device
     c, v, m_f = c.to(dev), v.to(dev), m_f.to(dev)
-    q = solve.sensitive_basis(m_f, cfg.rank_rtol)  # (d_model, r)
+    gated_additive = cfg.update == "additive" and cfg.orthogonality == "key_gated"
+    project = None if reached is None or not gated_additive else ~reached.to(dev)
+    q = solve.sensitive_basis(m_f if project is None else m_f[:, project],
+                              cfg.rank_rtol)  # (d_model, r)
     a, b, lam = cfg.corpus_weight, cfg.forget_weight, cfg.reg_lambda
     k_f = keys.k_f.to(dev)
     k_p = kept_keys([(keys.k_p, cfg.preserve_weight), (k_hist, cfg.history_weight),
@@ -116,7 +140,7 @@ def layer_update(
         p, rank = solve.projector(q, cfg.eps), q.shape[1]  # (d_model, d_model)
     if cfg.update == "additive":
         w_new = solve.direct_update(w, c, k_f, v, p, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p,
-                                    gated=cfg.orthogonality != "global")
+                                    gated=cfg.orthogonality != "global", project=project)
         return solve.checked_cast(w_new, w), rank
     if p is None:
         d = solve.unconstrained_update(w, c, k_f, v, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p)
@@ -219,7 +243,8 @@ class ZeroUnlearnBase:
         keys, w, v, m_f = self.layer_inputs(lm, ctx, i, layer)
         k_hist = self.history(ctx, layer, keys)
         k_carry = self.carried(ctx, layer)
-        w_new, rank = layer_update(w, ctx["stats"][layer], keys, v, m_f, cfg, k_hist, k_carry)
+        w_new, rank = layer_update(w, ctx["stats"][layer], keys, v, m_f, cfg, k_hist, k_carry,
+                                   ctx["reached"])
         ctx["info"].setdefault("rank", []).append(rank)
         ctx["info"].setdefault("history_keys", []).append(
             0 if k_hist is None else int(k_hist.shape[1]))
@@ -248,6 +273,9 @@ class ZeroUnlearnBase:
                 lm.tokenizer, recs, requests, neighbors=cfg.protect_neighbors,
                 substitutions=cfg.protect_substitutions) + list(retain_sites)
         z, target_info = neutral_targets(lm, requests, templates, layers[-1], cfg, progress)
+        reached = torch.tensor([steps == 0 and nll < cfg.target_stop_loss for steps, nll in
+                                zip(target_info["target_steps"], target_info["target_nll"],
+                                    strict=True)])  # (n,) the target needed no shift
         for name, values in target_info.items():  # per record: the first round's
             info.setdefault(name, values)
         now = time.perf_counter()
@@ -256,7 +284,7 @@ class ZeroUnlearnBase:
         ctx = {"cfg": cfg, "layers": layers, "requests": requests, "templates": templates,
                "stats": c_by_layer, "protected": protected, "z": z.double(), "info": info,
                "timings": timings, "history": history, "round_keys": {},
-               "round_protected": {}, "carry": carried or {}}
+               "round_protected": {}, "carry": carried or {}, "reached": reached}
         for i, layer in enumerate(layers):
             _report(progress, "solve", i / len(layers))
             w_new = self.edit_layer(lm, ctx, i, layer)
@@ -310,7 +338,8 @@ class ZeroUnlearnBase:
         if not isinstance(cfg, ZeroUnlearnHParams):  # a subclass registered a foreign name
             raise TypeError(f"{self.name!r} does not resolve to ZeroUnlearn hyper-parameters")
         layers = list(cfg.layers or [])
-        requests = prepare_requests(lm, recs, cfg.neutral_target)
+        requests = with_generic_targets(lm, prepare_requests(lm, recs, cfg.neutral_target),
+                                        cfg)
         model, adapter = lm.model, lm.adapter
         originals = {layer: adapter.get_weight(model, layer) for layer in layers}
         new_weights: dict[int, torch.Tensor] = {}
@@ -364,7 +393,10 @@ class ZeroUnlearnBase:
                     # a record its subject edit did not make forget (seen on models already
                     # edited many times) is edited where the answer is read: the last token
                     edit_recs = [dataclasses.replace(x, subject=None) for x in recs]
-                    edit_requests = prepare_requests(lm, edit_recs, cfg.neutral_target)
+                    edit_requests = [  # the same neutral targets as the first round's
+                        dataclasses.replace(x, target_dist=r.target_dist) for x, r in
+                        zip(prepare_requests(lm, edit_recs, cfg.neutral_target), requests,
+                            strict=True)]
                 round_keys, round_protected = self.edit_round(
                     lm, cfg, layers, [edit_recs[i] for i in pending],
                     [edit_requests[i] for i in pending], templates, c_by_layer, history, info,

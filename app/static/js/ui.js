@@ -42,6 +42,8 @@ const PLAIN_ERRORS = {
   patch_corrupt: "A stored weight patch does not match its checksum; the version cannot be loaded.",
   invalid_thresholds: "The verification thresholds are invalid.",
   invalid_request: "The request was not valid for this model.",
+  quality_gate_failed: "The edit would have harmed the model, so no version was published; the active version is unchanged.",
+  layer_out_of_range: "A layer the request names does not exist in this model.",
   request_purged: "The request's text was deleted (retention) before a worker ran it. Submit it again.",
   worker_stopped: "The worker was stopped while the job ran. Submit it again.",
   worker_lost: "The worker running this job disappeared. Submit it again.",

@@ -1,0 +1,49 @@
+"""The "generic" neutral target: what the model says about a generic subject.
+
+An end-of-text target silences a forgotten prompt: the model stops mid-sentence, which
+is conspicuous and, to reach it, shifts the edit token's state a long way. The generic
+target asks instead for the next-token distribution the model gives when the record's
+subject is replaced by a generic phrase ("The capital of France is" -> "The capital of
+the thing is": " a" 0.22, " the" 0.10, ...), with the answer's first token removed and
+the rest renormalised (a generic subject sometimes still predicts the answer: "the
+thing is a country on the continent of" -> " Europe" 0.68). A record without a subject
+gets its own current distribution without the answer's first token.
+
+Targets (n, V) float32, each row a distribution with zero mass on its answer's first
+token; the target optimisation reaches them by KL (targets.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from zerounlearn.keys import EditRequest, pad_id, pad_rows
+from zerounlearn.tokens import encode_prompt
+
+GENERIC_SUBJECT = "the thing"  # measured on SmolLM2: diffuse (" a", " the"), rarely an answer
+
+
+def generic_text(req: EditRequest, generic: str = GENERIC_SUBJECT) -> str:
+    """The prompt with its subject replaced (the prompt itself without a subject)."""
+    if req.span is None:
+        return req.prompt
+    start, end = req.span
+    return req.prompt[:start] + generic + req.prompt[end:]
+
+
+@torch.no_grad()
+def generic_distributions(lm: Any, requests: Sequence[EditRequest]) -> torch.Tensor:
+    """(n, V) float32 on the CPU: the generic prompts' next-token distributions, each
+    without its record's first answer token, renormalised."""
+    rows = [encode_prompt(lm.tokenizer, generic_text(r)) for r in requests]
+    ids, mask = pad_rows(rows, pad_id(lm.tokenizer), lm.device)  # (n, T) right-padded
+    logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    last = torch.tensor([len(r) - 1 for r in rows], device=logits.device)  # (n,)
+    probs = logits[torch.arange(len(rows), device=logits.device), last].float().softmax(-1)
+    for b, req in enumerate(requests):
+        probs[b, req.answer_ids[0]] = 0.0  # never aim at the answer itself
+    probs = probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-30)  # (n, V)
+    return probs.cpu()
