@@ -141,16 +141,15 @@ def test_same_request_gives_the_same_patch(tiny_lm, stats, facts, patch) -> None
 def test_gd_variant_also_forgets(tiny_lm, stats, facts) -> None:
     before = _snapshot(tiny_lm)
     gd = forget(tiny_lm, _records(facts), "zerounlearn-gd",
-                {**TINY_HPARAMS, "gd_steps": 200, "gd_lr": 0.01}, stats=stats)
+                {**TINY_HPARAMS, "gd_steps": 200, "gd_lr": 0.01, "max_rounds": 3}, stats=stats)
     assert _same(before, _snapshot(tiny_lm))
     assert gd.method == "zerounlearn-gd"
     try:
         apply_patch(tiny_lm, gd)
         # It forgets (from 100%), less cleanly than the closed form on this model: the
-        # null space of its model-sampled statistics is a poor map of its facts. The
-        # recall depends on the machine's float arithmetic by a fact of ten (<= 0.4 in
-        # CI on 2026-11-28; 0.5 on a development machine with the same code and a
-        # freshly built tiny model): the bound says "at least half forgotten".
+        # null space of its model-sampled statistics is a poor map of its facts. In one
+        # round it forgot 3 of 10 on a tiny model trained with AVX2 kernels (6 with
+        # AVX-512); with edit rounds, as the closed form has, at least half on both.
         assert _recall(tiny_lm, facts[:N_FORGET]) <= 0.50
     finally:
         _restore(tiny_lm, before)
