@@ -60,13 +60,18 @@ def neighbor_sites(tokenizer: Any, records: Sequence[ForgetRecord]) -> list[Site
     return sites
 
 
-def substitution_sites(tokenizer: Any, requests: Sequence[EditRequest]) -> list[Site]:
-    """Forget prompts with another record's subject, from that subject to the end."""
-    subjects = sorted({r.prompt[r.span[0] : r.span[1]] for r in requests if r.span})
+def substitution_sites(
+    tokenizer: Any, requests: Sequence[EditRequest], subjects: Sequence[str] | None = None,
+    seen: set[str] | None = None,
+) -> list[Site]:
+    """Forget prompts with another subject (default: the other records'), from that
+    subject to the end. A text already in `seen` is skipped (and added when new)."""
+    if subjects is None:
+        subjects = sorted({r.prompt[r.span[0] : r.span[1]] for r in requests if r.span})
     # the text up to (and including) each forget edit token: a site equal to one is a
     # forget key, not a protected one
     forget_heads = {r.prompt[: r.span[1]] if r.span else r.prompt for r in requests}
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     sites = []
     for req in requests:
         if req.span is None:

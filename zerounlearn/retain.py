@@ -29,7 +29,7 @@ import torch
 
 from zerounlearn.adapters import token_grid
 from zerounlearn.keys import EditRequest, Site, record_sites, site_batch
-from zerounlearn.protect import fact_site, token_indices_from
+from zerounlearn.protect import fact_site, substitution_sites
 from zerounlearn.records import RetainFact
 
 
@@ -44,7 +44,6 @@ def candidate_sites(
     substitutions: bool = True,
 ) -> list[Candidate]:
     """Bank facts and forget prompts with bank subjects, as sites (see the module doc)."""
-    forget_heads = {r.prompt[: r.span[1]] if r.span else r.prompt for r in requests}
     forget_prompts = {r.prompt for r in requests}
     seen: set[str] = set()
     out: list[Candidate] = []
@@ -58,21 +57,9 @@ def candidate_sites(
             out.append(Candidate(site, "fact"))
     if not substitutions:
         return out
-    own = {r.prompt[r.span[0] : r.span[1]] for r in requests if r.span}
-    subjects = list(dict.fromkeys(f.subject for f in bank if f.subject and f.subject not in own))
-    for req in requests:
-        if req.span is None:
-            continue
-        start, end = req.span
-        for subject in subjects:
-            head = req.prompt[:start] + subject
-            text = head + req.prompt[end:]
-            if head in forget_heads or text in seen:
-                continue
-            seen.add(text)
-            indices = token_indices_from(tokenizer, text, start)
-            if indices:
-                out.append(Candidate(Site(text, indices), "substitution"))
+    subjects = list(dict.fromkeys(f.subject for f in bank if f.subject))
+    out += [Candidate(site, "substitution")
+            for site in substitution_sites(tokenizer, requests, subjects, seen)]
     return out
 
 

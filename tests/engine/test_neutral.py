@@ -3,25 +3,17 @@ prompt goes on with what the model says of a generic subject, not with end-of-te
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import torch
 
 from tests.support.tiny_model import TINY_HPARAMS, tiny_facts
 from zerounlearn.api import forget
 from zerounlearn.evaluate import greedy_continuations, reproduced
 from zerounlearn.keys import prepare_requests
-from zerounlearn.loading import LoadedModel, load_model
+from zerounlearn.loading import LoadedModel
 from zerounlearn.neutral import generic_distributions, generic_text
 from zerounlearn.patch import apply_patch
 from zerounlearn.records import validate_records
 from zerounlearn.stats import StatsCache
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_gpt2_dir: Path) -> LoadedModel:
-    return load_model(str(tiny_gpt2_dir))
 
 
 def _records(n: int = 3) -> list[dict[str, str]]:
@@ -30,31 +22,31 @@ def _records(n: int = 3) -> list[dict[str, str]]:
             for f in facts]
 
 
-def test_generic_distributions_put_no_mass_on_the_answer(tiny: LoadedModel) -> None:
-    requests = prepare_requests(tiny, validate_records(_records()), "generic")
+def test_generic_distributions_put_no_mass_on_the_answer(tiny_lm: LoadedModel) -> None:
+    requests = prepare_requests(tiny_lm, validate_records(_records()), "generic")
     assert generic_text(requests[0]).startswith("the thing")  # "{s} lives in the city of"
-    dists = generic_distributions(tiny, requests)  # (n, V)
+    dists = generic_distributions(tiny_lm, requests)  # (n, V)
     assert torch.allclose(dists.sum(dim=-1), torch.ones(len(requests)), atol=1e-5)
     for req, row in zip(requests, dists, strict=True):
         assert row[req.answer_ids[0]] == 0.0
 
 
 def test_forgetting_with_the_generic_target_does_not_end_the_text(
-    tiny: LoadedModel, cache_dir: Path
+    tiny_lm: LoadedModel, stats: StatsCache
 ) -> None:
     records = [{k: v for k, v in r.items() if k != "subject"} for r in _records()]
-    stats = StatsCache(cache_dir / "tiny-stats")
-    base = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+
+    base = {k: v.clone() for k, v in tiny_lm.model.state_dict().items()}
     try:
-        patch = forget(tiny, records, "zerounlearn", {**TINY_HPARAMS,
+        patch = forget(tiny_lm, records, "zerounlearn", {**TINY_HPARAMS,
                                                      "neutral_target": "generic"}, stats=stats)
-        apply_patch(tiny, patch)
-        assert not any(reproduced(tiny, records))
-        eos = tiny.tokenizer.eos_token_id
-        firsts = [g[0] for g in greedy_continuations(tiny, [r["prompt"] for r in records], 1)]
-        answers = [tiny.tokenizer(r["answer"])["input_ids"][0] for r in records]
+        apply_patch(tiny_lm, patch)
+        assert not any(reproduced(tiny_lm, records))
+        eos = tiny_lm.tokenizer.eos_token_id
+        firsts = [g[0] for g in greedy_continuations(tiny_lm, [r["prompt"] for r in records], 1)]
+        answers = [tiny_lm.tokenizer(r["answer"])["input_ids"][0] for r in records]
         assert all(t != eos for t in firsts), "the generic target is not end-of-text"
         assert all(t != a for t, a in zip(firsts, answers, strict=True))
     finally:
-        tiny.model.load_state_dict(base)
-        tiny.carry.clear()
+        tiny_lm.model.load_state_dict(base)
+        tiny_lm.carry.clear()

@@ -42,16 +42,6 @@ PLAIN_CHAT = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tiny_gpt2_dir: Path) -> LoadedModel:
-    return load_model(str(tiny_gpt2_dir))
-
-
-@pytest.fixture(scope="module")
-def stats(cache_dir: Path) -> StatsCache:
-    return StatsCache(cache_dir / "tiny-stats")
-
-
-@pytest.fixture(scope="module")
 def records() -> list[dict[str, Any]]:
     """Ten facts of the tiny model, no subject (it recalls at the prompt's last token)."""
     return [{"prompt": f["prompt"], "answer": f["answer"]} for f in tiny_facts()[:N_FORGET]]

@@ -29,23 +29,13 @@ def _rec(fact: dict[str, str]) -> dict[str, str]:
     return {"prompt": fact["prompt"], "answer": fact["answer"]}
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_gpt2_dir: Path) -> LoadedModel:
-    return load_model(str(tiny_gpt2_dir))
-
-
-@pytest.fixture(scope="module")
-def stats(cache_dir: Path) -> StatsCache:
-    return StatsCache(cache_dir / "tiny-stats")
-
-
 @pytest.fixture()
-def fresh(tiny: LoadedModel):
+def fresh(tiny_lm: LoadedModel):
     """The tiny model, back to its unedited weights and empty carry after the test."""
-    base = {k: v.clone() for k, v in tiny.model.state_dict().items()}
-    yield tiny
-    tiny.model.load_state_dict(base)
-    tiny.carry.clear()
+    base = {k: v.clone() for k, v in tiny_lm.model.state_dict().items()}
+    yield tiny_lm
+    tiny_lm.model.load_state_dict(base)
+    tiny_lm.carry.clear()
 
 
 def _split() -> tuple[list[dict], list[dict]]:

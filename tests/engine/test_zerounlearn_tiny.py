@@ -8,8 +8,6 @@ context templates are noise (sampled from a model that only knows facts): none h
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -41,16 +39,6 @@ def _restore(lm, state) -> None:
     """Back to the unedited model: its weights and its (empty) accumulated carry."""
     lm.model.load_state_dict(state)
     lm.carry.clear()
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tiny_gpt2_dir: Path) -> LoadedModel:
-    return load_model(str(tiny_gpt2_dir))
-
-
-@pytest.fixture(scope="module")
-def stats(cache_dir: Path) -> StatsCache:
-    return StatsCache(cache_dir / "tiny-stats")
 
 
 @pytest.fixture(scope="module")
