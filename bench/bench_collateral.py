@@ -10,14 +10,16 @@ Cases (each starts from the unedited model):
   seq:SxP     S requests of P facts, each on the model the previous one left (the
               version chain a service builds: apply_patch, which also hands on the carry)
 
-Per case, on the final model: efficacy (% of forgotten prompts still reproduced under
-teacher forcing), paraphrases (the same on their known paraphrases), held-out
-specificity (% of the split's OTHER facts still reproduced; all are known to the base
-model) overall and per relation, bank specificity, perplexity on the packaged reference
-texts against the base, and seconds per record.
+Per case, on the final model (with --probes also the four probes): efficacy (% of
+forgotten prompts still reproduced under teacher forcing), paraphrases (the same on
+their known paraphrases), held-out specificity (% of the split's OTHER facts still
+reproduced; all are known to the base model) overall and per relation, bank
+specificity, perplexity on the packaged reference texts against the base, and seconds
+per record. A case needs as many facts as it forgets: the test split has 67, so 20 x 5
+sequential requests do not fit it (10 x 5 do).
 
     python bench/bench_collateral.py --split test --case one:20 --case one:50 \\
-        --case seq:20x5 --out-name collateral-test-ours
+        --case seq:10x5 --out-name collateral-test-ours
     python bench/bench_collateral.py --split test --case one:20 --method zerounlearn-paper \\
         --no-bank --out-name collateral-test-paper
 """
@@ -48,6 +50,7 @@ from zerounlearn.evaluate import perplexity, reproduced  # noqa: E402
 from zerounlearn.loading import BUILTIN_SMOLLM2, load_model  # noqa: E402
 from zerounlearn.methods.registry import get_method  # noqa: E402
 from zerounlearn.patch import apply_patch  # noqa: E402
+from zerounlearn.probes import probe  # noqa: E402
 from zerounlearn.stats import StatsCache  # noqa: E402
 
 Fact = dict[str, Any]
@@ -139,6 +142,9 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
         "rounds": rounds, "timings": timings, "retain": retain_info[-1],
         "target_nll_mean_last": target_nll,
     }
+    if args.probes:  # % of the forgotten facts each probe brings back (zerounlearn.probes)
+        found = probe(lm, [as_record(f) for f in forgotten])["summary"]["found_pct"]
+        row["probes_found_pct"] = found
     carry = {layer: int(f.shape[1]) for layer, f in lm.carry.items()}
     row["carry_columns"] = carry
     lm.model.load_state_dict(base)
@@ -174,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--method", default="zerounlearn")
     p.add_argument("--hparams", default="{}", help="JSON overrides of the method's hparams")
     p.add_argument("--no-bank", action="store_true", help="give the engine no retain bank")
+    p.add_argument("--probes", action="store_true",
+                   help="also probe the forgotten facts on the final model (context, chat, "
+                        "greedy, int8)")
     p.add_argument("--stats-samples", type=int, default=20_000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=BUILTIN_SMOLLM2)

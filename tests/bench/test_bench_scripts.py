@@ -70,3 +70,27 @@ def test_bench_storage_tiny_model(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
     # the worker's own path over a real store, unless the store refused (then say why)
     assert (mat["model_cache"] and set(mat["model_cache"]) == {"1", "2"}) \
         or mat["model_cache_error"]
+
+
+def test_collateral_benchmark_splits_and_cases() -> None:
+    """The fact parts are disjoint, cover every packaged fact and hold every relation of
+    3+ facts; cases parse; a pick is round-robin over relations."""
+    from bench.bench_collateral import parse_case, pick
+    from zerounlearn.datasets import builtin_retain_bank, more_facts, split_facts, world_facts
+
+    parts = {name: split_facts(name) for name in ("bank", "tune", "test")}
+    prompts = [f["prompt"] for part in parts.values() for f in part]
+    assert len(prompts) == len(set(prompts)) == len(world_facts()) + len(more_facts())
+    assert split_facts("test") == parts["test"]  # deterministic
+    assert [f["prompt"] for f in builtin_retain_bank()] == [f["prompt"] for f in parts["bank"]]
+    relations: dict[str, int] = {}
+    for f in world_facts() + more_facts():
+        relations[f["relation"]] = relations.get(f["relation"], 0) + 1
+    for relation, count in relations.items():
+        if count >= 3:
+            assert all(any(f["relation"] == relation for f in part) for part in parts.values())
+    assert parse_case("one:20") == ("one", 1, 20) and parse_case("seq:10x5") == ("seq", 10, 5)
+    chosen = pick(parts["test"], 8)
+    assert len({f["relation"] for f in chosen}) == 8  # the test part has >= 8 relations
+    with pytest.raises(SystemExit):
+        pick(parts["test"], 1000)
