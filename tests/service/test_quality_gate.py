@@ -15,10 +15,8 @@ import dataclasses
 import json
 import math
 import re
-import threading
 import typing
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from app.settings import Settings, SettingsError, load_settings
 from tests.support import processes
 from tests.support.live import records
 from tests.support.processes import ServiceStack
+from tests.support.receiver import Receiver
 from tests.support.tiny_model import TINY_REQUEST_HPARAMS
 from worker import gate
 from worker.errors import InvalidRequest, error_document
@@ -282,32 +281,6 @@ def test_gate_values_are_checked_and_only_an_admin_loosens(
     past_limit = {"records": records(0), "quality_gate": {"max_guard_drop": 60}}
     assert "limit" in error_of(stack.client.post(url, json=past_limit), 422)["message"]
     assert forget_jobs(stack) == 0
-
-
-class Receiver:
-    """A callback receiver on 127.0.0.1 (the test stacks allow that host)."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                receiver.bodies.append(json.loads(self.rfile.read(
-                    int(self.headers["content-length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def texts_of(request: list[dict[str, Any]]) -> list[str]:

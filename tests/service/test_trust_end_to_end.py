@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from redis import Redis
 from store import ArtifactStore
 from tests.support import processes
 from tests.support.processes import ServiceStack
+from tests.support.receiver import Receiver
 from tests.support.tiny_model import tiny_facts
 
 pytestmark = pytest.mark.timeout(600)
@@ -57,33 +56,6 @@ def facts(start: int, count: int) -> list[dict[str, Any]]:
          "paraphrases": [f"Here is a secret about {f['subject']}:"]}
         for f in people[start : start + count]
     ]
-
-
-class Receiver:
-    """An HTTP receiver on 127.0.0.1 that fails its first `failures` deliveries."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.calls: list[dict[str, Any]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                raw = self.rfile.read(int(self.headers["content-length"]))
-                receiver.calls.append({"headers": dict(self.headers), "raw": raw})
-                self.send_response(500 if len(receiver.calls) <= receiver.failures else 200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def signature_ok(call: dict[str, Any]) -> bool:
