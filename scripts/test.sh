@@ -18,5 +18,6 @@ if [ "$#" -eq 0 ]; then
   ATEN_CPU_CAPABILITY=avx2 ZEROUNLEARN_TEST_CACHE="$PWD/.cache/avx2" python -m pytest -q \
     -m "not slow" tests/engine/test_zerounlearn_tiny.py tests/engine/test_sequential_tiny.py \
     tests/engine/test_retain_carry.py tests/engine/test_neutral.py \
-    tests/engine/test_edit_history.py tests/engine/test_tiny_model.py
+    tests/engine/test_edit_history.py tests/engine/test_tiny_model.py \
+    tests/engine/test_trained_families.py
 fi

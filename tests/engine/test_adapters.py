@@ -186,9 +186,11 @@ def test_unsupported_architecture_lists_supported() -> None:
 
 @pytest.mark.parametrize(
     ("num_layers", "expected"),
-    [(30, [20, 21, 22]), (2, [0, 1]), (1, [0]), (12, [7, 8, 9]), (3, [0, 1, 2])],
+    [(30, [20, 21, 22]), (2, [1]), (1, [0]), (12, [7, 8, 9]), (3, [1, 2]), (4, [1, 2, 3]),
+     (5, [2, 3, 4])],
 )
 def test_default_edit_layers(num_layers: int, expected: list[int]) -> None:
+    """Layer 0 only in a one-layer model: its keys are (nearly) the token's embedding."""
     assert default_edit_layers(num_layers) == expected
 
 

@@ -79,7 +79,7 @@ def tiny_lm(tiny_gpt2_dir: Path) -> LoadedModel:
 
 def test_layers_against_the_model(tiny_lm: LoadedModel) -> None:
     assert tiny_lm.num_layers == 2
-    assert default_layers(tiny_lm) == [0, 1]  # 3 at 70% depth, cut to the model's 2
+    assert default_layers(tiny_lm) == [1]  # 3 at 80% depth, cut to the model's 2, not 0
     assert config_for_model("zerounlearn", tiny_lm, {"layers": [1]}).layers == [1]
     with pytest.raises(LayerOutOfRange, match="layers"):
         config_for_model("zerounlearn", tiny_lm, {"layers": [1, 2]})
