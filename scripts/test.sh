@@ -19,5 +19,5 @@ if [ "$#" -eq 0 ]; then
     -m "not slow" tests/engine/test_zerounlearn_tiny.py tests/engine/test_sequential_tiny.py \
     tests/engine/test_retain_carry.py tests/engine/test_neutral.py \
     tests/engine/test_edit_history.py tests/engine/test_tiny_model.py \
-    tests/engine/test_trained_families.py
+    tests/engine/test_trained_families.py tests/engine/test_chained_edits.py
 fi

@@ -164,6 +164,10 @@ class ZeroUnlearnHParams(TargetHParams):
     protect_substitutions: bool = True  # ... and forget prompts with other subjects
     reg_lambda: float = 1.0  # lam: ridge towards the old W; keeps B invertible
     eps: float = 0.01  # projector P = (1 + eps) I - Q Q^T
+    min_projected_progress: float = 0.5  # key-gated additive: a record is projected
+    # (target P V*) only if P V* still moves its output at least this fraction of the
+    # shift to its neutral target; else its target is V*. 0 projects every record that
+    # moves at all (see layer_update)
     rank_rtol: float = 1e-6  # singular values of M_f below rtol * max are dropped
     stats_samples: int = 100_000  # corpus tokens behind C (reference: 100,000)
     stats_files: list[str] | None = None  # corpus .txt/.jsonl files; None = model-sampled
@@ -186,6 +190,7 @@ class ZeroUnlearnHParams(TargetHParams):
         _range("carry_rank", self.carry_rank, 0, 65536)
         _range("reg_lambda", self.reg_lambda, 1e-3, 1e6)  # keeps B invertible
         _range("eps", self.eps, 0.0, 1.0)
+        _range("min_projected_progress", self.min_projected_progress, 0.0, 1.0)
         _range("rank_rtol", self.rank_rtol, 0.0, 1.0)
         _range("stats_samples", self.stats_samples, 1, 10_000_000)
         _range("stats_seq_len", self.stats_seq_len, 2, 8192)

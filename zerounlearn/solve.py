@@ -218,6 +218,24 @@ def direct_update(
     return solve_normal(s_vk, s_kk)  # W' = S_VK S_KK^-1, (d_model, d_ff)
 
 
+def projected_progress(
+    w: torch.Tensor, k_f: torch.Tensor, v: torch.Tensor, p: torch.Tensor
+) -> torch.Tensor:
+    """Per record (n,): how far the projected target P V* moves the output W K_f along
+    the shift V* - W K_f it needs, in units of that shift (1: all of it; < 0: backwards).
+
+    On a model edited before, W K_f can hold an earlier edit's push towards the neutral
+    target; span(M_f) then contains that push, and removing it (P V*) undoes what the
+    record needs (seen on the tiny GPT-2: -1.2, the edit made the answer more likely).
+    """
+    dev = w.device
+    w, k_f, v, p = (_f64(x, dev) for x in (w, k_f, v, p))
+    out = w @ k_f  # (d_model, n)
+    need = v - out  # (d_model, n)
+    moved = p @ v - out  # (d_model, n)
+    return (moved * need).sum(0) / (need * need).sum(0).clamp_min(1e-30)
+
+
 def checked_cast(w_new: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """w_new cast to like's dtype and device; NonFiniteResult on NaN/inf."""
     if not torch.isfinite(w_new).all():

@@ -263,17 +263,11 @@ def test_without_coalescing_queued_requests_form_a_chain(svc: LiveService) -> No
     assert [manifest(c, mid, v)["jobs"] for v in chain] == [[j] for j in ids]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine: on the tiny GPT-2 with TINY_REQUEST_HPARAMS the second and third edits "
-    "of a chain do not all make their own records forget (the earlier edits' records stay "
-    "forgotten); it passed once, on a working tree holding uncommitted engine changes, "
-    "and fails on the committed engine; remove this mark once it passes",
-)
 def test_the_head_of_a_chain_forgets_every_request(svc: LiveService) -> None:
     """What the chain is for: the active version forgets all three requests. This needs
-    an engine whose edit of an edited version keeps the earlier edits."""
+    an engine whose edit of an edited version takes and keeps the earlier edits (it
+    failed until records whose projected target undoes their shift were left
+    unprojected: zerounlearn.methods.zerounlearn.projected_records)."""
     c, mid = svc.stack.client, svc.model["id"]
     head = active(c, mid)
     assert manifest(c, mid, head)["jobs"], "run after the chain test"

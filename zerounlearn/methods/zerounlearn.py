@@ -120,17 +120,17 @@ def layer_update(
     key-gated additive update they neither add to span(M_f) nor are projected: their
     W K_f is not the answer any more, and removing it (P V*) would undo what already
     silences them (seen on the tiny GPT-2: a record another edit had silenced came back
-    when its own edit projected its output away).
+    when its own edit projected its output away). Records whose projected target falls
+    short of their shift are treated alike (projected_records).
     The float64 solve runs where W lives (with a device map, each layer's own device).
     """
     dev = w.device
     c, v, m_f = c.to(dev), v.to(dev), m_f.to(dev)
-    gated_additive = cfg.update == "additive" and cfg.orthogonality == "key_gated"
-    project = None if reached is None or not gated_additive else ~reached.to(dev)
-    q = solve.sensitive_basis(m_f if project is None else m_f[:, project],
-                              cfg.rank_rtol)  # (d_model, r)
     a, b, lam = cfg.corpus_weight, cfg.forget_weight, cfg.reg_lambda
     k_f = keys.k_f.to(dev)
+    project = projected_records(w, k_f, v, m_f, cfg, reached)
+    q = solve.sensitive_basis(m_f if project is None else m_f[:, project],
+                              cfg.rank_rtol)  # (d_model, r)
     k_p = kept_keys([(keys.k_p, cfg.preserve_weight), (k_hist, cfg.history_weight),
                      (k_carry, cfg.carry_weight)], dev)
     c_p = 1.0  # the weights are folded into k_p's columns
@@ -149,6 +149,33 @@ def layer_update(
     else:
         d = solve.key_gated_update(w, c, k_f, v, p, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p)
     return solve.apply_update(d, w), rank
+
+
+def projected_records(
+    w: torch.Tensor, k_f: torch.Tensor, v: torch.Tensor, m_f: torch.Tensor,
+    cfg: ZeroUnlearnHParams, reached: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """(n,) bool: the records whose target is P V* (the rest keep V*), or None: all of
+    them (every form but the key-gated additive one, whose targets are per record).
+
+    Not projected: records already silent (reached), and records whose projected target
+    would move their output less than cfg.min_projected_progress of the shift they need
+    (solve.projected_progress, with P from the other records' M_f). On an edited model
+    span(M_f) can hold an earlier edit's push towards the neutral target, and removing
+    it undid the edit: on the tiny GPT-2's chained requests the second request's records
+    stayed known through every round (their projected targets moved them -1.2x their
+    shift) until this rule let them take their plain targets.
+    """
+    if cfg.update != "additive" or cfg.orthogonality != "key_gated":
+        return None
+    n = k_f.shape[1]
+    project = torch.ones(n, dtype=torch.bool, device=w.device) if reached is None \
+        else ~reached.to(w.device)
+    if cfg.min_projected_progress <= 0 or not project.any():
+        return project
+    p = solve.projector(solve.sensitive_basis(m_f[:, project], cfg.rank_rtol), cfg.eps)
+    progress = solve.projected_progress(w, k_f, v, p).to(project.device)  # (n,)
+    return project & (progress >= cfg.min_projected_progress)
 
 
 def kept_keys(
