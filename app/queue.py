@@ -1,6 +1,8 @@
 """The job queue client: RQ over Redis, jobs enqueued by dotted path.
 
-Forget-request text travels only in the RQ job's arguments. Each RQ job gets an
+Request text never travels in the clear: forget and verify jobs carry a placeholder
+(the worker reads the sealed text from the store), and a generate job carries its
+prompt sealed under a per-request data key kept in the store (store.datakeys). Each RQ job gets an
 explicit, text-free description (RQ's default is the call with its arguments, which
 workers log), short result/failure TTLs, and is deleted once cancelled or answered.
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from contextlib import suppress
 from typing import Any
 
@@ -31,6 +32,7 @@ TASKS: dict[str, str] = {
     "forget": "worker.tasks.forget",
     "verify": "worker.tasks.verify",
     "export": "worker.tasks.export",
+    "compact": "worker.compaction.compact",
     "retain": "worker.bank.measure_retain",
     "generate": "worker.tasks.generate",
 }
@@ -115,11 +117,15 @@ class JobQueue:
                 names.add(name[len(RESIDENT_KEY_PREFIX):])
         return len(names)
 
-    def generate(self, model_id: str, version: str, prompt: str, max_new_tokens: int) -> dict:
+    def generate(
+        self, request_id: str, model_id: str, version: str, prompt: dict, max_new_tokens: int
+    ) -> dict:
         """Run worker.tasks.generate ahead of other jobs and wait for its answer.
 
-        Timeout (504) past settings.generate_timeout_s; WorkerFailed (502) when the
-        worker raised. The prompt is never logged and the RQ job is deleted afterwards.
+        `prompt` is sealed under the data key of `request_id` (the RQ job id), and the
+        answer comes back sealed the same way (app.services.generate). Timeout (504)
+        past settings.generate_timeout_s; WorkerFailed (502) when the worker raised.
+        The RQ job is deleted afterwards.
         """
         timeout = self.settings.generate_timeout_s
         job = self.queue.enqueue(
@@ -128,7 +134,8 @@ class JobQueue:
             version,
             prompt,
             max_new_tokens,
-            job_id=f"gen-{uuid.uuid4().hex}",
+            request_id,
+            job_id=request_id,
             description=f"generate {model_id} {version}",
             at_front=True,
             job_timeout=self.settings.job_timeout("generate"),

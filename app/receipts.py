@@ -1,45 +1,31 @@
-"""Deletion receipts: what a succeeded forget job did, signed with HMAC-SHA256.
+"""Deletion receipts: what a succeeded forget job did, signed with Ed25519.
 
-The receipt is built from stored facts only (the job document and the new version's
-manifest), so it is the same every time it is asked for, and it holds no request text:
-record hashes are the salted ones of the manifest. The signature covers the canonical
-JSON (sorted keys, no spaces, UTF-8) of the `receipt` object; its `key_id` names the key
-(first 16 hex digits of the key's sha256) so a rotated key is recognised as such.
+The receipt is built from stored facts only (the job document, the new version's
+manifest, the job's audit entry), so its content is the same every time it is asked
+for, and it holds no request text: record hashes are the salted ones of the manifest.
+The signature (app.signing) covers the RFC 8785 canonical JSON of the `receipt` object;
+anyone can check it offline against the JWKS of GET /v1/receipts/keys
+(client.receipts_verify). `audit_entry` names the job's `job.succeeded` entry of the
+audit trail (seq and hash): a store writer who rewrites that entry no longer matches
+the receipt, and one who rewrites the whole chain after it no longer matches the
+signed audit checkpoints (app.checkpoints).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 from typing import Any
 
 from app.errors import ConflictError
-from app.settings import Settings
+from app.signing import ReceiptKeys
+from app.version_guard import seal_overrides_of
+from client.receipts_verify import RECEIPT_TYPE, Verdict, check_document
 from store import ArtifactStore
-from store.hashing import canonical_json
 
-RECEIPT_TYPE = "zerounlearn.deletion-receipt/v1"
-RECEIPT_KEY = "receipt-key"
-"""Name of the generated key file (store secrets) when ZEROUNLEARN_RECEIPT_KEY is unset."""
+SUCCEEDED_ACTION = "job.succeeded"
 
 
-def receipt_key(settings: Settings, store: ArtifactStore) -> bytes:
-    if settings.receipt_key is not None:
-        return settings.receipt_key.get_secret_value().encode()
-    return store.secret(RECEIPT_KEY)
-
-
-def key_id(key: bytes) -> str:
-    return hashlib.sha256(key).hexdigest()[:16]
-
-
-def sign(key: bytes, receipt: dict[str, Any]) -> dict[str, Any]:
-    value = hmac.new(key, canonical_json(receipt), hashlib.sha256).hexdigest()
-    return {"alg": "HMAC-SHA256", "key_id": key_id(key), "value": value}
-
-
-def build_receipt(store: ArtifactStore, key: bytes, job: dict[str, Any]) -> dict[str, Any]:
+def build_receipt(store: ArtifactStore, keys: ReceiptKeys, job: dict[str, Any]) -> dict[str, Any]:
     """The signed receipt of a succeeded forget job; 409 for any other job."""
     if job.get("kind") != "forget" or job.get("status") != "succeeded":
         raise ConflictError(
@@ -60,8 +46,24 @@ def build_receipt(store: ArtifactStore, key: bytes, job: dict[str, Any]) -> dict
         "patch_sha256": (manifest.get("patch") or {}).get("sha256"),
         "verification": _finite({k: metrics.get(k) for k in ("before", "after")}),
         "issued_at": job.get("finished_at"),
+        "audit_entry": audit_reference(store, job),
+        "seal_overrides": seal_overrides_of(store, job),
     }
-    return {"receipt": receipt, "signature": sign(key, receipt)}
+    return {"receipt": receipt, "signature": keys.sign(receipt)}
+
+
+def audit_reference(store: ArtifactStore, job: dict[str, Any]) -> dict[str, Any] | None:
+    """{"seq", "hash"} of the job's success entry: as the worker noted it in the job
+    document when it wrote it, else (a job that ended before that note existed, or the
+    instant between the two writes) found in the trail; None when there is none."""
+    noted = job.get("audit_entry")
+    if isinstance(noted, dict) and "seq" in noted and "hash" in noted:
+        return {"seq": noted["seq"], "hash": noted["hash"]}
+    entry = store.audit.find(
+        lambda e: e.get("action") == SUCCEEDED_ACTION and e.get("ids", {}).get("job") == job["id"],
+        job["id"].encode(),
+    )
+    return {"seq": entry["seq"], "hash": entry["hash"]} if entry else None
 
 
 def _own_record_hashes(
@@ -77,19 +79,19 @@ def _own_record_hashes(
     return [r["sha256"] for r in manifest.get("records", [])]
 
 
-def check_receipt(key: bytes, receipt: dict[str, Any], signature: dict[str, Any]) -> dict:
-    """{"genuine", "reason"}: does the signature match this server's key and content?"""
-    if signature.get("key_id") != key_id(key):
-        return {"genuine": False, "reason": "signed with a key this server does not hold"}
-    try:
-        expected = sign(key, receipt)["value"]
-    except ValueError:
-        return {"genuine": False, "reason": "the receipt is not canonical JSON"}
-    if not hmac.compare_digest(expected, str(signature.get("value", ""))):
-        return {"genuine": False, "reason": "the signature does not match the receipt"}
-    if receipt.get("type") != RECEIPT_TYPE:
-        return {"genuine": False, "reason": "not a deletion receipt"}
-    return {"genuine": True, "reason": None}
+def check_receipt(store: ArtifactStore, keys: ReceiptKeys, doc: Any) -> dict[str, Any]:
+    """What POST /v1/receipts/verify answers: the offline check against this server's
+    JWKS, and whether the audit entry the receipt names is still the one in the trail."""
+    verdict: Verdict = check_document(doc, keys.jwks())
+    answer: dict[str, Any] = {"genuine": verdict.genuine, "reason": verdict.reason,
+                              "kid": verdict.kid, "audit_entry_matches": None}
+    if verdict.genuine:
+        ref = doc["receipt"].get("audit_entry")
+        if isinstance(ref, dict) and isinstance(ref.get("seq"), int):
+            entry = store.audit.entry(ref["seq"])
+            answer["audit_entry_matches"] = entry is not None and entry.get("hash") == ref.get(
+                "hash")
+    return answer
 
 
 def _finite(value: Any) -> Any:

@@ -7,7 +7,9 @@ One pass (one API process at a time, across machines: the store's non-blocking
    (a worker died between dequeue and start); the worker's queued -> running transition
    makes a duplicate entry harmless;
 2. deliver due callbacks of ended jobs (retrying with backoff, every attempt audited);
-3. purge the text of requests whose job ended more than the retention time ago.
+3. purge the text of requests whose job ended more than the retention time ago;
+4. sign the audit trail's head (app.checkpoints) when it moved and the last checkpoint
+   is older than ZEROUNLEARN_AUDIT_CHECKPOINT_INTERVAL_S.
 
 What a pass reads. The first pass of a process (and any explicit `run_once()`) reads
 every pending request and job document. The timer's later passes are incremental
@@ -49,9 +51,11 @@ from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from app import callbacks
+from app import callbacks, checkpoints
+from app.errors import ConflictError
 from app.queue import JobQueue
 from app.settings import Settings
+from app.signing import ReceiptKeys
 from store import TERMINAL_JOB_STATUSES, ArtifactStore, NotFound, StoreError
 from store.requests import queue_args
 
@@ -66,6 +70,8 @@ RQ_WAITING = frozenset(
 """RQ statuses of a job that will still run or is running: nothing to do for it yet."""
 EXISTS_CHUNK = 1000
 """RQ job keys per EXISTS command."""
+CHECKPOINT_CHECK_S = 60.0
+"""Longest time between two looks at whether a periodic audit checkpoint is due."""
 
 
 def _epoch(stamp: str | None) -> float | None:
@@ -154,6 +160,7 @@ class Reconciler:
         self.last_pass = PassStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_checkpoint_check = 0.0
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -218,6 +225,7 @@ class Reconciler:
                 self._settle(job["id"], None if changed else request)
                 self.seen.note_read(job["id"], now, None if changed else request, job,
                                     self.settings.request_retention_s)
+            self._checkpoint(now)
             self.last_pass = stats
         return counts
 
@@ -328,6 +336,24 @@ class Reconciler:
                     "outcome": failure or "delivered", "state": state},
         )
         return failure is None
+
+    def _checkpoint(self, now: float) -> None:
+        """Step 4: a periodic signed checkpoint, when due (looked at once a minute at
+        most: a broken chain is logged that often, not every pass)."""
+        if now < self._next_checkpoint_check:
+            return
+        interval = self.settings.audit_checkpoint_interval_s
+        self._next_checkpoint_check = now + min(interval, CHECKPOINT_CHECK_S)
+        if not checkpoints.due(self.store, interval, now):
+            return
+        try:
+            doc, new = checkpoints.make_checkpoint(self.store, ReceiptKeys(self.settings,
+                                                                           self.store))
+        except ConflictError as exc:  # a broken chain is never signed: say so
+            logger.error("audit checkpoint not made: %s", exc.message)
+            return
+        if new:
+            logger.info("audit checkpoint signed at entry %d", doc["checkpoint"]["seq"])
 
     def _purge(self, request: dict[str, Any], job: dict[str, Any], now: float) -> bool:
         if request.get("task_args") is None or job["status"] not in TERMINAL_JOB_STATUSES:

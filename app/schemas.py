@@ -63,7 +63,7 @@ ModelName = Annotated[
 ]
 VersionId = Annotated[str, StringConstraints(pattern=r"^v(0|[1-9][0-9]*)$")]
 Method = Literal["zerounlearn", "zerounlearn-paper", "zerounlearn-gd", "gradient-ascent", "npo"]
-JobKind = Literal["forget", "verify", "prepare", "export", "retain"]
+JobKind = Literal["forget", "verify", "prepare", "export", "retain", "compact"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ModelStatus = Literal["preparing", "ready", "failed"]
 
@@ -438,6 +438,18 @@ class VersionOut(BaseModel):
         "given), bank_digest (sha256 of their sorted hashes), left_bank (hashes of bank "
         "facts this version forgot), engine (how many were protected).")
     active: bool
+    sealed: bool = Field(False, description="Holds records a later forget deleted: "
+                         "generate, export, verify, activate and base use give 409 "
+                         "version_sealed unless an admin overrides (override_seal_reason).")
+    sealed_by: list[str] = Field(default_factory=list,
+                                 description="The forget requests (job ids) that sealed it.")
+    sealed_at: str | None = None
+    deleted: bool = Field(False, description="Its patch and exports were deleted (DELETE); "
+                          "the manifest stays so lineage and receipts resolve.")
+    deleted_at: str | None = None
+    compacted: dict[str, Any] | None = Field(
+        None, description="Rewritten as one patch from v0 (POST .../compact): "
+        "{patch {bytes, sha256, layers, key}, job_id, replaces, at}.")
 
 
 class GenerateOut(BaseModel):

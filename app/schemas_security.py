@@ -1,4 +1,5 @@
-"""Bodies of the security endpoints: API keys, the audit trail, deletion receipts."""
+"""Bodies of the security endpoints: API keys and the audit trail (receipts and
+checkpoints: app.schemas_receipts)."""
 
 from __future__ import annotations
 
@@ -83,51 +84,10 @@ class AuditVerification(BaseModel):
     valid: bool
     entries: int
     head: str | None = None
-    broken_at: int | None = Field(None, description="Line number of the first bad entry.")
+    broken_at: int | None = Field(None, description="Line number of the first bad entry "
+                                  "(a checkpoint mismatch: the entry's seq).")
     reason: str | None = None
-
-
-class Signature(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    alg: Literal["HMAC-SHA256"]
-    key_id: Annotated[str, StringConstraints(max_length=64)]
-    value: Annotated[str, StringConstraints(max_length=256)]
-
-
-class Receipt(BaseModel):
-    """A signed deletion receipt: `receipt` is what was done, `signature` vouches for it."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "receipt": {
-                        "type": "zerounlearn.deletion-receipt/v1",
-                        "request_id": "j-0123456789abcdef",
-                        "model_id": "m-0123456789ab",
-                        "base_version": "v0",
-                        "version": "v1",
-                        "record_hashes": ["9f86d081884c7d65" * 4],
-                        "patch_sha256": "2c26b46b68ffc68f" * 4,
-                        "verification": {"after": {"efficacy": 0.0}},
-                        "issued_at": "2025-01-31T12:00:40.000Z",
-                    },
-                    "signature": {"alg": "HMAC-SHA256", "key_id": "ab12cd34ef56ab78",
-                                  "value": "00" * 32},
-                }
-            ]
-        },
-    )
-
-    receipt: dict[str, Any] = Field(max_length=64)
-    signature: Signature
-
-
-class ReceiptCheck(BaseModel):
-    genuine: bool
-    reason: str | None = None
+    checkpoints: int = Field(0, description="Signed checkpoints the trail was checked against")
 
 
 class WhoAmI(BaseModel):

@@ -8,13 +8,14 @@ job that could not be enqueued is marked failed rather than left "queued".
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from app.auth import Principal
 from app.callbacks import check_callback_url
-from app.errors import ConflictError, InvalidInput, Unavailable
+from app.errors import ConflictError, InvalidInput, Unavailable, WorkerFailed
 from app.hparams import check_hparams
 from app.quality_gate import LOOSENED, requested_gate
 from app.queue import JobQueue
@@ -23,6 +24,7 @@ from app.settings import Settings
 from app.sources import check_edit_layers, inspect_source
 from app.submission import QUEUE_DOWN, Submission, submit_job
 from store import ArtifactStore
+from store.datakeys import GENERATE_ANSWER, GENERATE_PROMPT, SealBroken
 
 logger = logging.getLogger(__name__)
 
@@ -219,5 +221,24 @@ def generate(
         raise InvalidInput(f"max_new_tokens: at most {settings.max_new_tokens}")
     if queue.workers_alive() == 0:
         raise Unavailable(f"no worker is listening on queue {queue.name}", code="no_worker")
-    result = queue.generate(model["id"], version, req.prompt, req.max_new_tokens)
-    return {"text": str(result.get("text", ""))}
+    return {"text": _generate_sealed(store, queue, model["id"], version, req)}
+
+
+def _generate_sealed(
+    store: ArtifactStore, queue: JobQueue, model_id: str, version: str, req: GenerateRequest
+) -> str:
+    """The prompt goes to the worker sealed under a data key of its own, the answer comes
+    back sealed under it, and the key is destroyed once answered (or given up on), so
+    what Redis and its persistence files keep of either can no longer be read."""
+    request_id = f"gen-{uuid.uuid4().hex}"
+    keys = store.data_keys
+    try:
+        prompt = keys.seal(request_id, GENERATE_PROMPT, req.prompt)
+        result = queue.generate(request_id, model_id, version, prompt, req.max_new_tokens)
+        try:
+            text = keys.unseal(request_id, GENERATE_ANSWER, result.get("text"))
+        except SealBroken:
+            raise WorkerFailed("the worker's answer could not be opened") from None
+    finally:
+        keys.destroy(request_id)
+    return str(text)

@@ -6,6 +6,8 @@ prefix (the convention the worker and docker-compose share).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from pathlib import Path
@@ -18,6 +20,7 @@ ENV_PREFIX = "ZEROUNLEARN_"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 DEVICE_CLASS_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+HEX_SEED_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 SECRET_FIELDS = ("admin_token", "receipt_key", "callback_secret")
@@ -61,6 +64,7 @@ class Settings(BaseSettings):
     verify_timeout_s: int = Field(3600, ge=10)
     export_timeout_s: int = Field(1800, ge=10)
     retain_timeout_s: int = Field(1800, ge=10)  # measuring a retain bank
+    compact_timeout_s: int = Field(1800, ge=10)  # a version rewritten as one patch
     # How long RQ keeps a succeeded (failed) job, and so its arguments, in Redis. Short on
     # purpose: forget-request text travels in the arguments; results live in the store.
     # 0 deletes a succeeded job at once.
@@ -75,10 +79,14 @@ class Settings(BaseSettings):
     auth: Literal["enabled", "disabled"] = "enabled"
     # Bootstrap admin key (at least 32 characters); a changed value revokes the old one.
     admin_token: SecretStr | None = Field(None, min_length=32, max_length=512)
-    # HMAC key of deletion receipts; default: a generated file under <data_dir>/secrets.
-    receipt_key: SecretStr | None = Field(None, min_length=32)
-    # HMAC key that signs callback bodies; default: a generated file under <data_dir>/secrets.
+    # Ed25519 key (64 hex digits: the 32-byte seed) that signs receipts and audit
+    # checkpoints; default: generated keys in the store's secrets, rotated by an admin.
+    receipt_key: SecretStr | None = None
+    # Callback (Standard Webhooks) secret: whsec_<base64 of the key bytes>, or any other
+    # string (its UTF-8 bytes are the key); default: a generated file under <data_dir>/secrets.
     callback_secret: SecretStr | None = Field(None, min_length=32)
+    # Sign the audit trail's head when it moved and the last checkpoint is this old.
+    audit_checkpoint_interval_s: float = Field(3600.0, gt=0, le=7 * 86400)
     # Comma-separated host names (or host:port) callbacks may go to; empty: none.
     callback_allowed_hosts: str = ""
     # Retry a failed callback with exponential backoff (base, cap) for at most max_age.
@@ -113,6 +121,26 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(REDIS_SCHEMES):
             raise ValueError(f"must start with one of {', '.join(REDIS_SCHEMES)}")
+        return value
+
+    @field_validator("receipt_key")
+    @classmethod
+    def _ed25519_seed(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not HEX_SEED_RE.match(value.get_secret_value()):
+            raise ValueError("must be 64 hex digits (an Ed25519 seed: openssl rand -hex 32)")
+        return value
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        text = value.get_secret_value() if value is not None else ""
+        if text.startswith("whsec_"):
+            try:
+                key = base64.b64decode(text[len("whsec_"):], validate=True)
+            except binascii.Error:
+                raise ValueError("whsec_ must be followed by base64") from None
+            if len(key) < 24:
+                raise ValueError("the whsec_ key must hold at least 24 bytes")
         return value
 
     @field_validator("data_dir")

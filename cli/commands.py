@@ -21,6 +21,7 @@ JOB_COLUMNS = [("id", "id"), ("kind", "kind"), ("model", "model_id"), ("version"
                ("status", "status"), ("phase", "progress.phase"),
                ("fraction", "progress.fraction"), ("error", "error.code")]
 VERSION_COLUMNS = [("id", "id"), ("parent", "parent"), ("active", "active"),
+                   ("sealed", "sealed"), ("deleted", "deleted"),
                    ("method", "method"), ("records", "record_count"),
                    ("created", "created_at")]
 KEY_COLUMNS = [("id", "id"), ("role", "role"), ("models", "models"),
@@ -186,7 +187,8 @@ def forget(args: argparse.Namespace) -> int:
     with _client(args) as api:
         accepted = api.forget(args.model, records, method=args.method,
                               base_version=args.base_version, hparams=hparams,
-                              idempotency_key=args.idempotency_key, quality_gate=gate)
+                              idempotency_key=args.idempotency_key, quality_gate=gate,
+                              override_seal_reason=args.override_seal_reason)
         return _accepted(api, args, accepted)
 
 
@@ -228,7 +230,8 @@ def versions_list(args: argparse.Namespace) -> int:
 
 def versions_activate(args: argparse.Namespace) -> int:
     with _client(args) as api:
-        version = api.activate(args.model, args.version)
+        version = api.activate(args.model, args.version,
+                               override_seal_reason=args.override_seal_reason)
     if args.json:
         emit_json(version)
     else:
@@ -238,7 +241,24 @@ def versions_activate(args: argparse.Namespace) -> int:
 
 def versions_export(args: argparse.Namespace) -> int:
     with _client(args) as api:
-        return _accepted(api, args, api.export(args.model, args.version))
+        return _accepted(api, args, api.export(
+            args.model, args.version, override_seal_reason=args.override_seal_reason))
+
+
+def versions_delete(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        version = api.delete_version(args.model, args.version)
+    if args.json:
+        emit_json(version)
+    else:
+        print(f"model {args.model}: {version['id']} deleted (its manifest stays)")
+    return 0
+
+
+def versions_compact(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        return _accepted(api, args, api.compact(
+            args.model, args.version, override_seal_reason=args.override_seal_reason))
 
 
 def verify(args: argparse.Namespace) -> int:
@@ -251,7 +271,8 @@ def verify(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read {args.reference_file}: {exc.strerror}") from None
         references = [line for line in lines if line.strip()]
     with _client(args) as api:
-        accepted = api.verify(args.model, args.version, records, reference_texts=references)
+        accepted = api.verify(args.model, args.version, records, reference_texts=references,
+                              override_seal_reason=args.override_seal_reason)
         code = _accepted(api, args, accepted)
         if args.wait and code == 0:  # a report that did not pass fails the command
             report = api.get_job(accepted["job_id"]).get("result") or {}
@@ -262,7 +283,8 @@ def verify(args: argparse.Namespace) -> int:
 def generate(args: argparse.Namespace) -> int:
     with _client(args) as api:
         version = args.version or api.get_model(args.model)["active_version"]
-        answer = api.generate(args.model, version, args.prompt, args.max_new_tokens)
+        answer = api.generate(args.model, version, args.prompt, args.max_new_tokens,
+                              override_seal_reason=args.override_seal_reason)
     if args.json:
         emit_json({"version": version, **answer})
     else:

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cli import commands, retain
+from cli import commands, receipts, retain
 from client import ApiError, ConnectionFailed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -38,6 +38,11 @@ def _wait_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true",
                         help="wait for the job with a live progress bar")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
+
+
+def _override_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--override-seal-reason", default=None, metavar="REASON",
+                        help="admin: use a sealed version anyway, for this call (audited)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--quality-gate", default=None,
                         help='JSON object of gate limits, e.g. \'{"max_guard_drop": 10}\'')
     forget.add_argument("--idempotency-key", default=None)
+    _override_flag(forget)
     _wait_flags(forget)
 
     jobs = top.add_parser("jobs", help="follow and cancel jobs").add_subparsers(
@@ -95,11 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
                     commands.versions_activate)
     activate.add_argument("model")
     activate.add_argument("version")
+    _override_flag(activate)
     export = _sub(versions, "export", "export a version as a HF checkpoint (operator)",
                   commands.versions_export)
     export.add_argument("model")
     export.add_argument("version")
+    _override_flag(export)
     _wait_flags(export)
+    delete = _sub(versions, "delete", "delete a version's patch and exports (admin)",
+                  commands.versions_delete)
+    delete.add_argument("model")
+    delete.add_argument("version")
+    compact = _sub(versions, "compact", "rewrite a version as one patch from v0 (admin)",
+                   commands.versions_compact)
+    compact.add_argument("model")
+    compact.add_argument("version")
+    _override_flag(compact)
+    _wait_flags(compact)
 
     verify = _sub(top, "verify", "verify a version against its parent (operator)",
                   commands.verify)
@@ -107,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--version", required=True)
     verify.add_argument("--file", required=True, help="records: JSON lines (or a JSON array)")
     verify.add_argument("--reference-file", default=None, help="reference texts, one a line")
+    _override_flag(verify)
     _wait_flags(verify)
 
     generate = _sub(top, "generate", "generate with a version (operator)", commands.generate)
@@ -114,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--version", default=None, help="default: the active version")
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--max-new-tokens", type=int, default=None)
+    _override_flag(generate)
 
     retain.register(top, _sub, _wait_flags)
+    receipts.register(top, _sub)
 
     keys = top.add_parser("keys", help="API keys (admin)").add_subparsers(
         dest="action", required=True, metavar="ACTION")

@@ -106,8 +106,10 @@ class Client:
     def forget(self, model_id: str, records: list[Json], *, method: str | None = None,
                base_version: str | None = None, hparams: Json | None = None,
                callback_url: str | None = None, idempotency_key: str | None = None,
-               quality_gate: Json | None = None) -> Json:
-        """Queue a forget job: {"job_id", "status", "links"}."""
+               quality_gate: Json | None = None,
+               override_seal_reason: str | None = None) -> Json:
+        """Queue a forget job: {"job_id", "status", "links"}. A sealed base_version
+        needs an admin's `override_seal_reason` (audited)."""
         body: Json = {"records": records}
         for key, value in (("method", method), ("base_version", base_version),
                            ("hparams", hparams), ("callback_url", callback_url),
@@ -116,7 +118,7 @@ class Client:
                 body[key] = value
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self.request("POST", f"/v1/models/{model_id}/forget", json=body,
-                            headers=headers)
+                            headers=headers, params=_override(override_seal_reason))
 
     # ------------------------------------------------------------ retain bank
     def add_retain(self, model_id: str, facts: list[Json]) -> Json:
@@ -159,6 +161,22 @@ class Client:
     def verify_receipt(self, receipt: Json) -> Json:
         return self.request("POST", "/v1/receipts/verify", json=receipt)
 
+    def receipt_keys(self) -> Json:
+        """The JWKS of receipts and checkpoints (needs no API key)."""
+        return self.request("GET", "/v1/receipts/keys")
+
+    def rotate_receipt_key(self) -> Json:
+        """Sign with a new key from now on (admin); the new public JWK."""
+        return self.request("POST", "/v1/receipts/keys/rotate")
+
+    def audit_checkpoints(self, after: int = 0, limit: int = 100) -> Json:
+        return self.request("GET", "/v1/audit/checkpoints",
+                            params={"after": after, "limit": limit})
+
+    def make_audit_checkpoint(self) -> Json:
+        """Sign the audit trail's head now (admin)."""
+        return self.request("POST", "/v1/audit/checkpoints")
+
     def watch_job(self, job_id: str, *, interval: float = 0.5,
                   timeout: float | None = None) -> Iterator[Json]:
         """Yield the job document at every poll until it has ended (the last one)."""
@@ -191,30 +209,49 @@ class Client:
     def get_version(self, model_id: str, version: str) -> Json:
         return self.request("GET", f"/v1/models/{model_id}/versions/{version}")
 
-    def activate(self, model_id: str, version: str) -> Json:
-        return self.request("POST", f"/v1/models/{model_id}/versions/{version}/activate")
+    def activate(self, model_id: str, version: str, *,
+                 override_seal_reason: str | None = None) -> Json:
+        """Make a version active (admin); a sealed one needs `override_seal_reason`."""
+        return self.request("POST", f"/v1/models/{model_id}/versions/{version}/activate",
+                            params=_override(override_seal_reason))
 
-    def export(self, model_id: str, version: str) -> Json:
-        return self.request("POST", f"/v1/models/{model_id}/versions/{version}/export")
+    def export(self, model_id: str, version: str, *,
+               override_seal_reason: str | None = None) -> Json:
+        return self.request("POST", f"/v1/models/{model_id}/versions/{version}/export",
+                            params=_override(override_seal_reason))
+
+    def delete_version(self, model_id: str, version: str) -> Json:
+        """Delete a version's patch and exports (admin); its manifest stays, marked
+        deleted. 409 for v0, the active version, or one a live version is built from."""
+        return self.request("DELETE", f"/v1/models/{model_id}/versions/{version}")
+
+    def compact(self, model_id: str, version: str, *,
+                override_seal_reason: str | None = None) -> Json:
+        """Queue the rewrite of a version as one patch from v0 (admin): a job whose
+        result names the versions that can then be deleted."""
+        return self.request("POST", f"/v1/models/{model_id}/versions/{version}/compact",
+                            params=_override(override_seal_reason))
 
     def verify(self, model_id: str, version: str, records: list[Json], *,
                reference_texts: list[str] | None = None,
-               thresholds: Json | None = None) -> Json:
+               thresholds: Json | None = None,
+               override_seal_reason: str | None = None) -> Json:
         body: Json = {"records": records}
         if reference_texts is not None:
             body["reference_texts"] = reference_texts
         if thresholds is not None:
             body["thresholds"] = thresholds
         return self.request("POST", f"/v1/models/{model_id}/versions/{version}/verify",
-                            json=body)
+                            json=body, params=_override(override_seal_reason))
 
     def generate(self, model_id: str, version: str, prompt: str,
-                 max_new_tokens: int | None = None) -> Json:
+                 max_new_tokens: int | None = None, *,
+                 override_seal_reason: str | None = None) -> Json:
         body: Json = {"prompt": prompt}
         if max_new_tokens is not None:
             body["max_new_tokens"] = max_new_tokens
         return self.request("POST", f"/v1/models/{model_id}/versions/{version}/generate",
-                            json=body)
+                            json=body, params=_override(override_seal_reason))
 
     # ------------------------------------------------------------------- keys
     def whoami(self) -> Json:
@@ -238,3 +275,8 @@ class Client:
 
     def audit_verify(self) -> Json:
         return self.request("GET", "/v1/audit/verify")
+
+
+def _override(reason: str | None) -> dict[str, str] | None:
+    """The query of a call that uses a sealed version anyway (admin; audited)."""
+    return {"override_seal_reason": reason} if reason is not None else None

@@ -5,6 +5,8 @@ Layout (keys; locally files under root = ZEROUNLEARN_DATA_DIR):
     models/{model_id}/versions/{vN}/manifest.json [+ patch.safetensors locally]
     models/{model_id}/patches/{sha256}.safetensors   (object stores)
     retain/{model_id}.json   (the model's retain bank: private, like requests/)
+    requests/{job_id}.json   (accepted requests, their text sealed: store.requests)
+    secrets/data-keys/{request}.key   (per-request data keys: store.datakeys)
     jobs/{job_id}.json
     stats/  exports/{model_id}/{version}/
 and, always on the local disk under root: cache/ (converted models) and, with an object
@@ -27,6 +29,7 @@ from typing import Any
 
 from store.audit import AuditLog
 from store.backends import LocalBackend, ObjectBackend, open_backend
+from store.datakeys import MASTER_KEY, DataKeys
 from store.documents import (
     JOB_ID_RE,
     JOB_KINDS,
@@ -44,6 +47,7 @@ from store.errors import Conflict, InvalidDocument, NotFound, StoreError
 from store.files import TMP_PREFIX
 from store.hashing import RECORD_SALT, salted_hash
 from store.keys import KeyStore
+from store.lifecycle import VersionLifecycle
 from store.objects import dump, read_doc, update_doc
 from store.requests import RequestStore
 from store.retain import RetainStore
@@ -68,8 +72,10 @@ class ArtifactStore:
         self.shared = not isinstance(self.backend, LocalBackend)
         self.keys = KeyStore(self.backend)
         self.audit = AuditLog(self.backend)
-        self.requests = RequestStore(self.backend)
-        self.retain = RetainStore(self.backend, self._record_salt)
+        self.data_keys = DataKeys(self.backend, self._master_key)
+        self.requests = RequestStore(self.backend, self.data_keys)
+        self.retain = RetainStore(self.backend, self._record_salt, self.data_keys)
+        self.lifecycle = VersionLifecycle(self.backend)  # sealed, deleted, compacted
         self._versions: DirectoryVersions | ObjectVersions
         if isinstance(self.backend, LocalBackend):
             self._versions = DirectoryVersions(self.backend.root)
@@ -77,6 +83,7 @@ class ArtifactStore:
             self._versions = ObjectVersions(self.backend, self.root)
         self._stats = StatsSync(self.backend, self.root / "stats")
         self._salt: bytes | None = None
+        self._master: bytes | None = None
 
     @classmethod
     def open(
@@ -103,6 +110,11 @@ class ArtifactStore:
         if self._salt is None:
             self._salt = self.secret(RECORD_SALT)
         return self._salt
+
+    def _master_key(self) -> bytes:
+        if self._master is None:
+            self._master = self.secret(MASTER_KEY)
+        return self._master
 
     def record_hashes(self, records: list[dict[str, Any]]) -> list[str]:
         """Salted hashes of request records: what stays once their text is purged."""

@@ -180,6 +180,40 @@ class AuditLog:
             items.append(entry)
         return items, (items[-1]["seq"] if more and items else None)
 
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """Every entry as stored, in order (a line that is not JSON: an empty dict)."""
+        for line in self._lines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {}
+            yield entry if isinstance(entry, dict) else {}
+
+    def head(self) -> dict[str, Any] | None:
+        """The last entry (None for an empty trail)."""
+        if isinstance(self._chain, FileChain):
+            return self._chain._last_entry()
+        return self._chain._find_head()
+
+    def entry(self, seq: int) -> dict[str, Any] | None:
+        """The entry numbered `seq` as stored now (None when there is none)."""
+        if isinstance(self._chain, ObjectChain):
+            blob = self._chain.backend.read(ObjectChain._key(seq))
+            return json.loads(blob.data) if blob is not None else None
+        return self.find(lambda e: e.get("seq") == seq, f'"seq":{seq},'.encode())
+
+    def find(
+        self, match: Callable[[dict[str, Any]], bool], hint: bytes = b""
+    ) -> dict[str, Any] | None:
+        """The first entry `match` accepts; `hint`: bytes every such line contains (a
+        cheap filter before parsing)."""
+        for line in self._lines():
+            if hint in line:
+                entry = json.loads(line)
+                if match(entry):
+                    return entry
+        return None
+
     def verify(self) -> dict[str, Any]:
         """Check every entry's hash and link; the first broken entry is reported."""
         prev, count, expected_seq = GENESIS, 0, 1

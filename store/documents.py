@@ -14,9 +14,10 @@ from store.files import copy_file_synced
 MODEL_STATUSES = ("preparing", "ready", "failed")
 """Lifecycle of a registered model: usable once the prepare job made it "ready"."""
 
-JOB_KINDS = ("forget", "verify", "prepare", "export", "retain")
+JOB_KINDS = ("forget", "verify", "prepare", "export", "retain", "compact")
 """Kinds of job that have a document in the store (generate has none); "retain"
-measures which retain-bank facts a model reproduces."""
+measures which retain-bank facts a model reproduces; "compact" rewrites a version as
+one patch from v0."""
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 """Every status a job document can hold."""

@@ -1,8 +1,10 @@
 """Accepted requests, recorded durably before the API answers 202.
 
 requests/{job_id}.json holds what is needed to enqueue the job again (the task
-arguments, forget text included) until the job has ended and the retention time has
-passed; `purge` then drops the arguments, keeping only salted hashes. The reconciler
+arguments) until the job has ended and the retention time has passed. The arguments that
+carry request text (TEXT_ARGS) are stored sealed under the request's own data key
+(store.datakeys); `purge` destroys that key (shredding every copy of the ciphertext) and
+drops the arguments, keeping only salted hashes. The reconciler
 re-enqueues accepted requests whose queue entry is gone, and delivers callbacks (their
 state lives here too). idempotency/{hash}.json maps an Idempotency-Key (hashed
 with the caller's key id) to the job it created and the salted hash of the body.
@@ -15,9 +17,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from store.backends.base import ObjectBackend
+from store.datakeys import DataKeys, KeyDestroyed, is_sealed
 from store.documents import JOB_ID_RE, utc_now
 from store.errors import CorruptDocument, NotFound
 from store.objects import dump, load, read_doc, update_doc
+
+TaskArgs = list[Any]
+"""A job's task arguments after its id (plain JSON)."""
 
 FROM_REQUEST = "@stored-request"
 """Placeholder sent through the queue instead of request text: the worker reads the text
@@ -28,6 +34,11 @@ STRIPE_DIGITS = 2
 
 TEXT_ARGS = {"forget": (2,), "verify": (2, 3)}
 """Positions, in a kind's task arguments after the job id, that carry request text."""
+
+
+def _context(position: int) -> str:
+    """Where a sealed argument belongs (part of its associated data)."""
+    return f"task-arg/{position}"
 
 
 def queue_args(kind: str, task_args: list[Any]) -> list[Any]:
@@ -45,8 +56,9 @@ class RequestPurged(NotFound):
 class RequestStore:
     """Pending requests are requests/{job_id}.json; settled ones requests/settled/."""
 
-    def __init__(self, backend: ObjectBackend) -> None:
+    def __init__(self, backend: ObjectBackend, data_keys: DataKeys) -> None:
         self.backend = backend
+        self.data_keys = data_keys
 
     @staticmethod
     def _key(job_id: str, settled: bool = False) -> str:
@@ -55,7 +67,10 @@ class RequestStore:
         return f"requests/{'settled/' if settled else ''}{job_id}.json"
 
     def create(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Store an accepted request (durably); doc must hold job_id, kind, task_args."""
+        """Store an accepted request (durably); doc must hold job_id, kind, task_args.
+        The text arguments are sealed under a new data key of the request first."""
+        doc = {**doc, "task_args": self._sealed_args(doc["job_id"], doc.get("kind"),
+                                                     doc.get("task_args"))}
         full = {
             "created_at": utc_now(),
             "callback": None,
@@ -114,10 +129,35 @@ class RequestStore:
         """Every pending request, oldest first (reads them all)."""
         return self.read_pending(self.pending_ids())
 
-    def task_text(self, job_id: str, position: int) -> Any:
-        """The stored task argument at `position` (after the job id) of a request."""
+    def _sealed_args(self, job_id: str, kind: Any, args: Any) -> Any:
+        if not isinstance(args, list):
+            return args
+        out = list(args)
+        for index in TEXT_ARGS.get(str(kind), ()):
+            if index < len(out) and not is_sealed(out[index]):
+                out[index] = self.data_keys.seal(job_id, _context(index), out[index])
+        return out
+
+    def open_args(self, doc: dict[str, Any]) -> TaskArgs | None:
+        """A stored request's task arguments with their text opened; None once purged
+        (arguments dropped, or the data key destroyed)."""
+        args = doc.get("task_args")
+        if not isinstance(args, list):
+            return None
+        out = list(args)
         try:
-            args = self.get(job_id).get("task_args")
+            for index, value in enumerate(out):
+                if is_sealed(value):
+                    out[index] = self.data_keys.unseal(doc["job_id"], _context(index), value)
+        except KeyDestroyed:
+            return None
+        return out
+
+    def task_text(self, job_id: str, position: int) -> Any:
+        """The stored task argument at `position` (after the job id) of a request,
+        opened."""
+        try:
+            args = self.open_args(self.get(job_id))
         except NotFound:
             args = None
         if args is None:
@@ -128,7 +168,9 @@ class RequestStore:
         return args[position]
 
     def purge(self, job_id: str) -> dict[str, Any]:
-        """Drop the task arguments (the request text); keep ids and salted hashes."""
+        """Shred the request's data key, then drop the task arguments (the sealed
+        text); keep ids and salted hashes."""
+        self.data_keys.destroy(job_id)
         return self.update(job_id, task_args=None, purged_at=utc_now())
 
     # ------------------------------------------------------------ idempotency

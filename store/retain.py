@@ -9,15 +9,23 @@ A fact's `status`: "pending" (not measured yet), "known" (the model reproduces i
 forget edits protect it), "unknown" (it does not: nothing to protect) or "invalid" (it
 does not fit the model: too long, or no token). `measured_on` names the version.
 Every change is one atomic read-modify-write of the model's bank document.
+
+At rest the facts are sealed (store.datakeys) under a data key of the bank's own, and
+every write seals them under a NEW key and then destroys the one it replaced: a fact
+removed from the bank (by an operator, or forgotten by a forget request) is shredded
+with that key, in every older copy of the document (backups, S3 object versions,
+file-system journals). The document names its key ("key"); its facts are "facts".
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from store.backends.base import ObjectBackend
+from store.datakeys import DataKeys, is_sealed, seal
 from store.documents import MODEL_ID_RE, utc_now
 from store.errors import InvalidDocument, NotFound
 from store.hashing import salted_hash
@@ -44,9 +52,12 @@ def public(fact: dict[str, Any]) -> dict[str, Any]:
 class RetainStore:
     """The banks of every model: {"model_id", "seeded", "facts": [...], "updated_at"}."""
 
-    def __init__(self, backend: ObjectBackend, salt: Callable[[], bytes]) -> None:
+    def __init__(
+        self, backend: ObjectBackend, salt: Callable[[], bytes], data_keys: DataKeys
+    ) -> None:
         self.backend = backend
         self._salt = salt
+        self.data_keys = data_keys
 
     @staticmethod
     def _key(model_id: str) -> str:
@@ -62,7 +73,17 @@ class RetainStore:
         """The bank document (an empty one when the model has none yet)."""
         key = self._key(model_id)
         blob = self.backend.read(key)
-        return load(blob.data, key) if blob is not None else _empty(model_id)
+        return self._open(model_id, blob.data if blob is not None else None)
+
+    def _open(self, model_id: str, data: bytes | None) -> dict[str, Any]:
+        """A stored bank with its facts opened (an older, unsealed one as it is)."""
+        if data is None:
+            return _empty(model_id)
+        bank = load(data, self._key(model_id))
+        if is_sealed(bank.get("facts")):
+            facts = self.data_keys.unseal(bank["key"], _context(model_id), bank["facts"])
+            bank = {**bank, "facts": facts}
+        return bank
 
     def facts(self, model_id: str) -> list[dict[str, Any]]:
         """Every fact of the bank, text included, in the order they were added."""
@@ -78,19 +99,33 @@ class RetainStore:
     def _change(
         self, model_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
     ) -> dict[str, Any] | None:
-        """Atomic read-modify-write of a bank; change returns the new bank or None."""
+        """Atomic read-modify-write of a bank; change returns the new bank or None.
+        The new bank is sealed under a new data key; the replaced key is destroyed."""
         key = self._key(model_id)
+        name = f"retain-{model_id}-{secrets.token_hex(8)}"
         written: list[dict[str, Any]] = []
+        replaced: list[Any] = [None]
+        data_key: list[bytes] = []
 
-        def on_bytes(data: bytes | None) -> bytes | None:
-            bank = load(data, key) if data is not None else _empty(model_id)
+        def on_bytes(data: bytes | None) -> bytes | None:  # may run again: no side effect
+            bank = self._open(model_id, data)  # but making the one new key (idempotent)
             new = change({**bank, "facts": list(bank["facts"])})
             written[:] = [new] if new is not None else []
             if new is None:
                 return None
-            return dump({**new, "updated_at": utc_now()})
+            replaced[0] = bank.get("key")
+            if not data_key:
+                data_key.append(self.data_keys.create(name))
+            facts = seal(data_key[0], name, _context(model_id), new["facts"])
+            return dump({**new, "key": name, "facts": facts, "updated_at": utc_now()})
 
+        # on an error nothing is destroyed: the write may have landed (an orphan key
+        # then names nothing, or the bank's current one)
         self.backend.update(key, on_bytes)
+        if written and isinstance(replaced[0], str) and replaced[0] != name:
+            self.data_keys.destroy(replaced[0])
+        elif not written and data_key:
+            self.data_keys.destroy(name)
         return written[0] if written else None
 
     def add(
@@ -176,6 +211,11 @@ class RetainStore:
 
         self._change(model_id, change)
         return count[0]
+
+
+def _context(model_id: str) -> str:
+    """Where sealed facts belong (part of their associated data)."""
+    return f"retain/{model_id}"
 
 
 def _empty(model_id: str) -> dict[str, Any]:

@@ -165,8 +165,8 @@ def candidates(
             continue
         if job.get("status") != "queued":
             continue
-        request = store.requests.find(job_id) or {}
-        args = request.get("task_args")
+        request = store.requests.find(job_id)
+        args = store.requests.open_args(request) if request is not None else None
         # a queued job's text is never purged (retention counts from the job's end);
         # one without text is left alone: run by itself it fails with request_purged
         if isinstance(args, list) and spec.admits(job, args):

@@ -30,7 +30,7 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 from rq.worker import BaseWorker, Worker
 
-from store import ArtifactStore, NotFound
+from store import ArtifactStore, NotFound, StoreError
 from store.logs import job_id_var
 from worker.edit_lock import release_locks_of
 from worker.errors import WorkerLost, WorkerStopped, error_document
@@ -195,7 +195,14 @@ def record_success(
         fields["timings"] = timings
     done = store.transition_job(job_id, ["running"], "succeeded", **fields)
     if done is not None:
-        audit(store, worker_name, "job.succeeded", done, detail=_outcome(result))
+        entry = audit(store, worker_name, "job.succeeded", done, detail=_outcome(result))
+        if entry is not None:  # the receipt names it (app.receipts; it can also find it)
+            try:
+                done = store.update_job(job_id, audit_entry={"seq": entry["seq"],
+                                                             "hash": entry["hash"]})
+            except (StoreError, OSError) as exc:
+                logger.error("could not note the audit entry of job %s: %s", job_id,
+                             type(exc).__name__)
     return done
 
 
@@ -205,12 +212,12 @@ def audit(
     action: str,
     job: dict[str, Any],
     detail: dict[str, Any] | None = None,
-) -> None:
-    """Append a job event to the audit trail; a failure to do so is logged, not raised
-    (the job's own outcome is already durable in its document)."""
+) -> dict[str, Any] | None:
+    """Append a job event to the audit trail and return the entry; a failure to do so is
+    logged, not raised (the job's own outcome is already durable in its document)."""
     request = store.requests.find(job["id"])
     try:
-        store.audit.append(
+        return store.audit.append(
             f"worker:{worker_name or 'unnamed'}",
             action,
             ids={"job": job["id"], "model": job.get("model_id"), "version": job.get("version")},
@@ -220,6 +227,7 @@ def audit(
     except OSError as exc:
         logger.error("could not append %s of job %s to the audit trail: %s",
                      action, job["id"], type(exc).__name__)
+        return None
 
 
 def _outcome(result: dict[str, Any]) -> dict[str, Any]:

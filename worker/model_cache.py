@@ -3,8 +3,10 @@
 An entry is keyed by everything that identifies its weights: (model_id, version, dtype,
 device). A miss loads the base model from its source (`zerounlearn.load_model`, which
 converts a builtin or GGUF source once into the store's cache dir) and applies the
-patches of the version's lineage v1..vN in order. Each patch holds the full new down
-projection W of the layers it edited, so the result is exact and repeatable.
+patches of the version's lineage v1..vN in order (with a compacted version in the
+lineage: its one merged patch first, then the patches after it; store.compaction).
+Each patch holds the full new down projection W of the layers it edited, so the result
+is exact and repeatable.
 
 Before a patch is applied its file is checked against the sha256 in its manifest, and
 the base's fingerprint against the one recorded when the model was prepared: a base
@@ -32,7 +34,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from store import ArtifactStore
+from store.compaction import VersionGone, compacted_path, materialise_plan
 from worker.errors import BaseModelChanged, PatchIntegrityError
+from worker.version_guard import VersionDeleted
 from zerounlearn import LoadedModel, apply_patch, load_model, load_patch
 
 logger = logging.getLogger(__name__)
@@ -170,13 +174,28 @@ class ModelCache:
             )
         if self.track_edit_keys:
             lm.track_edit_keys()  # before the chain: its patches' keys are collected
-        for version in chain[1:]:
-            self._apply_version(key.model_id, version, lm)
+        self._apply_chain(key.model_id, key.version, lm)
         logger.info(
             "materialised %s/%s (%s on %s, %d patches)",
             key.model_id, key.version, key.dtype, key.device, len(chain) - 1,
         )
         return lm
+
+    def _apply_chain(self, model_id: str, version: str, lm: LoadedModel) -> None:
+        """v0 -> version: a compacted ancestor's (or its own) merged patch, then the
+        patches after it (store.compaction); VersionDeleted when one was deleted."""
+        try:
+            plan = materialise_plan(self.store, model_id, version)
+        except VersionGone as exc:
+            raise VersionDeleted(str(exc)) from None
+        if plan.compacted is not None:
+            info = self.store.lifecycle.read(model_id)["versions"][plan.compacted]
+            path = compacted_path(self.store, model_id, plan.compacted)
+            check_patch_file(path, info["compacted"]["patch"],
+                             f"{model_id}/{plan.compacted} (compacted)")
+            apply_patch(lm, load_patch(path))
+        for step in plan.patches:
+            self._apply_version(model_id, step, lm)
 
     def _apply_version(self, model_id: str, version: str, lm: LoadedModel) -> None:
         manifest = self.store.get_version(model_id, version)

@@ -3,8 +3,9 @@
 Signatures are the contract of docs/design.md; arguments are plain JSON. Each function
 with a job document runs through `worker.jobs.run_job`: queued -> running (skipped when
 cancelled meanwhile), progress into the document, then succeeded with a result or failed
-with a `{"code", "message"}` error that never holds request text. Record text lives only
-in these arguments (Redis): never in logs, the store or an error message.
+with a `{"code", "message"}` error that never holds request text. Record text reaches a
+task sealed (a placeholder in Redis, the sealed text in the store; a generate prompt
+sealed in its arguments) and is opened in memory only: never in logs or error messages.
 
 Versions are written only through `ArtifactStore.publish_version` (temp dir + atomic
 rename): a crash mid-job leaves no half-written version.
@@ -25,8 +26,9 @@ from typing import Any
 
 from rq import get_current_job
 
-from store import ArtifactStore, utc_now
+from store import ArtifactStore, datakeys, utc_now
 from store.requests import FROM_REQUEST, RequestPurged
+from store.sealing import delete_exports, seal_model
 from worker import bank, coalesce, gate
 from worker.context import WorkerContext, get_context
 from worker.edit_lock import EditLock, model_edit_lock
@@ -39,6 +41,7 @@ from worker.errors import (
 )
 from worker.jobs import JobRun, TaskFailed, run_job
 from worker.reports import merge_thresholds, verification_report
+from worker.version_guard import check_job_version
 from zerounlearn import (
     LoadedModel,
     apply_patch,
@@ -162,6 +165,8 @@ def forget(
             if spec.base[0] == "active":
                 base = store.get_model(model_id)["active_version"]
                 store.update_job(job_id, version=base)
+            else:  # sealed since it was accepted: a branch without that deletion
+                check_job_version(store, run.job, model_id, base)
             run.progress("load", 0.0)
             hit = ctx.models.key(model_id, base) in ctx.models
             began = time.monotonic()
@@ -247,6 +252,7 @@ def _edit(
         run.progress("publish", 0.97)
         lock.check()  # still ours: nobody else built on `base` meanwhile
         published = _publish(ctx, model_id, base, batch.job_ids, hashes, patch, metrics)
+        seal_model(store, f"worker:{ctx.name or 'unnamed'}", model_id, published["id"])
         store.update_model(model_id, active_version=published["id"])
         bank.release_forgotten(store, ctx.name, model_id, retain, published["id"],
                                batch.job_ids)  # the request won over the bank
@@ -375,6 +381,7 @@ def verify(
         limits = merge_thresholds(thresholds)
         parsed = validate_records(_require_records(stored, job_id))
         parent = store.get_version(model_id, version).get("parent")
+        check_job_version(store, run.job, model_id, version)
         run.progress("load", 0.0)
         lm = ctx.models.get(model_id, version)
         after = evaluate(lm, parsed, reference_texts, progress=run.scaled(0.05, 0.25))
@@ -403,6 +410,7 @@ def export(job_id: str, model_id: str, version: str) -> dict[str, Any]:
 
     def body(run: JobRun) -> dict[str, Any]:
         target = store.exports_dir / model_id / version
+        check_job_version(store, run.job, model_id, version)
         store.get_version(model_id, version)
         if (target / EXPORT_MARKER).is_file():  # versions are immutable: reuse
             return {"path": store.publish_export(model_id, version, target, EXPORT_MARKER),
@@ -411,10 +419,22 @@ def export(job_id: str, model_id: str, version: str) -> dict[str, Any]:
         lm = ctx.models.get(model_id, version)
         run.progress("export", 0.3)
         _write_export(ctx, model_id, version, lm, target)
+        _unless_sealed_meanwhile(store, run.job, model_id, version)
         return {"path": store.publish_export(model_id, version, target, EXPORT_MARKER),
                 "reused": False}
 
     return run_job(store, job_id, "export", body, worker_name=ctx.name)
+
+
+def _unless_sealed_meanwhile(
+    store: ArtifactStore, job: dict[str, Any], model_id: str, version: str
+) -> None:
+    """A seal that came while the export was written deletes it and fails the job."""
+    try:
+        check_job_version(store, job, model_id, version)
+    except Exception:
+        delete_exports(store, model_id, version)
+        raise
 
 
 def _write_export(
@@ -447,25 +467,35 @@ def _write_export(
 
 # ----------------------------------------------------------------- generate
 def generate(
-    model_id: str, version: str, prompt: str, max_new_tokens: int = 32
+    model_id: str, version: str, prompt: dict, max_new_tokens: int = 32, request_id: str = ""
 ) -> dict[str, Any]:
-    """Greedy continuation of `prompt` by `version` (no job document): {"text"}."""
+    """Greedy continuation of `prompt` by `version` (no job document): {"text"}.
+
+    The prompt comes sealed under the data key of `request_id` (the API made it) and the
+    answer goes back sealed under the same key: neither is ever in Redis in the clear.
+    The key is read, never made here: once the API destroyed it (answered, or gave up),
+    this fails."""
     ctx = get_context()
+    text_prompt: Any = None
     try:
-        if not isinstance(prompt, str) or not prompt:
+        key = ctx.store.data_keys.get(request_id)
+        text_prompt = datakeys.unseal(key, request_id, datakeys.GENERATE_PROMPT, prompt)
+        if not isinstance(text_prompt, str) or not text_prompt:
             raise InvalidRequest("prompt must be a non-empty string")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not (
             1 <= max_new_tokens <= MAX_GENERATE_TOKENS
         ):
             raise InvalidRequest(f"max_new_tokens must be an integer in 1..{MAX_GENERATE_TOKENS}")
         lm = ctx.models.get(model_id, version)
-        text = greedy_generate(lm, prompt, max_new_tokens=max_new_tokens)
+        text = greedy_generate(lm, text_prompt, max_new_tokens=max_new_tokens)
+        answer = datakeys.seal(key, request_id, datakeys.GENERATE_ANSWER, text)
     except Exception as exc:
-        error = error_document(exc, secrets=[prompt] if isinstance(prompt, str) else [])
+        secrets = [text_prompt] if isinstance(text_prompt, str) else []
+        error = error_document(exc, secrets=secrets)
         logger.warning("generate on %s/%s failed: %s (%s)", model_id, version, error["code"],
                        type(exc).__name__)
         raise TaskFailed(error) from None
-    return {"text": text}
+    return {"text": answer}
 
 
 # ------------------------------------------------------------------ helpers

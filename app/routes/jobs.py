@@ -9,10 +9,11 @@ from fastapi import APIRouter, Query
 from app import services
 from app.auth import Operator, Viewer
 from app.deps import JobId, QueueDep, SettingsDep, StoreDep
-from app.receipts import build_receipt, receipt_key
+from app.receipts import build_receipt
 from app.routes.responses import errors
 from app.schemas import JobOut, JobStatus
-from app.schemas_security import Receipt
+from app.schemas_receipts import Receipt
+from app.signing import ReceiptKeys
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -48,4 +49,4 @@ def cancel_job(job_id: JobId, who: Operator, store: StoreDep, queue: QueueDep) -
 def get_receipt(job_id: JobId, who: Viewer, store: StoreDep, settings: SettingsDep) -> Any:
     """The signed deletion receipt of a succeeded forget job (409 for any other job)."""
     job = services.get_job(store, who, job_id)
-    return build_receipt(store, receipt_key(settings, store), job)
+    return build_receipt(store, ReceiptKeys(settings, store), job)

@@ -11,6 +11,7 @@ from app.auth import Admin, Operator, Viewer
 from app.deps import IdempotencyKey, ModelDep, QueueDep, SettingsDep, StoreDep
 from app.routes.responses import errors
 from app.schemas import CreateModel, ForgetRequest, JobAccepted, ModelOut
+from app.version_guard import SealOverride, check_usable
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -62,8 +63,12 @@ def forget(
     settings: SettingsDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
+    override_seal_reason: SealOverride = None,
 ) -> Any:
     """Queue a forget job (operator); its result names the new version."""
+    if body.base_version is not None:  # the head is followed as it is (README: sealing)
+        check_usable(store, who, model["id"], body.base_version, "forget",
+                     override_seal_reason)
     job = services.forget(store, queue, settings, who, model, body, idempotency_key)
     response.headers["Location"] = services.job_links(job["id"])["job"]
     return services.accepted(job)

@@ -1,4 +1,4 @@
-"""API keys (admin), the audit trail (admin) and receipt verification."""
+"""API keys (admin) and the audit trail (admin); receipts and checkpoints: routes.receipts."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, status
 
 from app.auth import Admin, Viewer
+from app.checkpoints import verify_checkpoints
 from app.deps import SettingsDep, StoreDep
-from app.receipts import check_receipt, receipt_key
 from app.routes.responses import errors
 from app.schemas_security import (
     AuditPage,
@@ -16,10 +16,9 @@ from app.schemas_security import (
     CreateKey,
     KeyCreated,
     KeyOut,
-    Receipt,
-    ReceiptCheck,
     WhoAmI,
 )
+from app.signing import ReceiptKeys
 
 router = APIRouter(tags=["security"])
 KeyId = Annotated[str, Path(description="Key id, e.g. k-0123456789abcdef")]
@@ -73,14 +72,12 @@ def audit_page(
 
 
 @router.get("/v1/audit/verify", response_model=AuditVerification, responses=errors(401, 403))
-def audit_verify(who: Admin, store: StoreDep) -> Any:
-    """Check the whole hash chain; the first broken entry is named."""
-    return store.audit.verify()
-
-
-@router.post("/v1/receipts/verify", response_model=ReceiptCheck, responses=errors(401, 422))
-def verify_receipt(body: Receipt, who: Viewer, store: StoreDep, settings: SettingsDep) -> Any:
-    """Is this receipt genuine (signed by this server's key, unchanged)?"""
-    return check_receipt(
-        receipt_key(settings, store), body.receipt, body.signature.model_dump()
-    )
+def audit_verify(who: Admin, store: StoreDep, settings: SettingsDep) -> Any:
+    """Check the hash chain, then the trail against every signed checkpoint; the first
+    broken entry is named."""
+    chain = store.audit.verify()
+    signed = verify_checkpoints(store, ReceiptKeys(settings, store).jwks())
+    if chain["valid"] and not signed["valid"]:
+        chain = {**chain, "valid": False, "head": None, "broken_at": signed["broken_at"],
+                 "reason": signed["reason"]}
+    return {**chain, "checkpoints": signed["checkpoints"]}

@@ -11,12 +11,9 @@ from app.auth import Admin, Operator, Viewer
 from app.deps import IdempotencyKey, ModelDep, QueueDep, SettingsDep, StoreDep, Version
 from app.routes.responses import errors
 from app.schemas import GenerateOut, GenerateRequest, JobAccepted, VerifyRequest, VersionOut
+from app.version_guard import SealOverride, check_usable, with_state
 
 router = APIRouter(prefix="/v1/models/{model_id}/versions", tags=["versions"])
-
-
-def _with_active(manifest: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
-    return {**manifest, "active": manifest["id"] == model["active_version"]}
 
 
 def _accepted(job: dict[str, Any], response: Response) -> dict[str, Any]:
@@ -27,21 +24,29 @@ def _accepted(job: dict[str, Any], response: Response) -> dict[str, Any]:
 @router.get("", response_model=list[VersionOut], responses=errors(401, 403, 404))
 def list_versions(who: Viewer, model: ModelDep, store: StoreDep) -> Any:
     """All versions of the model, v0 first."""
-    return [_with_active(m, model) for m in store.list_versions(model["id"])]
+    lifecycle = store.lifecycle.read(model["id"])
+    return [with_state(m, model, lifecycle) for m in store.list_versions(model["id"])]
 
 
 @router.get("/{version}", response_model=VersionOut, responses=errors(401, 403, 404))
 def get_version(who: Viewer, model: ModelDep, version: Version, store: StoreDep) -> Any:
-    """One version's manifest."""
-    return _with_active(store.get_version(model["id"], version), model)
+    """One version's manifest, with its state (active, sealed, deleted, compacted)."""
+    manifest = store.get_version(model["id"], version)
+    return with_state(manifest, model, store.lifecycle.read(model["id"]))
 
 
 @router.post(
-    "/{version}/activate", response_model=VersionOut, responses=errors(401, 403, 404)
+    "/{version}/activate", response_model=VersionOut, responses=errors(401, 403, 404, 409)
 )
-def activate(who: Admin, model: ModelDep, version: Version, store: StoreDep) -> Any:
+def activate(
+    who: Admin, model: ModelDep, version: Version, store: StoreDep,
+    override_seal_reason: SealOverride = None,
+) -> Any:
     """Make this version active (admin); activating an older one is the rollback."""
-    return services.activate(store, who, model, version)
+    check_usable(store, who, model["id"], version, "activate", override_seal_reason)
+    manifest = services.activate(store, who, model, version)
+    now = {**model, "active_version": version}
+    return with_state(manifest, now, store.lifecycle.read(model["id"]))
 
 
 @router.post(
@@ -60,8 +65,10 @@ def verify(
     settings: SettingsDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
+    override_seal_reason: SealOverride = None,
 ) -> Any:
     """Queue a verification job (operator); its result is the report."""
+    check_usable(store, who, model["id"], version, "verify", override_seal_reason)
     job = services.verify(store, queue, settings, who, model, version, body, idempotency_key)
     return _accepted(job, response)
 
@@ -79,8 +86,10 @@ def generate(
     store: StoreDep,
     queue: QueueDep,
     settings: SettingsDep,
+    override_seal_reason: SealOverride = None,
 ) -> Any:
     """Generate a continuation with this version (answered by a worker, or 504)."""
+    check_usable(store, who, model["id"], version, "generate", override_seal_reason)
     return services.generate(store, queue, settings, model, version, body)
 
 
@@ -97,6 +106,8 @@ def export(
     store: StoreDep,
     queue: QueueDep,
     response: Response,
+    override_seal_reason: SealOverride = None,
 ) -> Any:
     """Queue an export job (operator); result.path is a loadable Hugging Face checkpoint."""
+    check_usable(store, who, model["id"], version, "export", override_seal_reason)
     return _accepted(services.export(store, queue, who, model, version), response)

@@ -114,6 +114,12 @@ class ObjectBackend(ABC):
     def exists(self, key: str) -> bool:
         return self.read(key) is not None
 
+    def shred(self, key: str) -> None:
+        """Remove an object so that no copy of it stays with the backend (a data key:
+        store.datakeys). This default is `delete`; backends that keep old versions or
+        blocks override it."""
+        self.delete(key)
+
     def move(self, key: str, new_key: str) -> None:
         """Give an object a new key (FileNotFoundError when there is none). Not atomic
         on object stores: a crash in between leaves both, which readers tolerate."""

@@ -138,6 +138,21 @@ class LocalBackend(ObjectBackend):
             path.unlink()
             fsync_dir(path.parent)
 
+    def shred(self, key: str) -> None:
+        """Overwrite the file with zeros in place (fsynced), then unlink it. On an
+        in-place file system that reaches the old blocks; on a copy-on-write one (btrfs,
+        ZFS) or behind an SSD's remapping it may not, hence: keep the data directory on
+        an encrypted volume."""
+        path = self.path(key)
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, b"\0" * os.fstat(fd).st_size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.delete(key)
+
     def move(self, key: str, new_key: str) -> None:
         """Rename an object (atomic on one file system), under the old key's lock."""
         with self.key_lock(key) as src:

@@ -149,6 +149,25 @@ class S3Backend(ObjectBackend):
         except BotoCoreError as exc:
             raise _error("delete", key, exc) from None
 
+    def shred(self, key: str) -> None:
+        """Delete every version of the object (and its delete markers), so that a
+        versioned bucket keeps no copy; needs s3:ListBucketVersions and
+        s3:DeleteObjectVersion. On an unversioned bucket this is `delete`."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(key)
+        try:
+            pages = self.client.get_paginator("list_object_versions").paginate(
+                Bucket=self.bucket, Prefix=full)
+            for page in pages:
+                for entry in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                    if entry["Key"] == full:
+                        self.client.delete_object(Bucket=self.bucket, Key=full,
+                                                  VersionId=entry["VersionId"])
+        except (ClientError, BotoCoreError) as exc:
+            raise _error("shred", key, exc) from None
+        self.delete(key)
+
     def list_keys(self, prefix: str) -> list[str]:
         keys = []
         for page in self._pages(prefix, delimiter=None):

@@ -312,12 +312,13 @@ def test_forget_queues_a_job_and_keeps_text_out_of_store_responses_and_logs(
     assert_no_secret(client.get("/v1/jobs").text)
     assert f"forget job {job_id} queued" in caplog.text  # logging was captured
     assert_no_secret(caplog.text)
-    # the accepted request is kept durably (owner-only) until its job ends + retention
+    # the accepted request is kept durably (owner-only) until its job ends + retention,
+    # its text sealed under the request's data key (task_text above opened it)
     request_file = store.root / "requests" / f"{job_id}.json"
-    assert SECRET_PROMPT in request_file.read_text()
-    assert (store.root / "requests").stat().st_mode & 0o077 == 0
+    assert request_file.is_file() and (store.root / "requests").stat().st_mode & 0o077 == 0
+    assert (store.root / "secrets" / "data-keys" / f"{job_id}.key").is_file()
     for path in store.root.rglob("*"):
-        if path.is_file() and path != request_file:
+        if path.is_file():
             assert_no_secret(path.read_text(errors="replace"))
 
 

@@ -80,13 +80,18 @@ def test_forget_wait_versions_rollback_generate(live: LiveService, tmp_path: Pat
     passed = "passed    True" in verify.stdout
     assert verify.returncode == (0 if passed else 1)  # a report that fails its checks: 1
 
+    # the parent is sealed by the forget: a rollback is an admin's override, with a reason
     parent = job["result"]["parent"]
-    back = run(live, "versions", "activate", mid, parent)
+    refused = run(live, "versions", "activate", mid, parent)
+    assert refused.returncode == 1 and "version_sealed" in refused.stderr
+    reason = ["--override-seal-reason", "cli test: rollback"]
+    back = run(live, "versions", "activate", mid, parent, *reason)
     assert back.returncode == 0 and f"{parent} is active" in back.stdout
     said = run(live, "generate", "--model", mid, "--prompt", records(30)[0]["prompt"],
-               "--max-new-tokens", "2", "--json")
+               "--max-new-tokens", "2", "--json", *reason)
     assert said.returncode == 0, said.stderr
     assert json.loads(said.stdout)["version"] == parent
+    assert run(live, "versions", "activate", mid, version).returncode == 0  # the head again
     # the forgotten text never appears in what the command printed about the job
     assert records(30)[0]["prompt"] not in forget.stdout + forget.stderr + shown.stdout
 

@@ -133,17 +133,19 @@ def test_full_flow(stack: ServiceStack, model: dict[str, Any]) -> None:
     assert all(set(r["probes"]["after"]) == set(probes["forgotten"])
                for r in result["records"])
 
-    # generate: v1 no longer says the code, v0 still does
+    # generate: v1 no longer says the code, v0 (sealed: an admin's override) still does
     prompt, answer = records[0]["prompt"], records[0]["answer"]
     gen = {"prompt": prompt, "max_new_tokens": 8}
+    override = {"override_seal_reason": "end-to-end test: compare with the base"}
     r1 = c.post(f"/v1/models/{mid}/versions/v1/generate", json=gen)
-    r0 = c.post(f"/v1/models/{mid}/versions/v0/generate", json=gen)
+    assert c.post(f"/v1/models/{mid}/versions/v0/generate", json=gen).status_code == 409
+    r0 = c.post(f"/v1/models/{mid}/versions/v0/generate", json=gen, params=override)
     assert r1.status_code == 200 and r0.status_code == 200, (r1.text, r0.text)
     assert r0.json()["text"].startswith(answer)
     assert not r1.json()["text"].startswith(answer)
 
-    # rollback: activate the parent
-    response = c.post(f"/v1/models/{mid}/versions/v0/activate")
+    # rollback past the deletion: activate the (sealed) parent, an audited override
+    response = c.post(f"/v1/models/{mid}/versions/v0/activate", params=override)
     assert response.status_code == 200, response.text
     assert c.get(f"/v1/models/{mid}").json()["active_version"] == "v0"
     listed = {v["id"]: v["active"] for v in c.get(f"/v1/models/{mid}/versions").json()}
@@ -207,10 +209,14 @@ def assert_no_record_text(stack: ServiceStack, records: list[dict[str, Any]]) ->
         assert secret not in logs, f"{secret!r} found in the service logs"
 
 
+SEALED_OK = {"override_seal_reason": "end-to-end test: a job to cancel"}
+"""v0 is sealed once the forget above succeeded: these exports are an admin's override."""
+
+
 def test_cancel_a_queued_job(stack: ServiceStack, model: dict[str, Any]) -> None:
     c = stack.client
     stack.worker.stop()  # nobody takes jobs now
-    response = c.post(f"/v1/models/{model['id']}/versions/v0/export")
+    response = c.post(f"/v1/models/{model['id']}/versions/v0/export", params=SEALED_OK)
     assert response.status_code == 202
     job_id = response.json()["job_id"]
     assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
@@ -219,7 +225,7 @@ def test_cancel_a_queued_job(stack: ServiceStack, model: dict[str, Any]) -> None
     assert response.json()["status"] == "cancelled"
 
     stack.restart_worker()
-    response = c.post(f"/v1/models/{model['id']}/versions/v0/export")
+    response = c.post(f"/v1/models/{model['id']}/versions/v0/export", params=SEALED_OK)
     later = wait_job(c, response.json()["job_id"])
     assert later["status"] == "succeeded", later
     cancelled = c.get(f"/v1/jobs/{job_id}").json()
@@ -242,7 +248,7 @@ def test_worker_killed_mid_job_leaves_no_version(
     slow = {"target_steps": 400, "target_stop_loss": 0.0}
     response = c.post(
         f"/v1/models/{mid}/forget",
-        json={"records": records, "hparams": slow, "base_version": "v0"},
+        json={"records": records, "hparams": slow, "base_version": "v0"}, params=SEALED_OK,
     )
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]

@@ -93,13 +93,15 @@ def test_smollm2_forget_verify_rollback_generate_export(stack: ServiceStack) -> 
     assert result["passed"] is True, result["checks"]
 
     gen = {"prompt": records[0]["prompt"], "max_new_tokens": 8}
-    before = c.post(f"/v1/models/{mid}/versions/v0/generate", json=gen)
+    sealed_ok = {"override_seal_reason": "test: compare with the sealed base"}
+    before = c.post(f"/v1/models/{mid}/versions/v0/generate", json=gen, params=sealed_ok)
     after = c.post(f"/v1/models/{mid}/versions/{version}/generate", json=gen)
     assert before.status_code == 200 and after.status_code == 200, (before.text, after.text)
     assert records[0]["answer"].strip() in before.json()["text"]
     assert not after.json()["text"].startswith(records[0]["answer"])
 
-    assert c.post(f"/v1/models/{mid}/versions/v0/activate").status_code == 200
+    assert c.post(f"/v1/models/{mid}/versions/v0/activate").status_code == 409  # sealed
+    assert c.post(f"/v1/models/{mid}/versions/v0/activate", params=sealed_ok).status_code == 200
     assert c.get(f"/v1/models/{mid}").json()["active_version"] == "v0"
 
     response = c.post(f"/v1/models/{mid}/versions/{version}/export")

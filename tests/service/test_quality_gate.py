@@ -197,10 +197,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceStack]:
 
 @pytest.fixture(scope="module")
 def model(stack: ServiceStack, tiny_gpt2_dir: Path) -> dict[str, Any]:
-    created = stack.client.post("/v1/models", json={"name": "t", "source": str(tiny_gpt2_dir)})
-    assert created.status_code == 201, created.text
-    ready = processes.wait_model_ready(stack.client, created.json()["id"])
-    assert ready["status"] == "ready" and ready["num_layers"] == 2, ready
+    ready = processes.register_ready(stack.client, str(tiny_gpt2_dir))
+    assert ready["num_layers"] == 2, ready
     return ready
 
 

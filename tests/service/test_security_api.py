@@ -207,6 +207,7 @@ def test_audit_chain_pages_verifies_and_detects_tampering(
     assert all(e["prev"] == p["hash"] for p, e in zip(entries, entries[1:], strict=False))
     assert "Quorra" not in store.audit.path.read_text()
     verdict = client.get("/v1/audit/verify", headers=bearer(ADMIN)).json()
+    assert verdict.pop("checkpoints") <= 1  # the reconciler's first pass may sign a head
     assert verdict == {"valid": True, "entries": len(entries), "head": entries[-1]["hash"],
                        "broken_at": None, "reason": None}
     # an insider edits one entry: the chain says where

@@ -8,6 +8,7 @@ flushed while requests wait (the reconciler re-enqueues them all).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -41,11 +42,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceStack]:
 
 @pytest.fixture(scope="module")
 def model(stack: ServiceStack, tiny_gpt2_dir: Path) -> dict[str, Any]:
-    response = stack.client.post("/v1/models", json={"name": "t", "source": str(tiny_gpt2_dir)})
-    assert response.status_code == 201, response.text
-    ready = processes.wait_model_ready(stack.client, response.json()["id"])
-    assert ready["status"] == "ready", ready
-    return ready
+    return processes.register_ready(stack.client, str(tiny_gpt2_dir))
 
 
 def facts(start: int, count: int) -> list[dict[str, Any]]:
@@ -59,11 +56,13 @@ def facts(start: int, count: int) -> list[dict[str, Any]]:
 
 
 def signature_ok(call: dict[str, Any]) -> bool:
-    """What a receiver does: HMAC-SHA256(secret, "<timestamp>." + raw body)."""
-    stamp = call["headers"]["ZeroUnlearn-Timestamp"]
-    mac = hmac.new(CALLBACK_SECRET.encode(), f"{stamp}.".encode() + call["raw"],
-                   hashlib.sha256).hexdigest()
-    return hmac.compare_digest(call["headers"]["ZeroUnlearn-Signature"], f"v1={mac}")
+    """What a receiver does (Standard Webhooks): base64 HMAC-SHA256(key, "<webhook-id>.
+    <webhook-timestamp>." + raw body); the key: the secret's UTF-8 bytes (no whsec_)."""
+    headers = call["headers"]
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + call["raw"]
+    mac = hmac.new(CALLBACK_SECRET.encode(), signed, hashlib.sha256).digest()
+    expected = "v1," + base64.b64encode(mac).decode()
+    return hmac.compare_digest(headers["webhook-signature"], expected)
 
 
 def test_callback_retried_signed_audited_and_receipt_verifies(
@@ -102,7 +101,8 @@ def test_callback_retried_signed_audited_and_receipt_verifies(
     manifest = c.get(f"/v1/models/{mid}/versions/{body['version']}").json()
     assert body["record_hashes"] == [r["sha256"] for r in manifest["records"]]
     assert len(body["record_hashes"]) == 2 and body["verification"]["after"]
-    assert c.post("/v1/receipts/verify", json=receipt).json() == {"genuine": True, "reason": None}
+    check = c.post("/v1/receipts/verify", json=receipt).json()
+    assert check["genuine"] is True and check["audit_entry_matches"] is True, check
     tampered = json.loads(json.dumps(receipt))
     first = tampered["receipt"]["record_hashes"][0]
     tampered["receipt"]["record_hashes"][0] = ("0" if first[0] != "0" else "1") + first[1:]
@@ -164,6 +164,10 @@ def test_request_text_is_purged_after_retention(
     assert any(e["action"] == "request.purged" and e["ids"]["job"] == job["id"] for e in entries)
 
 
+SEALED_OK = {"override_seal_reason": "test: requests on the sealed base v0"}
+"""v0 is sealed by the forgets above: building on it (and verifying it) is an override."""
+
+
 def test_flushed_redis_requests_all_complete_after_reconciliation(
     stack: ServiceStack, model: dict[str, Any]
 ) -> None:
@@ -172,10 +176,11 @@ def test_flushed_redis_requests_all_complete_after_reconciliation(
     jobs = []
     for i in range(3):
         body = {"records": facts(10 + i, 1), "base_version": "v0"}
-        response = c.post(f"/v1/models/{mid}/forget", json=body)
+        response = c.post(f"/v1/models/{mid}/forget", json=body, params=SEALED_OK)
         assert response.status_code == 202, response.text
         jobs.append(response.json()["job_id"])
-    verify = c.post(f"/v1/models/{mid}/versions/v0/verify", json={"records": facts(10, 1)})
+    verify = c.post(f"/v1/models/{mid}/versions/v0/verify", json={"records": facts(10, 1)},
+                    params=SEALED_OK)
     jobs.append(verify.json()["job_id"])
     conn = Redis.from_url(stack.redis_url)
     try:

@@ -441,6 +441,15 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 300.0) -> dict:
     raise AssertionError(f"job {job_id} did not finish in {timeout:g} s: {job}")
 
 
+def register_ready(client: httpx.Client, source: str, name: str = "t") -> dict:
+    """Register the model at `source` (201), wait for its prepare job; the ready model."""
+    created = client.post("/v1/models", json={"name": name, "source": source})
+    assert created.status_code == 201, created.text
+    ready = wait_model_ready(client, created.json()["id"])
+    assert ready["status"] == "ready", ready
+    return ready
+
+
 def wait_model_ready(client: httpx.Client, model_id: str, timeout: float = 300.0) -> dict:
     """Poll GET /v1/models/{id} until it is no longer "preparing"; return it."""
     deadline = time.monotonic() + timeout

@@ -47,6 +47,15 @@ def sign_in(driver: WebDriver, url: str, key: str, role: str) -> None:
     wait_for(driver, "#whoami", text=role)
 
 
+def answer_prompt(driver: WebDriver, text: str) -> None:
+    """Type `text` into the page's window.prompt (the reason of a seal override)."""
+    alert = WebDriverWait(driver, 30, poll_frequency=0.2).until(
+        lambda d: d.switch_to.alert, message="a prompt for the override's reason")
+    assert "sealed" in alert.text
+    alert.send_keys(text)
+    alert.accept()
+
+
 def js_errors(driver: WebDriver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -106,7 +115,9 @@ def test_forget_watch_report_rollback(ui_live: LiveService, browser: WebDriver,
     driver.get(f"{url}/#/compare?model={mid}")
     wait_for(driver, "#version-b option[value='v1']")
     driver.find_element(By.ID, "compare-prompt").send_keys(secret["prompt"])
+    assert "(sealed)" in wait_for(driver, "#version-a option[value='v0']").text
     driver.find_element(By.ID, "compare-submit").click()
+    answer_prompt(driver, "ui test: compare with the sealed v0")  # v0 is sealed: a reason
     wait_for(driver, "#output-a strong", 120)
     wait_for(driver, "#output-b strong", 120)
     screenshot(driver, artifacts, "compare")
@@ -115,8 +126,10 @@ def test_forget_watch_report_rollback(ui_live: LiveService, browser: WebDriver,
     driver.get(f"{url}/#/models/{mid}")
     wait_for(driver, "#active-version", text="v1")
     assert "1 record" in wait_for(driver, ".node[data-version='v1']").text
+    wait_for(driver, ".node[data-version='v0'] [data-sealed='v0']")
     screenshot(driver, artifacts, "lineage")
     wait_for(driver, "button[data-activate='v0']").click()
+    answer_prompt(driver, "ui test: incident rollback")
     dialog = wait_for(driver, "dialog#confirm[open]")
     assert "Roll back" in dialog.text
     screenshot(driver, artifacts, "rollback-confirm")
@@ -125,6 +138,11 @@ def test_forget_watch_report_rollback(ui_live: LiveService, browser: WebDriver,
     screenshot(driver, artifacts, "rolled-back")
     with ui_live.client() as api:
         assert api.get_model(mid)["active_version"] == "v0"
+        overrides = [e["detail"] for e in api.audit(limit=1000)["items"]
+                     if e["action"] == "version.seal_overridden"]
+    assert [(o["action"], o["reason"]) for o in overrides] == [
+        ("generate", "ui test: compare with the sealed v0"),
+        ("activate", "ui test: incident rollback")]
     assert js_errors(driver) == []
 
     # the request text is not in the page once it is reloaded (only what was typed, kept

@@ -116,8 +116,9 @@ export async function comparePage(view, params) {
     if (!model.value) return;
     const versions = await get(`/v1/models/${model.value}/versions`);
     for (const [select, pick] of [[a, versions[0]], [b, versions[versions.length - 1]]]) {
-      select.replaceChildren(...versions.map((v) => el("option", { value: v.id,
-        selected: v.id === pick.id }, `${v.id}${v.active ? " (active)" : ""}`)));
+      select.replaceChildren(...versions.filter((v) => !v.deleted).map((v) => el("option", {
+        value: v.id, selected: v.id === pick.id, "data-sealed": v.sealed ? "1" : "",
+      }, `${v.id}${v.active ? " (active)" : ""}${v.sealed ? " (sealed)" : ""}`)));
     }
   };
   model.addEventListener("change", fill);
@@ -133,10 +134,22 @@ export async function comparePage(view, params) {
       el("button", { type: "submit", id: "compare-submit" }, "Generate with both")));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    const sealed = [a, b].filter((s) => s.selectedOptions[0]?.dataset.sealed)
+      .map((s) => s.value);
+    let query = "";
+    if (sealed.length && can("admin")) {  // an override of the seal: audited, with a reason
+      const reason = window.prompt(`${[...new Set(sealed)].join(", ")} sealed: it still ` +
+        "holds records a later forget deleted. State the reason for using it anyway " +
+        "(audited, named in receipts), or cancel.");
+      if (reason && reason.trim()) {
+        query = `?override_seal_reason=${encodeURIComponent(reason.trim())}`;
+      }
+    }
     const run = async (version, out) => {
       out.textContent = "…";
       try {
-        const r = await post(`/v1/models/${model.value}/versions/${version}/generate`,
+        const over = sealed.includes(version) ? query : "";
+        const r = await post(`/v1/models/${model.value}/versions/${version}/generate${over}`,
           { prompt: prompt.value, max_new_tokens: Number(tokens.value) });
         out.replaceChildren(el("span", { class: "muted" }, prompt.value), r.text ? el("strong", {}, r.text)
           : el("strong", { class: "muted" }, " ⟨end of text⟩"));

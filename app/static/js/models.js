@@ -78,12 +78,18 @@ function versionNode(model, v, reportJob) {
   const count = (v.records || []).length;
   const button = el("button", {
     class: active ? "secondary" : "", "data-activate": v.id,
-    disabled: active || !can("admin"),
-    title: can("admin") ? "" : "Only an admin key can activate versions",
+    disabled: active || v.deleted || !can("admin"),
+    title: can("admin") ? (v.sealed ? "Sealed: activating it asks for a reason (audited)" : "")
+                        : "Only an admin key can activate versions",
     onclick: () => activate(model, v),
   }, active ? "active" : "Activate");
+  const sealed = v.sealed ? el("span", {
+    class: "badge sealed", "data-sealed": v.id,
+    title: `Still holds records deleted by ${(v.sealed_by || []).join(", ")}`,
+  }, "sealed") : null;
   return el("div", { class: `node${active ? " is-active" : ""}`, "data-version": v.id },
-    el("strong", {}, v.id), active ? badge("active") : null,
+    el("strong", {}, v.id), active ? badge("active") : null, sealed,
+    v.deleted ? badge("deleted") : null,
     el("span", { class: "muted" }, v.method || "base model"),
     el("span", {}, `${count} record${count === 1 ? "" : "s"}`),
     v.metrics && v.metrics.after ? el("span", { class: "muted" },
@@ -98,9 +104,17 @@ async function activate(model, v) {
   const older = Number(v.id.slice(1)) < Number(model.active_version.slice(1));
   const what = older ? `Roll back ${model.name} from ${model.active_version} to ${v.id}?`
                      : `Make ${v.id} the active version of ${model.name}?`;
+  let query = "";
+  if (v.sealed) {  // an override of the seal: the reason goes to the audit trail
+    const reason = window.prompt(`${v.id} is sealed: it still holds records that forget ` +
+      `request(s) ${(v.sealed_by || []).join(", ")} deleted. State the reason for using it ` +
+      "anyway (legal hold, incident rollback); it is audited and named in receipts.");
+    if (reason === null || !reason.trim()) return;
+    query = `?override_seal_reason=${encodeURIComponent(reason.trim())}`;
+  }
   if (!(await confirmDialog(`${what} New requests will use ${v.id}.`))) return;
   try {
-    await post(`/v1/models/${model.id}/versions/${v.id}/activate`);
+    await post(`/v1/models/${model.id}/versions/${v.id}/activate${query}`);
     flash(`${v.id} is now the active version of ${model.name}.`);
     window.dispatchEvent(new HashChangeEvent("hashchange"));
   } catch (err) { flash(err.message, true); }

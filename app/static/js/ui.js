@@ -50,6 +50,8 @@ const PLAIN_ERRORS = {
   queue_unavailable: "The job queue is not reachable. Try again in a moment.",
   no_worker: "No worker is running, so nothing can answer.",
   generate_timeout: "No worker answered in time.",
+  version_sealed: "This version still holds records a later forget deleted, so it is sealed. An admin may use it anyway with a stated reason (audited).",
+  version_deleted: "This version's files were deleted; use another version.",
   unauthorized: "Your API key is missing or not valid.",
   forbidden: "Your API key's role does not allow this.",
   unreachable: "The service cannot be reached.",
