@@ -164,10 +164,10 @@ class ZeroUnlearnHParams(TargetHParams):
     protect_substitutions: bool = True  # ... and forget prompts with other subjects
     reg_lambda: float = 1.0  # lam: ridge towards the old W; keeps B invertible
     eps: float = 0.01  # projector P = (1 + eps) I - Q Q^T
-    min_projected_progress: float = 0.5  # key-gated additive: a record is projected
+    min_projected_progress: float = 0.01  # key-gated additive: a record is projected
     # (target P V*) only if P V* still moves its output at least this fraction of the
-    # shift to its neutral target; else its target is V*. 0 projects every record that
-    # moves at all (see layer_update)
+    # shift to its neutral target; else its target is V*. 0 turns the check off. 0.01
+    # (not 0.5) on SmolLM2's tune split: README, "Collateral damage"
     rank_rtol: float = 1e-6  # singular values of M_f below rtol * max are dropped
     stats_samples: int = 100_000  # corpus tokens behind C (reference: 100,000)
     stats_files: list[str] | None = None  # corpus .txt/.jsonl files; None = model-sampled

@@ -1,7 +1,7 @@
 """Edits of an edited model take: the tiny GPT-2's second request, on the version its
 first request left, forgets its own records in one round and keeps the first's
 forgotten. Without the projection-progress rule (min_projected_progress 0) the same
-second request stays known through every round: its records' sensitive directions hold
+second request stays known through every round (the default is 0.01): its records' sensitive directions hold
 the first edit's push towards end-of-text, and projecting them away undid it."""
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def after_first(tiny_lm: LoadedModel, stats: StatsCache):
     tiny_lm.carry.clear()
 
 
-@pytest.mark.parametrize("rule", [0.5, 0.0], ids=["progress-rule", "always-project"])
+@pytest.mark.parametrize("rule", [0.01, 0.5, 0.0],
+                         ids=["progress-rule", "progress-half", "always-project"])
 def test_second_edit_takes_on_an_edited_model(after_first: LoadedModel, stats: StatsCache,
                                               rule: float) -> None:
     lm = after_first
