@@ -9,13 +9,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import signal
 import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
 
 from app.embedded_valkey import VALKEY_USER, password_path, safe_url, start_embedded_valkey
 from app.settings import Settings, SettingsError, load_settings
 from store.logs import configure_logging, log_format
 
 logger = logging.getLogger("app")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +59,28 @@ def _start_embedded_redis(settings: Settings):  # type: ignore[no-untyped-def]
     return server, url
 
 
+def _prepare_metrics_dir() -> Callable[[], None]:
+    """prometheus_client's multiprocess mode for several API processes: the directory
+    PROMETHEUS_MULTIPROC_DIR (emptied of an earlier run's files) or a private temporary
+    one. Set before the processes start, so they all count into it. Returns the cleanup."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return lambda: None
+    directory = Path(tempfile.mkdtemp(prefix="zerounlearn-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return lambda: shutil.rmtree(directory, ignore_errors=True)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """uvicorn shuts down gracefully on SIGTERM, then raises the signal again: this turns
+    it into SystemExit, so the `finally` that stops the embedded Valkey runs."""
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
@@ -80,18 +109,24 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from app.main import create_app
-    from app.server import HTTP_PROTOCOL
+    from app.server import uvicorn_options
 
+    options = {"host": args.host, "port": args.port, "log_config": None,
+               **uvicorn_options(settings)}
+    cleanup: Callable[[], None] = lambda: None  # noqa: E731
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if args.workers > 1:
+            cleanup = _prepare_metrics_dir()
             uvicorn.run("app.__main__:worker_app", factory=True, workers=args.workers,
-                        host=args.host, port=args.port, log_config=None, http=HTTP_PROTOCOL)
+                        **options)  # type: ignore[arg-type]
         else:
-            uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
-                        http=HTTP_PROTOCOL)
+            uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
     finally:
         if server is not None:
             server.stop()
+            logger.info("stopped the embedded Redis-compatible server")
+        cleanup()
     return 0
 
 

@@ -7,7 +7,7 @@ a call about any other model is 403. A missing, unknown or revoked key is 401.
 
 Routes declare what they need with the `Viewer`, `Operator` and `Admin` dependencies;
 a path's `model_id` is checked against the key's scope there, and services check the
-model of a job themselves (`Principal.check_model`).
+model of a job themselves (404 as for an unknown job: a 403 would name its model).
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from store import ArtifactStore
 ROLES = ("viewer", "operator", "admin")
 DISABLED_ACTOR = "auth-disabled"
 """Actor recorded in the audit trail while authentication is switched off."""
+
+CHECKED_KEY = "zerounlearn.api_key"
+"""Request state entry (token, key document) left by app.gate, which checks keys first."""
+MAX_TOKEN_CHARS = 512
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -61,12 +65,27 @@ def authenticate(
     if credentials is None or not credentials.credentials:
         raise Unauthorized("send an API key: 'Authorization: Bearer <key>'")
     token = credentials.credentials
-    store: ArtifactStore = request.app.state.store
-    doc = store.keys.authenticate(token) if len(token) <= 512 else None
+    checked = request.scope.get("state", {}).get(CHECKED_KEY)  # by app.gate, if it did
+    if checked is not None and checked[0] == token:
+        doc = checked[1]
+    else:
+        doc = lookup_key(request.app.state.store, token)
     if doc is None:
         raise Unauthorized("the API key is not valid (unknown or revoked)")
     models = doc.get("models")
     return Principal(doc["id"], doc["role"], frozenset(models) if models is not None else None)
+
+
+def lookup_key(store: ArtifactStore, token: str) -> dict | None:
+    """The live key document of `token`; None when unknown, revoked or absurdly long."""
+    return store.keys.authenticate(token) if 0 < len(token) <= MAX_TOKEN_CHARS else None
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The key in an `Authorization: Bearer <key>` header value, else None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def allow(role: str):  # type: ignore[no-untyped-def]

@@ -12,6 +12,8 @@ the store (hex text there). A receiver compares in constant time, refuses timest
 more than a few minutes away (replays) and ignores a webhook-id it has seen. Deliveries
 are retried with exponential backoff until a 2xx answer or the maximum age; redirects
 are never followed; every attempt is in the audit trail (host and outcome, not the URL).
+Attempts run off the reconciler (app.callback_delivery), each within one total deadline
+(ZEROUNLEARN_CALLBACK_TIMEOUT_S), to the address the DNS check saw (app.callback_http).
 """
 
 from __future__ import annotations
@@ -19,16 +21,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
-import socket
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
+from app import callback_http
+from app.callback_http import is_loopback_host
 from app.errors import InvalidInput
 from app.receipts import build_receipt
 from app.settings import Settings
@@ -42,7 +42,7 @@ ID_HEADER = "webhook-id"
 SIGNATURE_HEADER = "webhook-signature"
 TIMESTAMP_HEADER = "webhook-timestamp"
 SECRET_PREFIX = "whsec_"
-LOOPBACK_NAMES = ("localhost",)
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def check_callback_url(url: str, settings: Settings) -> str:
@@ -57,21 +57,22 @@ def check_callback_url(url: str, settings: Settings) -> str:
         raise InvalidInput("callback_url: must be an http(s) URL with a host")
     if parts.username is not None or parts.password is not None:
         raise InvalidInput("callback_url: must not carry credentials")
-    if parts.scheme == "http" and not _loopback(host):
+    if parts.scheme == "http" and not is_loopback_host(host):
         raise InvalidInput("callback_url: must use https (http only for loopback hosts)")
-    allowed = settings.allowed_callback_hosts
-    if host not in allowed and f"{host}:{port}" not in allowed:
+    names = allowed_names(host, port or DEFAULT_PORTS[parts.scheme])
+    if not names & settings.allowed_callback_hosts:
         raise InvalidInput("callback_url: the host is not on ZEROUNLEARN_CALLBACK_ALLOWED_HOSTS")
     return url
 
 
-def _loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+def allowed_names(host: str, port: int) -> set[str]:
+    """The allow-list entries that admit `host` (as urlsplit gives it: lower case, an
+    IPv6 literal without brackets) on `port`: "host" and "host:port"; for IPv6 also the
+    bracketed forms operators write, "[::1]" and "[::1]:9101"."""
+    names = {host, f"{host}:{port}"}
+    if ":" in host:  # an IPv6 literal
+        names |= {f"[{host}]", f"[{host}]:{port}"}
+    return names
 
 
 def callback_secret(settings: Settings, store: ArtifactStore) -> bytes:
@@ -120,52 +121,39 @@ def payload(store: ArtifactStore, settings: Settings, job: dict[str, Any]) -> di
 
 def resolves_to_internal_address(host: str) -> bool:
     """True when a host NAME resolves to a loopback, private, link-local or otherwise
-    non-public address (DNS rebinding: an allow-listed name pointed inside).
-
-    IP literals and loopback names are judged by the allow-list alone: an operator who
-    lists 127.0.0.1 or 10.1.2.3 means it. A name that does not resolve counts as internal.
-    """
-    if _loopback(host):
-        return False
+    non-public address (DNS rebinding: an allow-listed name pointed inside), or does not
+    resolve. IP literals and loopback names are judged by the allow-list alone: an
+    operator who lists 127.0.0.1 or 10.1.2.3 means it."""
     try:
-        ipaddress.ip_address(host.strip("[]"))
-        return False
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except OSError:
+        callback_http.resolve(host, 443)
+    except callback_http.DeliveryFailed:
         return True
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if not address.is_global:
-            return True
     return False
 
 
-def deliver(
-    client: httpx.Client, url: str, secret: bytes, body: dict[str, Any], attempt: int
-) -> str | None:
-    """POST once; None on a 2xx answer, else a short reason (status or error type)."""
-    host = (urlsplit(url).hostname or "").lower()
-    if resolves_to_internal_address(host):
-        return "refused: the host resolves to an internal address"
+def deliver(url: str, secret: bytes, body: dict[str, Any], attempt: int,
+            deadline_s: float) -> str | None:
+    """POST once within deadline_s in all (app.callback_http), to the address the
+    check resolved; None on a 2xx answer, else a short reason (status or error)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     timestamp, msg_id = int(time.time()), message_id(body["job_id"])
     headers = {
-        "content-type": "application/json",
+        "Content-Type": "application/json",
         ID_HEADER: msg_id,
         TIMESTAMP_HEADER: str(timestamp),
         SIGNATURE_HEADER: signature(secret, msg_id, timestamp, raw),
         "ZeroUnlearn-Attempt": str(attempt),
     }
     try:
-        response = client.post(url, content=raw, headers=headers)
-    except httpx.HTTPError as exc:
-        return type(exc).__name__
-    if 200 <= response.status_code < 300:
+        address = callback_http.resolve(host, parts.port or DEFAULT_PORTS[parts.scheme])
+        status = callback_http.post(url, address, headers, raw, deadline_s)
+    except callback_http.DeliveryFailed as exc:
+        return exc.reason
+    if 200 <= status < 300:
         return None
-    return f"HTTP {response.status_code}"
+    return f"HTTP {status}"
 
 
 def next_delay(settings: Settings, attempts: int) -> float:

@@ -128,7 +128,7 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {
         404: "not_found", 405: "method_not_allowed", 400: "bad_request",
-        413: "payload_too_large",
+        408: "request_timeout", 413: "payload_too_large",
     }  # fmt: skip
     code = codes.get(exc.status_code, "http_error")
     response = _json(exc.status_code, code, str(exc.detail))

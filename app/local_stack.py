@@ -4,7 +4,9 @@
   free TCP port of 127.0.0.1, with a generated password and its files (append-only log
   included, so queued jobs survive a restart) under `<ZEROUNLEARN_DATA_DIR>/redis`,
   readable by the service user only (app.embedded_valkey);
-- spawns one worker (`python -m worker`) with that REDIS_URL;
+- spawns one worker (`python -m worker`) with that REDIS_URL, and (unless
+  ZEROUNLEARN_INTERACTIVE_WORKER=0) a second one that serves only the interactive queue
+  (generate, export, verify of one record), so those answer while the first one edits;
 - runs the API (uvicorn, `app.main:create_app`) in the foreground;
 - once the API answers, registers the demo model through HTTP unless a model with the
   same source exists, and prints its preparation progress until it is ready;
@@ -253,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     server = None
     worker: subprocess.Popen | None = None
+    interactive: subprocess.Popen | None = None
     stop = threading.Event()
     try:
         if not os.environ.get("REDIS_URL"):
@@ -266,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         worker = start_worker(worker_env)
         _say(f"worker started (pid {worker.pid}); artifacts in {data_dir}")
         threading.Thread(target=watch_worker, args=(worker, stop), daemon=True).start()
+        if os.environ.get("ZEROUNLEARN_INTERACTIVE_WORKER", "1").strip() != "0":
+            interactive = start_worker({**worker_env, "ZEROUNLEARN_WORKER_QUEUES": "interactive"})
+            _say(f"interactive worker started (pid {interactive.pid}): generate and export "
+                 "answer while the other worker edits")
+            threading.Thread(target=watch_worker, args=(interactive, stop),
+                             daemon=True).start()
         base_url = f"http://{args.host}:{args.port}"
         if demo.lower() != "none":
             threading.Thread(
@@ -275,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"dashboard: {base_url}/ (paste the admin API key into its key field)")
         import uvicorn
 
+        from app.server import uvicorn_options
+        from app.settings import load_settings
+
         uvicorn.run(
             "app.main:create_app",
             factory=True,
@@ -282,15 +294,20 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             log_level="info",
             access_log=False,  # the status thread polls; its requests are noise here
+            **uvicorn_options(load_settings()),  # slow-client deadlines and limits
         )
     except (KeyboardInterrupt, StackStop):
         pass
     finally:
         stop.set()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # clean up undisturbed
+        if interactive is not None:
+            interactive.send_signal(signal.SIGTERM)  # both stop warm at the same time
         if worker is not None:
             _say("stopping the worker...")
             stop_worker(worker)
+        if interactive is not None:
+            stop_worker(interactive)
         if server is not None:
             _say("stopping the embedded Valkey...")
             server.stop()

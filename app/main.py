@@ -8,16 +8,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CollectorRegistry
 
 from app.errors import install_error_handlers
+from app.gate import RequestGate
+from app.job_index import JobIndex
 from app.limits import BodySizeLimit
 from app.metrics_jobs import JobTally
-from app.observability import RequestContext, RequestMetrics, ServiceCollector
+from app.observability import RequestContext, ServiceCollector, metrics_registry
 from app.queue import JobQueue, connect_redis
+from app.ratelimit import RateLimiter
 from app.reconciler import Reconciler
 from app.routes import api_router
 from app.routes.observe import STATIC_DIR
+from app.security_headers import SecurityHeaders
 from app.settings import Settings, load_settings
 from store import ArtifactStore, StoreError
 
@@ -29,9 +32,10 @@ forget requests (202 + a job to poll), and get a new immutable version of the
 weights; verify, activate (roll back), generate with and export any version.
 
 Errors are always `{"error": {"code", "message"}}`: 404 unknown model, version or
-job; 409 conflicts; 422 invalid input (the message names the field); 503 queue or
-store unavailable; 504 no worker answered in time. Request text (prompts, answers)
-is never logged, stored or echoed.
+job; 408 a body sent too slowly; 409 conflicts; 413 a body too large; 422 invalid input
+(the message names the field); 429 a rate limit reached (`Retry-After` says when to
+retry); 503 queue or store unavailable; 504 no worker answered in time. Request text
+(prompts, answers) is never logged, stored or echoed.
 
 Every /v1 call but `GET /v1/receipts/keys` (the public keys that check receipts offline)
 needs an API key, `Authorization: Bearer <key>` (401 without a valid one,
@@ -78,14 +82,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queue = queue
     app.state.reconciler = reconciler
     app.state.job_tally = job_tally
-    registry = CollectorRegistry()
+    app.state.job_index = JobIndex(store)  # GET /v1/jobs reads only a page's documents
+    registry, request_metrics = metrics_registry(ServiceCollector(store, queue, job_tally))
     app.state.metrics_registry = registry
-    request_metrics = RequestMetrics(registry)
-    registry.register(ServiceCollector(store, queue, job_tally))
+    limiter = RateLimiter(redis, settings.rate_limit_per_key, settings.rate_limit_per_address)
     install_error_handlers(app)
     app.include_router(api_router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
+                       timeout_s=settings.body_timeout_s)
+    app.add_middleware(RequestGate, store=store, limiter=limiter,  # before any body byte
+                       auth=settings.auth_enabled)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestContext, metrics=request_metrics)  # outermost: sees 413s
     return app
 

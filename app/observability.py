@@ -2,8 +2,11 @@
 
 Two sources, chosen so the numbers are right with several API and worker processes:
 
-- HTTP requests are counted in THIS process (`RequestMetrics`, a per-app registry):
-  each API process exposes its own, as Prometheus expects (one target per process).
+- HTTP requests are counted per process (`RequestMetrics`). One API process exposes its
+  own; several (`python -m app --workers N`) share prometheus_client's multiprocess
+  files, so a scrape of any of them adds up all (`metrics_registry`). Every label is
+  bounded: route templates (one label for unmatched paths), known methods or "other",
+  status codes 100-599.
 - Everything about jobs, queues, workers and resident models comes from what all
   processes share. Job documents in the store (status, kind, and the per-phase
   `timings` the worker writes when a job ends) are tallied by `JobTally`
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -27,6 +31,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from rq import Worker
@@ -38,11 +43,40 @@ from store import ArtifactStore, StoreError
 from store.logs import request_id_var
 
 logger = logging.getLogger(__name__)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 UNMATCHED_ROUTE = "<unmatched>"
 """Route label of requests no route matched (keeps the label set small)."""
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
+"""Method (status) label of any method not in KNOWN_METHODS (status outside 100-599)."""
+
+
+def method_label(method: str) -> str:
+    """A bounded method label: any string a client sends as a method is "other"."""
+    return method if method in KNOWN_METHODS else OTHER
+
+
+def status_label(status: int) -> str:
+    return str(status) if 100 <= status <= 599 else OTHER
+
+
+def metrics_registry(service: Collector) -> tuple[CollectorRegistry, RequestMetrics]:
+    """The registry /metrics exposes, and this process's HTTP counters.
+
+    With PROMETHEUS_MULTIPROC_DIR set (`python -m app --workers N` sets it) the counters
+    live in files there and every scrape adds up all the API processes' counters, so
+    any process answers for all. `service` (shared state) is collected once."""
+    exposed = CollectorRegistry()
+    if os.environ.get(MULTIPROC_ENV):
+        MultiProcessCollector(exposed)
+        request_metrics = RequestMetrics(CollectorRegistry())  # values: in the shared files
+    else:
+        request_metrics = RequestMetrics(exposed)
+    exposed.register(service)
+    return exposed, request_metrics
 
 
 class RequestMetrics:
@@ -91,8 +125,8 @@ class RequestContext:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
-            method = scope.get("method", "GET")
-            self.metrics.requests.labels(method, template, str(status)).inc()
+            method = method_label(scope.get("method", "GET"))
+            self.metrics.requests.labels(method, template, status_label(status)).inc()
             self.metrics.duration.labels(method, template).observe(time.perf_counter() - began)
             request_id_var.reset(token)
 
@@ -125,7 +159,7 @@ class ServiceCollector(Collector):
     def _redis(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("zerounlearn_redis_up", "1 when Redis answered this scrape")
         try:
-            depth = len(self.queue.queue)
+            depths = {q.name: len(q) for q in (self.queue.queue, self.queue.interactive)}
             workers = Worker.all(queue=self.queue.queue)
             resident = self._resident()
         except RedisError as exc:
@@ -136,7 +170,11 @@ class ServiceCollector(Collector):
         up.add_metric([], 1)
         yield up
         name = self.queue.name
-        yield _gauge("zerounlearn_queue_depth", "Jobs waiting in the queue", "queue", name, depth)
+        queue_depth = GaugeMetricFamily("zerounlearn_queue_depth", "Jobs waiting in the queue",
+                                        labels=["queue"])
+        for queue_name, depth in depths.items():  # edits, and interactive (app.queue)
+            queue_depth.add_metric([queue_name], depth)
+        yield queue_depth
         yield _gauge("zerounlearn_workers_alive", "Workers registered on the queue", "queue",
                      name, len(workers))
         family = GaugeMetricFamily(

@@ -5,6 +5,12 @@ Request text never travels in the clear: forget and verify jobs carry a placehol
 prompt sealed under a per-request data key kept in the store (store.datakeys). Each RQ job gets an
 explicit, text-free description (RQ's default is the call with its arguments, which
 workers log), short result/failure TTLs, and is deleted once cancelled or answered.
+
+Two RQ queues per device class: "zerounlearn-{class}" for edits and other long jobs, and
+"zerounlearn-{class}-interactive" for short ones (generate, export, a verify of one
+record: `interactive_job`). A worker listens to the interactive queue first (RQ takes
+from its queues in order), and a worker started with ZEROUNLEARN_WORKER_QUEUES=interactive
+listens to nothing else, so short calls never wait behind a running edit.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ TASKS: dict[str, str] = {
 }
 """Dotted path of the worker function for each kind of job."""
 
+INTERACTIVE_SUFFIX = "-interactive"
+"""The interactive queue's name: the device class's queue name and this suffix."""
+INTERACTIVE_KINDS = frozenset({"generate", "export"})
+"""Job kinds that are always short; a verify is short with one record."""
 GENERATE_RESULT_TTL_S = 60
 RESIDENT_KEY_PREFIX = "zerounlearn:resident:"  # worker.metrics.RESIDENT_KEY_PREFIX
 """Seconds a generate answer stays in Redis if the API never collects it."""
@@ -57,13 +67,19 @@ def connect_redis(settings: Settings) -> Redis:
     )
 
 
+def interactive_job(kind: str, records: int = 0) -> bool:
+    """Does a job of this kind (with this many records) go to the interactive queue?"""
+    return kind in INTERACTIVE_KINDS or (kind == "verify" and records <= 1)
+
+
 class JobQueue:
-    """Enqueue, cancel and wait for worker jobs on the device class's RQ queue."""
+    """Enqueue, cancel and wait for worker jobs on the device class's RQ queues."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
         self.queue = Queue(settings.queue_name, connection=redis)
+        self.interactive = Queue(settings.queue_name + INTERACTIVE_SUFFIX, connection=redis)
 
     @property
     def name(self) -> str:
@@ -73,9 +89,15 @@ class JobQueue:
         """Raise RedisError when Redis does not answer."""
         self.redis.ping()
 
-    def enqueue(self, kind: str, job_id: str, *args: Any) -> None:
-        """Enqueue TASKS[kind](job_id, *args) under RQ job id = our job id."""
-        self.queue.enqueue(
+    def queued_ids(self) -> list[str]:
+        """The RQ job ids waiting in both queues (two LRANGEs)."""
+        return self.queue.get_job_ids() + self.interactive.get_job_ids()
+
+    def enqueue(self, kind: str, job_id: str, *args: Any, interactive: bool | None = None) -> None:
+        """Enqueue TASKS[kind](job_id, *args) under RQ job id = our job id, on the
+        interactive queue when `interactive` (None: as the kind alone says)."""
+        short = interactive if interactive is not None else kind in INTERACTIVE_KINDS
+        (self.interactive if short else self.queue).enqueue(
             TASKS[kind],
             job_id,
             *args,
@@ -99,20 +121,23 @@ class JobQueue:
         except RedisError as exc:
             logger.warning("could not remove job %s from Redis: %s", job_id, type(exc).__name__)
 
-    def workers_alive(self) -> int:
-        """Number of live workers listening on this queue: those in RQ's registry, plus
-        those whose own heartbeat key (the resident-model publication a worker refreshes
-        every 5 s, TTL 20 s) names this queue. In a loaded test run RQ's registration of a
-        worker lapsed while the worker went on serving the queue (cause not found); the
-        heartbeat keeps `generate` and /readyz from refusing then."""
-        names = {w.name for w in Worker.all(queue=self.queue)}
+    def workers_alive(self, interactive: bool = False) -> int:
+        """Number of live workers listening on the edits queue (interactive: on the
+        interactive queue): those in RQ's registry, plus those whose own heartbeat key
+        (the resident-model publication a worker refreshes every 5 s, TTL 20 s) names
+        the queue. In a loaded test run RQ's registration of a worker lapsed while the
+        worker went on serving the queue (cause not found); the heartbeat keeps
+        `generate` from refusing then."""
+        target = self.interactive if interactive else self.queue
+        names = {w.name for w in Worker.all(queue=target)}
         for key in self.redis.scan_iter(match=RESIDENT_KEY_PREFIX + "*", count=100):
             raw = self.redis.get(key)
             try:
-                queue = json.loads(raw)["queue"] if raw else None
-            except (ValueError, KeyError, TypeError):
+                data = json.loads(raw) if raw else {}
+                queues = data.get("queues") or [data["queue"]]
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
-            if queue == self.queue.name:
+            if target.name in queues:
                 name = key.decode() if isinstance(key, bytes) else str(key)
                 names.add(name[len(RESIDENT_KEY_PREFIX):])
         return len(names)
@@ -120,7 +145,8 @@ class JobQueue:
     def generate(
         self, request_id: str, model_id: str, version: str, prompt: dict, max_new_tokens: int
     ) -> dict:
-        """Run worker.tasks.generate ahead of other jobs and wait for its answer.
+        """Run worker.tasks.generate on the interactive queue, ahead of other jobs, and
+        wait for its answer.
 
         `prompt` is sealed under the data key of `request_id` (the RQ job id), and the
         answer comes back sealed the same way (app.services.generate). Timeout (504)
@@ -128,7 +154,7 @@ class JobQueue:
         The RQ job is deleted afterwards.
         """
         timeout = self.settings.generate_timeout_s
-        job = self.queue.enqueue(
+        job = self.interactive.enqueue(
             TASKS["generate"],
             model_id,
             version,

@@ -6,7 +6,9 @@ One pass (one API process at a time, across machines: the store's non-blocking
    gone (Redis restarted without persistence, FLUSHDB) or ended before the task started
    (a worker died between dequeue and start); the worker's queued -> running transition
    makes a duplicate entry harmless;
-2. deliver due callbacks of ended jobs (retrying with backoff, every attempt audited);
+2. hand due callbacks of ended jobs to the CallbackDispatcher (app.callback_delivery),
+   whose threads make the attempts (retrying with backoff, every attempt audited): a
+   slow receiver never holds up the pass;
 3. purge the text of requests whose job ended more than the retention time ago;
 4. sign the audit trail's head (app.checkpoints) when it moved and the last checkpoint
    is older than ZEROUNLEARN_AUDIT_CHECKPOINT_INTERVAL_S.
@@ -18,7 +20,7 @@ every pass cost the API process ~35 us of CPU per request (the pass runs in a th
 the API process: it holds the GIL, so doing less is what keeps requests fast). An
 incremental pass
 - lists the pending requests' names (no document read; on S3 one LIST per 1,000);
-- checks the queue side in bulk: the RQ queue's id list (one LRANGE) and that those
+- checks the queue side in bulk: the RQ queues' id lists (one LRANGE each) and that those
   RQ jobs still exist (one EXISTS per 1,000), then the RQ status (pipelined HGETs) of
   the few that are not in the list (running ones, lost ones);
 - reads the documents only of requests that may need something: whose RQ job is not
@@ -44,16 +46,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from app import callbacks, checkpoints
+from app import checkpoints
+from app.callback_delivery import CallbackDispatcher
 from app.errors import ConflictError
-from app.queue import JobQueue
+from app.queue import JobQueue, interactive_job
 from app.settings import Settings
 from app.signing import ReceiptKeys
 from store import TERMINAL_JOB_STATUSES, ArtifactStore, NotFound, StoreError
@@ -161,6 +162,9 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_checkpoint_check = 0.0
+        self._touched: set[str] = set()  # requests the dispatcher changed: read again
+        self._touched_lock = threading.Lock()
+        self.callbacks = CallbackDispatcher(store, settings, on_done=self._touch)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -169,8 +173,14 @@ class Reconciler:
 
     def stop(self) -> None:
         self._stop.set()
+        self.callbacks.stop()
         if self._thread is not None:
-            self._thread.join(timeout=self.settings.callback_timeout_s + 5)
+            self._thread.join(timeout=10)
+
+    def _touch(self, job_id: str) -> None:
+        """The dispatcher recorded an attempt: the next pass reads the request again."""
+        with self._touched_lock:
+            self._touched.add(job_id)
 
     def _loop(self) -> None:
         full = True  # at start-up: read everything once
@@ -194,6 +204,10 @@ class Reconciler:
             if not mine:
                 return counts
             now = time.time()
+            with self._touched_lock:
+                touched, self._touched = self._touched, set()
+            for job_id in touched:
+                self.seen.entries.pop(job_id, None)
             pending = self.store.requests.pending_ids()
             self.seen.keep_only(pending)
             stats = PassStats(full=full, pending=len(pending))
@@ -217,8 +231,7 @@ class Reconciler:
                     counts["requeued"] += 1
                     changed = True
                 if self._callback(request, job, now):
-                    counts["callbacks"] += 1
-                    changed = True
+                    counts["callbacks"] += 1  # handed over (the attempt changes it later)
                 if self._purge(request, job, now):
                     counts["purged"] += 1
                     changed = True
@@ -244,7 +257,7 @@ class Reconciler:
     def _confirmed_queued(self, job_ids: list[str]) -> set[str]:
         """Those of job_ids that wait in the RQ queue's list and whose RQ job exists
         (a list entry without its job is skipped by workers: lost)."""
-        listed = set(self.queue.queue.get_job_ids())
+        listed = set(self.queue.queued_ids())
         candidates = [j for j in job_ids if j in listed]
         chunks = [candidates[i:i + EXISTS_CHUNK]
                   for i in range(0, len(candidates), EXISTS_CHUNK)]
@@ -275,8 +288,10 @@ class Reconciler:
             return False
         if self._queue_entry_alive(job["id"], statuses):
             return False
+        records = len(request.get("record_hashes") or [])
         self.queue.enqueue(request["kind"], job["id"],
-                           *queue_args(request["kind"], request["task_args"]))
+                           *queue_args(request["kind"], request["task_args"]),
+                           interactive=interactive_job(request["kind"], records))
         self.store.requests.update(job["id"], enqueued=int(request.get("enqueued", 1)) + 1)
         self.store.audit.append(ACTOR, "request.requeued",
                                 ids={"job": job["id"], "model": job.get("model_id")},
@@ -310,32 +325,13 @@ class Reconciler:
         return status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
     def _callback(self, request: dict[str, Any], job: dict[str, Any], now: float) -> bool:
+        """Hand a due callback to the dispatcher (True when handed over now)."""
         cb = request.get("callback")
         if not cb or cb.get("state") != "pending" or job["status"] not in TERMINAL_JOB_STATUSES:
             return False
         if now < float(cb.get("next_attempt_at") or 0):
             return False
-        attempt = int(cb.get("attempts", 0)) + 1
-        secret = callbacks.callback_secret(self.settings, self.store)
-        body = callbacks.payload(self.store, self.settings, job)
-        with httpx.Client(timeout=self.settings.callback_timeout_s,
-                          follow_redirects=False, trust_env=False) as client:
-            failure = callbacks.deliver(client, cb["url"], secret, body, attempt)
-        finished = _epoch(job.get("finished_at")) or now
-        state = "delivered" if failure is None else "pending"
-        if failure is not None and now - finished >= self.settings.callback_max_age_s:
-            state = "gave_up"
-        delay = callbacks.next_delay(self.settings, attempt)
-        self.store.requests.update(job["id"], callback={
-            **cb, "state": state, "attempts": attempt, "last_error": failure,
-            "next_attempt_at": now + delay,
-        })
-        self.store.audit.append(
-            ACTOR, "callback.attempt", ids={"job": job["id"], "model": job.get("model_id")},
-            detail={"attempt": attempt, "host": urlsplit(cb["url"]).hostname,
-                    "outcome": failure or "delivered", "state": state},
-        )
-        return failure is None
+        return self.callbacks.submit(job["id"])
 
     def _checkpoint(self, now: float) -> None:
         """Step 4: a periodic signed checkpoint, when due (looked at once a minute at

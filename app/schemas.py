@@ -61,7 +61,7 @@ ReferenceText = Annotated[
 ModelName = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
 ]
-VersionId = Annotated[str, StringConstraints(pattern=r"^v(0|[1-9][0-9]*)$")]
+VersionId = Annotated[str, StringConstraints(pattern=r"^v(0|[1-9][0-9]{0,8})$")]
 Method = Literal["zerounlearn", "zerounlearn-paper", "zerounlearn-gd", "gradient-ascent", "npo"]
 JobKind = Literal["forget", "verify", "prepare", "export", "retain", "compact"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]

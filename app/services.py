@@ -23,7 +23,7 @@ from app.schemas import CreateModel, ForgetRequest, GenerateRequest, RecordIn, V
 from app.settings import Settings
 from app.sources import check_edit_layers, inspect_source
 from app.submission import QUEUE_DOWN, Submission, submit_job
-from store import ArtifactStore
+from store import ArtifactStore, NotFound
 from store.datakeys import GENERATE_ANSWER, GENERATE_PROMPT, SealBroken
 
 logger = logging.getLogger(__name__)
@@ -169,9 +169,11 @@ def export(
 
 
 def get_job(store: ArtifactStore, who: Principal, job_id: str) -> dict[str, Any]:
-    """A job document, if the caller's scope includes its model."""
+    """A job document, if the caller's scope includes its model; 404 as for an unknown
+    job otherwise (a 403 would tell the caller which model the job belongs to)."""
     job = store.get_job(job_id)
-    who.check_model(job["model_id"])
+    if not who.allows_model(job["model_id"]):
+        raise NotFound(f"job {job_id!r} not found", kind="job")
     return job
 
 
@@ -219,8 +221,9 @@ def generate(
     store.get_version(model["id"], version)
     if req.max_new_tokens > settings.max_new_tokens:
         raise InvalidInput(f"max_new_tokens: at most {settings.max_new_tokens}")
-    if queue.workers_alive() == 0:
-        raise Unavailable(f"no worker is listening on queue {queue.name}", code="no_worker")
+    if queue.workers_alive(interactive=True) == 0:
+        raise Unavailable(f"no worker is listening on queue {queue.interactive.name}",
+                          code="no_worker")
     return {"text": _generate_sealed(store, queue, model["id"], version, req)}
 
 

@@ -87,13 +87,16 @@ class Settings(BaseSettings):
     callback_secret: SecretStr | None = Field(None, min_length=32)
     # Sign the audit trail's head when it moved and the last checkpoint is this old.
     audit_checkpoint_interval_s: float = Field(3600.0, gt=0, le=7 * 86400)
-    # Comma-separated host names (or host:port) callbacks may go to; empty: none.
+    # Comma-separated hosts callbacks may go to: host, host:port, [v6], [v6]:port; empty: none.
     callback_allowed_hosts: str = ""
     # Retry a failed callback with exponential backoff (base, cap) for at most max_age.
     callback_backoff_s: float = Field(2.0, gt=0, le=600)
     callback_backoff_max_s: float = Field(300.0, gt=0)
     callback_max_age_s: float = Field(3600.0, gt=0)
+    # Total deadline of one callback attempt (connect, TLS, send, status line).
     callback_timeout_s: float = Field(5.0, gt=0, le=60)
+    # Threads of each API process that deliver callbacks (off the reconciler).
+    callback_workers: int = Field(4, ge=1, le=64)
     # Seconds a finished job's request text is kept (for retries and checks) before purge.
     request_retention_s: float = Field(300.0, ge=0)
     # Reconciler period: re-enqueue lost jobs, deliver callbacks, purge request text.
@@ -104,6 +107,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
     # os.pathsep-separated directories model sources must lie in (builtin always allowed).
     model_roots: str = ""
+
+    # --- slow clients and abuse (README "Abuse resistance"); per API process.
+    # Seconds a connection may take to send a request's headers (slowloris: closed).
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
+    # Seconds a request may take to send its whole body (408 and closed beyond).
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)
+    # Seconds an idle keep-alive connection stays open between requests.
+    keepalive_timeout_s: int = Field(5, ge=1, le=600)
+    # Largest request line + headers (bytes) a connection may buffer (closed beyond).
+    max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    # Open connections plus running requests per process; beyond: 503 at once.
+    max_connections: int = Field(1000, ge=1, le=100_000)
+    # Rate limits (the `limits` package's syntax, ";" between several: "20/second;1200/minute"),
+    # counted in Redis so every API process shares them; "" switches one off.
+    rate_limit_per_key: str = "1200/minute"
+    rate_limit_per_address: str = "2400/minute"
 
     # --- quality gate of forget edits (README "Quality gate"; the workers read the same
     # variables). Defaults a request may tighten; limits an admin may loosen them to.
@@ -156,6 +175,19 @@ class Settings(BaseSettings):
         if not DEVICE_CLASS_RE.match(value):
             raise ValueError("must be lower-case letters, digits, '-' or '_' (e.g. cpu, gpu)")
         return value
+
+    @field_validator("rate_limit_per_key", "rate_limit_per_address")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        if value.strip():
+            from limits import parse_many
+
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError('must look like "600/minute" or "10/second;600/hour" '
+                                 '(empty: no limit)') from None
+        return value.strip()
 
     @field_validator("log_level")
     @classmethod

@@ -8,6 +8,7 @@ or a .gguf file. For a directory the API reads config.json itself to fill
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from app.schemas import BUILTIN_SMOLLM2
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 """config.json keys that hold the number of decoder layers, by model family."""
 
+MAX_SOURCE_ENTRIES = 10_000
+"""Most files and directories a model directory may hold (each one's links are checked)."""
 BUILTIN_SMOLLM2_LAYERS = 30
 """Decoder layers of the built-in SmolLM2-135M (its config; prepare writes the same)."""
 
@@ -49,16 +52,39 @@ def inspect_source(source: str, roots: tuple[Path, ...] = ()) -> SourceInfo:
             f"use {BUILTIN_SMOLLM2!r}"
         )
     path = Path(source).resolve()
-    if not any(path == root or path.is_relative_to(root) for root in roots):
+    if not _inside(path, roots):
         raise InvalidInput("source: the path is outside the allowed model roots")
     if path.is_file() and path.suffix.lower() == ".gguf":
         return SourceInfo(source=str(path))
     if path.is_dir():
+        _check_links_stay_inside(path, roots)
         return _inspect_directory(path)
     raise InvalidInput(
         f"source: must be {BUILTIN_SMOLLM2!r}, an existing directory with config.json, "
         "or an existing .gguf file"
     )
+
+
+def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def _check_links_stay_inside(directory: Path, roots: tuple[Path, ...]) -> None:
+    """422 when any entry of the model directory (config.json, weights, tokenizer, at any
+    depth) is a symlink that resolves outside the model roots: the API reads config.json
+    and the worker every other file, so none may lead out."""
+    seen = 0
+    for top, dirs, files in os.walk(directory):
+        for name in (*dirs, *files):
+            seen += 1
+            if seen > MAX_SOURCE_ENTRIES:
+                raise InvalidInput(f"source: the directory holds more than "
+                                   f"{MAX_SOURCE_ENTRIES} entries")
+            entry = Path(top) / name
+            if entry.is_symlink() and not _inside(entry.resolve(), roots):
+                relative = entry.relative_to(directory)
+                raise InvalidInput(f"source: {relative} is a link to a file outside the "
+                                   "allowed model roots")
 
 
 def _inspect_directory(path: Path) -> SourceInfo:

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from app.auth import Principal
 from app.errors import ConflictError
-from app.queue import JobQueue
+from app.queue import JobQueue, interactive_job
 from store import ArtifactStore, new_job_id
 from store.hashing import RECORD_SALT, salted_hash
 from store.requests import queue_args
@@ -111,7 +111,8 @@ def _accept(
         store.audit.append(principal.key_id, action, ids={"job": job_id, "model": sub.model_id},
                            detail=detail)
     try:
-        queue.enqueue(sub.kind, job_id, *queue_args(sub.kind, list(sub.args)))
+        queue.enqueue(sub.kind, job_id, *queue_args(sub.kind, list(sub.args)),
+                      interactive=interactive_job(sub.kind, len(sub.record_hashes)))
     except RedisError:
         failed = store.transition_job(job_id, ["queued"], "failed", error=QUEUE_DOWN)
         store.requests.purge(job_id)

@@ -309,10 +309,14 @@ def register_model(base_url: str, data_dir: Path, source: Path, with_worker: boo
 
 def api_environment(root: Path, extra: list[str]) -> dict[str, str]:
     """The API's settings: the test admin key and model roots; production defaults for
-    the rest (reconciler every 5 s, not the tests' 0.5 s)."""
+    the rest (reconciler every 5 s, not the tests' 0.5 s), except the rate limits: one
+    key at 100 requests/s per endpoint is far above ZEROUNLEARN_RATE_LIMIT_PER_KEY's
+    default, and this measures latency, not the limiter (--api-env sets them back)."""
     env = {
         "ZEROUNLEARN_ADMIN_TOKEN": processes.TEST_ADMIN_TOKEN,
         "ZEROUNLEARN_MODEL_ROOTS": os.pathsep.join([processes.TEST_MODEL_ROOTS, str(root)]),
+        "ZEROUNLEARN_RATE_LIMIT_PER_KEY": "",
+        "ZEROUNLEARN_RATE_LIMIT_PER_ADDRESS": "",
     }
     for item in extra:
         name, _, value = item.partition("=")

@@ -181,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   headers=processes.auth_headers()) as client:
                     print(f"[service] preparing {source}", file=sys.stderr)
                     model_id, prepare_s = ready_model(client, source, args.timeout)
-                    done = len(client.get("/v1/jobs", params={"model_id": model_id}).json())
+                    done = len(client.get("/v1/jobs", params={"model_id": model_id,
+                                                              "limit": 1000}).json())
                     for i in range(args.requests):
                         record = records[(done + i) % len(records)]  # not forgotten before
                         run = one_request(client, model_id, record, hparams, args.poll,

@@ -163,7 +163,7 @@ def models_add(args: argparse.Namespace) -> int:
 
 def models_list(args: argparse.Namespace) -> int:
     with _client(args) as api:
-        models = api.list_models()
+        models = api.list_models(limit=args.limit)
     emit_json(models) if args.json else table(models, MODEL_COLUMNS)
     return 0
 
@@ -194,7 +194,7 @@ def forget(args: argparse.Namespace) -> int:
 
 def jobs_list(args: argparse.Namespace) -> int:
     with _client(args) as api:
-        jobs = api.list_jobs(args.model, args.status)
+        jobs = api.list_jobs(args.model, args.status, args.kind, limit=args.limit)
     emit_json(jobs) if args.json else table(jobs, JOB_COLUMNS)
     return 0
 
@@ -219,7 +219,7 @@ def jobs_cancel(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ versions
 def versions_list(args: argparse.Namespace) -> int:
     with _client(args) as api:
-        versions = api.list_versions(args.model)
+        versions = api.list_versions(args.model, limit=args.limit)
     if args.json:
         emit_json(versions)
     else:
@@ -306,7 +306,7 @@ def keys_create(args: argparse.Namespace) -> int:
 
 def keys_list(args: argparse.Namespace) -> int:
     with _client(args) as api:
-        keys = api.list_keys()
+        keys = api.list_keys(limit=args.limit)
     emit_json(keys) if args.json else table(keys, KEY_COLUMNS)
     return 0
 

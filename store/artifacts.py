@@ -277,6 +277,11 @@ class ArtifactStore:
         self.get_model(model_id)
         return [self.get_version(model_id, f"v{n}") for n in self._versions.numbers(model_id)]
 
+    def version_numbers(self, model_id: str) -> list[int]:
+        """The N of every published vN of a model, ascending; no manifest is read."""
+        self.get_model(model_id)
+        return self._versions.numbers(model_id)
+
     def patch_path(self, model_id: str, version: str) -> Path:
         """Local path of a version's patch file (downloaded into the local cache from an
         object store); NotFound when the version has none (v0)."""

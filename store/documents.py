@@ -27,7 +27,9 @@ TERMINAL_JOB_STATUSES = ("succeeded", "failed", "cancelled")
 
 MODEL_ID_RE = re.compile(r"^m-[0-9a-f]{12}$")
 JOB_ID_RE = re.compile(r"^j-[0-9a-f]{16}$")
-VERSION_RE = re.compile(r"^v(0|[1-9][0-9]*)$")
+VERSION_RE = re.compile(r"^v(0|[1-9][0-9]{0,8})$")
+"""Version ids: v0 .. v999999999 (a longer id names no version: 404, never a file name
+too long for the store)."""
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -116,6 +116,11 @@ class KeyStore:
 
     def revoke(self, key_id: str) -> dict[str, Any]:
         """Mark a key revoked (idempotent); returns its document."""
+        return self.revoke_once(key_id)[0]
+
+    def revoke_once(self, key_id: str) -> tuple[dict[str, Any], bool]:
+        """Mark a key revoked; (its document, whether this call revoked it). A key that
+        was already revoked is left as it was (False), so callers audit a revocation once."""
         key = self._key(key_id)
         self.get(key_id)  # NotFound before any write
 
@@ -123,4 +128,10 @@ class KeyStore:
             return None if doc.get("revoked_at") else {**doc, "revoked_at": utc_now()}
 
         missing = NotFound(f"key {key_id!r} not found", kind="key")
-        return update_doc(self.backend, key, revoke, missing) or self.get(key_id)
+        changed = update_doc(self.backend, key, revoke, missing)
+        return (changed, True) if changed is not None else (self.get(key_id), False)
+
+    def live_admins(self) -> tuple[str, ...]:
+        """Ids of the admin keys that are not revoked."""
+        docs = self.list()
+        return tuple(d["id"] for d in docs if d.get("role") == "admin" and not d.get("revoked_at"))

@@ -107,6 +107,25 @@ class RequestStore:
         assert updated is not None
         return updated
 
+    def claim_callback(self, job_id: str, now: float, hold_s: float) -> dict[str, Any] | None:
+        """Atomically, when the request's callback is pending and due at `now` (epoch
+        seconds): move its next attempt to now + hold_s, so that no other process makes
+        one meanwhile, and return the request as it was; None otherwise."""
+        claimed: list[dict[str, Any]] = []
+
+        def claim(doc: dict[str, Any]) -> dict[str, Any] | None:
+            callback = doc.get("callback") or {}
+            if callback.get("state") != "pending":
+                return None
+            if now < float(callback.get("next_attempt_at") or 0):
+                return None
+            claimed.append(doc)
+            return {**doc, "callback": {**callback, "next_attempt_at": now + hold_s}}
+
+        missing = NotFound(f"request {job_id!r} is not pending", kind="request")
+        update_doc(self.backend, self._key(job_id), claim, missing)
+        return claimed[0] if claimed else None
+
     def pending_ids(self) -> list[str]:
         """Job ids of the pending (not settled) requests, from one listing: no document
         is read (locally one directory scan; on S3 one LIST call per 1,000 requests, the

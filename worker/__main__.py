@@ -1,10 +1,12 @@
-"""`python -m worker`: one long-lived RQ worker on the queue of its device class.
+"""`python -m worker`: one long-lived RQ worker on the queues of its device class.
 
 It is an RQ SimpleWorker: jobs run in this process, without a fork per job, so loaded
 models (and CUDA state) stay resident between jobs in the process's ModelCache. Run one
-per GPU. SIGTERM / Ctrl-C stop it after the current job (warm); a second signal more
-than a second later stops it at once (cold), and the running job is marked failed with
-code "worker_stopped".
+per GPU. It takes jobs from the interactive queue first, then from the edits queue
+(ZEROUNLEARN_WORKER_QUEUES=interactive: only the former, so it is free for short calls
+while other workers edit; app.queue). SIGTERM / Ctrl-C stop it after the current job
+(warm); a second signal more than a second later stops it at once (cold), and the
+running job is marked failed with code "worker_stopped".
 
 Settings come from the environment (worker.settings); REDIS_URL is required here.
 """
@@ -121,19 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     if recovered:
         logger.warning("marked %d job(s) of dead workers as failed", len(recovered))
 
-    queue = Queue(settings.queue_name, connection=connection)
-    worker = SimpleWorker([queue], connection=connection, name=name, log_job_description=False)
+    queues = [Queue(q, connection=connection) for q in settings.listen_queues]
+    worker = SimpleWorker(queues, connection=connection, name=name, log_job_description=False)
     logger.info(
-        "worker %s on queue %s (device %s, %d torch thread(s), store %s, statistics %d tokens)",
-        name, settings.queue_name, settings.device, settings.torch_threads, settings.data_dir,
-        settings.stats_samples,
+        "worker %s on queues %s (device %s, %d torch thread(s), store %s, statistics %d "
+        "tokens)", name, ", ".join(settings.listen_queues), settings.device,
+        settings.torch_threads, settings.data_dir, settings.stats_samples,
     )
     # its own client: RQ's connection is blocked in BLPOP while the worker waits
     publisher = ResidentPublisher(
         Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5),
         name,
         lambda: [f"{k.model_id}/{k.version}" for k in context.models.keys()],
-        settings.queue_name,
+        settings.listen_queues,
     )
     publisher.start()
     try:

@@ -28,14 +28,15 @@ RESIDENT_TTL_S = 20
 
 
 class ResidentPublisher:
-    """Publishes `entries()` (e.g. ["m-1/v0"]) for worker `name` until stopped."""
+    """Publishes `entries()` (e.g. ["m-1/v0"]) for worker `name` until stopped, with
+    the queues it listens to (`queue`: the last of them, for older readers)."""
 
     def __init__(self, connection: Redis, name: str, entries: Callable[[], list[str]],
-                 queue: str) -> None:
+                 queue: str | list[str]) -> None:
         self.connection = connection
         self.key = RESIDENT_KEY_PREFIX + name
         self.entries = entries
-        self.queue = queue
+        self.queues = [queue] if isinstance(queue, str) else list(queue)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="resident-publisher",
                                         daemon=True)
@@ -45,7 +46,7 @@ class ResidentPublisher:
             models = sorted(self.entries())
         except RuntimeError:  # the cache changed while we read it: next time
             return
-        body = json.dumps({"queue": self.queue, "models": models})
+        body = json.dumps({"queue": self.queues[-1], "queues": self.queues, "models": models})
         try:
             self.connection.set(self.key, body, ex=RESIDENT_TTL_S)
         except RedisError as exc:

@@ -4,7 +4,14 @@ variable                      default   meaning
 REDIS_URL                     required  the RQ broker; `python -m app.local_stack` passes its
                                         embedded server's URL
 ZEROUNLEARN_DATA_DIR          ./data    artifact store root (models, versions, jobs)
-ZEROUNLEARN_DEVICE_CLASS      cpu       the worker serves the queue `zerounlearn-{class}`
+ZEROUNLEARN_DEVICE_CLASS      cpu       the worker serves the queues `zerounlearn-{class}`
+                                        (edits, long jobs) and
+                                        `zerounlearn-{class}-interactive` (generate, export,
+                                        verify of one record)
+ZEROUNLEARN_WORKER_QUEUES     all       all: the interactive queue first, then the edits
+                                        queue; interactive: only the interactive queue (a
+                                        worker that answers while others edit); edits: only
+                                        the edits queue
 ZEROUNLEARN_DEVICE            cpu       torch device: "cpu", "cuda" or "cuda:N"
 ZEROUNLEARN_TORCH_THREADS     1         torch.set_num_threads
 ZEROUNLEARN_STATS_SAMPLES     20000     tokens sampled for the second-moment statistics of
@@ -90,6 +97,12 @@ GATE_CEILINGS: dict[str, float] = {
 QUEUE_PREFIX = "zerounlearn-"
 """Queue names are QUEUE_PREFIX + device class, e.g. "zerounlearn-cpu"."""
 
+INTERACTIVE_SUFFIX = "-interactive"
+"""The interactive queue: the edits queue's name and this suffix (app.queue's)."""
+
+WORKER_QUEUES = ("all", "interactive", "edits")
+"""ZEROUNLEARN_WORKER_QUEUES values."""
+
 _DEVICE_CLASS_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # as the API's
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -120,6 +133,7 @@ class WorkerSettings:
     # quality gate of forget edits: defaults and the loosest values a request may ask for
     gate: Mapping[str, float] = field(default_factory=lambda: dict(GATE_DEFAULTS))
     gate_limits: Mapping[str, float] = field(default_factory=lambda: dict(GATE_LIMITS))
+    worker_queues: str = "all"  # ZEROUNLEARN_WORKER_QUEUES: which queues (WORKER_QUEUES)
 
     @property
     def coalescing(self) -> bool:
@@ -129,6 +143,13 @@ class WorkerSettings:
     @property
     def queue_name(self) -> str:
         return f"{QUEUE_PREFIX}{self.device_class}"
+
+    @property
+    def listen_queues(self) -> list[str]:
+        """The queues this worker takes jobs from, in the order it looks at them."""
+        interactive = self.queue_name + INTERACTIVE_SUFFIX
+        return {"all": [interactive, self.queue_name], "interactive": [interactive],
+                "edits": [self.queue_name]}[self.worker_queues]
 
     @classmethod
     def from_env(
@@ -193,6 +214,12 @@ class WorkerSettings:
 
         gate, gate_limits = _gate(env, problems)
 
+        worker_queues = env.get("ZEROUNLEARN_WORKER_QUEUES", "").strip().lower() or "all"
+        if worker_queues not in WORKER_QUEUES:
+            problems.append(f"ZEROUNLEARN_WORKER_QUEUES must be one of {', '.join(WORKER_QUEUES)}"
+                            f" (got {worker_queues!r})")
+            worker_queues = "all"
+
         log_level = env.get("ZEROUNLEARN_LOG_LEVEL", "").strip().upper() or "INFO"
         if log_level not in _LOG_LEVELS:
             problems.append(f"ZEROUNLEARN_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
@@ -216,6 +243,7 @@ class WorkerSettings:
             s3_endpoint_url=s3_endpoint_url,
             gate=gate,
             gate_limits=gate_limits,
+            worker_queues=worker_queues,
         )
 
     @property

@@ -2,35 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from app import services
 from app.auth import Operator, Viewer
-from app.deps import JobId, QueueDep, SettingsDep, StoreDep
+from app.deps import JobId, JobIndexDep, QueueDep, SettingsDep, StoreDep
+from app.paging import PAGED, Page, after_cursor, link_next
 from app.receipts import build_receipt
 from app.routes.responses import errors
-from app.schemas import JobOut, JobStatus
+from app.schemas import JobKind, JobOut, JobStatus
 from app.schemas_receipts import Receipt
 from app.signing import ReceiptKeys
+from store import NotFound
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.get("", response_model=list[JobOut], responses=errors(401))
+@router.get("", response_model=list[JobOut], responses={**PAGED, **errors(401, 422)})
 def list_jobs(
     who: Viewer,
     store: StoreDep,
+    index: JobIndexDep,
+    page: Page,
+    response: Response,
     model_id: str | None = Query(None, max_length=64, description="Only this model's jobs"),
     status: JobStatus | None = Query(None, description="Only jobs in this status"),
+    kind: JobKind | None = Query(None, description="Only jobs of this kind"),
+    order: Literal["asc", "desc"] = Query("asc", description="asc: oldest first; desc: "
+                                          "newest first"),
 ) -> Any:
-    """Job documents of the models the key may see, oldest first."""
-    jobs = store.list_jobs(model_id=model_id)
-    return [
-        j for j in jobs
-        if (status is None or j.get("status") == status) and who.allows_model(j["model_id"])
-    ]  # fmt: skip
+    """A page of the jobs of the models the key may see, oldest first unless
+    order=desc (Link: the next page)."""
+    entries = [e for e in index.refresh()
+               if (model_id is None or e.model_id == model_id)
+               and (status is None or e.status == status)
+               and (kind is None or e.kind == kind)
+               and who.allows_model(e.model_id)]  # fmt: skip
+    chosen, next_key = after_cursor(entries, lambda e: e.sort_key, page, order == "desc")
+    jobs = []
+    for entry in chosen:  # only this page's documents are read
+        with contextlib.suppress(NotFound):
+            jobs.append(store.get_job(entry.id))
+    link_next(response, page, next_key)
+    return jobs
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(401, 403, 404))

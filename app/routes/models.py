@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response, status
 from app import services
 from app.auth import Admin, Operator, Viewer
 from app.deps import IdempotencyKey, ModelDep, QueueDep, SettingsDep, StoreDep
+from app.paging import PAGED, Page, after_cursor, link_next
 from app.routes.responses import errors
 from app.schemas import CreateModel, ForgetRequest, JobAccepted, ModelOut
 from app.version_guard import SealOverride, check_usable
@@ -36,10 +37,14 @@ def create_model(
     return model
 
 
-@router.get("", response_model=list[ModelOut], responses=errors(401))
-def list_models(who: Viewer, store: StoreDep) -> Any:
-    """The registered models the key may see, oldest first."""
-    return [m for m in store.list_models() if who.allows_model(m["id"])]
+@router.get("", response_model=list[ModelOut], responses={**PAGED, **errors(401, 422)})
+def list_models(who: Viewer, store: StoreDep, page: Page, response: Response) -> Any:
+    """A page of the registered models the key may see, oldest first (Link: the next)."""
+    models = [m for m in store.list_models() if who.allows_model(m["id"])]
+    chosen, next_key = after_cursor(models, lambda m: [m.get("created_at") or "", m["id"]],
+                                    page)
+    link_next(response, page, next_key)
+    return chosen
 
 
 @router.get("/{model_id}", response_model=ModelOut, responses=errors(401, 403, 404))

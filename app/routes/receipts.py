@@ -12,6 +12,7 @@ from app.auth import Admin, Viewer
 from app.checkpoints import list_checkpoints, make_checkpoint
 from app.deps import SettingsDep, StoreDep
 from app.errors import InvalidInput, validation_message
+from app.paging import PAGED, Page, link_next, seq_after
 from app.receipts import check_receipt
 from app.routes.responses import errors
 from app.schemas_receipts import Checkpoint, CheckpointPage, Jwk, Jwks, Receipt, ReceiptCheck
@@ -69,15 +70,19 @@ async def verify_receipt(
     return await run_in_threadpool(check_receipt, store, ReceiptKeys(settings, store), doc)
 
 
-@router.get("/v1/audit/checkpoints", response_model=CheckpointPage, responses=errors(401))
+@router.get("/v1/audit/checkpoints", response_model=CheckpointPage,
+            responses={**PAGED, **errors(401, 422)})
 def audit_checkpoints(
     who: Viewer,
     store: StoreDep,
-    after: int = Query(0, ge=0, description="Checkpoints of a seq above this"),
-    limit: int = Query(100, ge=1, le=1000),
+    page: Page,
+    response: Response,
+    after: int = Query(0, ge=0, description="Checkpoints of a seq above this (or: cursor)"),
 ) -> Any:
-    """Signed audit heads, oldest first (any key: they hold no entry's content)."""
-    items, next_after = list_checkpoints(store, after, limit)
+    """Signed audit heads, oldest first (any key: they hold no entry's content; Link and
+    next_after: the next page)."""
+    items, next_after = list_checkpoints(store, seq_after(page, after), page.limit)
+    link_next(response, page, [next_after] if next_after is not None else None)
     return {"items": items, "next_after": next_after}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from app import retain, services
 from app.auth import Operator, Viewer
 from app.deps import ModelDep, QueueDep, StoreDep
+from app.paging import PAGED, Page, after_cursor, link_next
 from app.routes.responses import errors
 from app.schemas import JobAccepted
 from app.schemas_retain import (
@@ -67,16 +69,29 @@ def add_facts(
 
 
 @router.get("", response_model=RetainBankOut, response_model_exclude_unset=True,
-            responses=errors(401, 403, 404))
+            responses={**PAGED, **errors(401, 403, 404, 422)})
 def list_facts(
     who: Viewer,
     model: ModelDep,
     store: StoreDep,
+    page: Page,
+    response: Response,
     include_text: Annotated[bool, Query(description="Admin only: also the facts' text "
                                         "(audited).")] = False,
 ) -> Any:
-    """The bank: ids, hashes and statuses (text only for an admin who asks)."""
-    return retain.list_facts(store, who, model, include_text)
+    """The bank: counts of all facts, and a page of their ids, hashes and statuses,
+    oldest first (Link: the next page; text only for an admin who asks)."""
+    bank = retain.list_facts(store, who, model, include_text)
+    # the bank's own order (facts appended batch by batch): when added, then the place
+    # in the batch it came in
+    keyed, seen = [], Counter[str]()
+    for fact in bank["facts"]:
+        added = str(fact.get("added_at") or "")
+        keyed.append(([added, seen[added]], fact))
+        seen[added] += 1
+    chosen, next_key = after_cursor(keyed, lambda pair: pair[0], page)
+    link_next(response, page, next_key)
+    return {**bank, "facts": [fact for _, fact in chosen]}
 
 
 @router.post(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from app.auth import Admin, Viewer
 from app.checkpoints import verify_checkpoints
 from app.deps import SettingsDep, StoreDep
+from app.errors import ConflictError
+from app.paging import PAGED, Page, after_cursor, link_next, seq_after
 from app.routes.responses import errors
 from app.schemas_security import (
     AuditPage,
@@ -45,29 +47,43 @@ def who_am_i(who: Viewer) -> Any:
     return {"id": who.key_id, "role": who.role, "models": models}
 
 
-@router.get("/v1/keys", response_model=list[KeyOut], responses=errors(401, 403))
-def list_keys(who: Admin, store: StoreDep) -> Any:
-    """Every key (never the secret nor its hash), oldest first."""
-    return store.keys.list()
+@router.get("/v1/keys", response_model=list[KeyOut], responses={**PAGED, **errors(401, 403, 422)})
+def list_keys(who: Admin, store: StoreDep, page: Page, response: Response) -> Any:
+    """A page of the keys (never the secret nor its hash), oldest first (Link: the next)."""
+    chosen, next_key = after_cursor(store.keys.list(),
+                                    lambda k: [k.get("created_at") or "", k["id"]], page)
+    link_next(response, page, next_key)
+    return chosen
 
 
-@router.delete("/v1/keys/{key_id}", response_model=KeyOut, responses=errors(401, 403, 404))
+@router.delete("/v1/keys/{key_id}", response_model=KeyOut,
+               responses=errors(401, 403, 404, 409))
 def revoke_key(key_id: KeyId, who: Admin, store: StoreDep) -> Any:
-    """Revoke a key: it fails with 401 from the next request on."""
-    doc = store.keys.revoke(key_id)
-    store.audit.append(who.key_id, "key.revoked", ids={"key": key_id})
+    """Revoke a key: it fails with 401 from the next request on. Idempotent (audited
+    once); 409 `last_admin_key` for the only live admin key."""
+    doc = store.keys.get(key_id)
+    if doc["role"] == "admin" and not doc.get("revoked_at") and \
+            store.keys.live_admins() == (key_id,):
+        raise ConflictError(f"key {key_id} is the last admin key: create another admin key "
+                            "before revoking it", code="last_admin_key")
+    doc, revoked = store.keys.revoke_once(key_id)
+    if revoked:
+        store.audit.append(who.key_id, "key.revoked", ids={"key": key_id})
     return doc
 
 
-@router.get("/v1/audit", response_model=AuditPage, responses=errors(401, 403))
+@router.get("/v1/audit", response_model=AuditPage,
+            responses={**PAGED, **errors(401, 403, 422)})
 def audit_page(
     who: Admin,
     store: StoreDep,
-    after: int = Query(0, ge=0, description="Entries with a seq above this"),
-    limit: int = Query(100, ge=1, le=1000),
+    page: Page,
+    response: Response,
+    after: int = Query(0, ge=0, description="Entries with a seq above this (or: cursor)"),
 ) -> Any:
-    """A page of the audit trail, oldest first."""
-    items, next_after = store.audit.page(after, limit)
+    """A page of the audit trail, oldest first (Link and next_after: the next)."""
+    items, next_after = store.audit.page(seq_after(page, after), page.limit)
+    link_next(response, page, [next_after] if next_after is not None else None)
     return {"items": items, "next_after": next_after}
 
 

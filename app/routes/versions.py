@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response, status
 from app import services
 from app.auth import Admin, Operator, Viewer
 from app.deps import IdempotencyKey, ModelDep, QueueDep, SettingsDep, StoreDep, Version
+from app.paging import PAGED, Page, after_cursor, link_next
 from app.routes.responses import errors
 from app.schemas import GenerateOut, GenerateRequest, JobAccepted, VerifyRequest, VersionOut
 from app.version_guard import SealOverride, check_usable, with_state
@@ -21,11 +22,18 @@ def _accepted(job: dict[str, Any], response: Response) -> dict[str, Any]:
     return services.accepted(job)
 
 
-@router.get("", response_model=list[VersionOut], responses=errors(401, 403, 404))
-def list_versions(who: Viewer, model: ModelDep, store: StoreDep) -> Any:
-    """All versions of the model, v0 first."""
+@router.get("", response_model=list[VersionOut],
+            responses={**PAGED, **errors(401, 403, 404, 422)})
+def list_versions(
+    who: Viewer, model: ModelDep, store: StoreDep, page: Page, response: Response
+) -> Any:
+    """A page of the model's versions, v0 first (Link: the next); reads only the page's
+    manifests."""
+    numbers, next_key = after_cursor(store.version_numbers(model["id"]), lambda n: [n], page)
     lifecycle = store.lifecycle.read(model["id"])
-    return [with_state(m, model, lifecycle) for m in store.list_versions(model["id"])]
+    link_next(response, page, next_key)
+    return [with_state(store.get_version(model["id"], f"v{n}"), model, lifecycle)
+            for n in numbers]
 
 
 @router.get("/{version}", response_model=VersionOut, responses=errors(401, 403, 404))

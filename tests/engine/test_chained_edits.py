@@ -1,8 +1,9 @@
 """Edits of an edited model take: the tiny GPT-2's second request, on the version its
 first request left, forgets its own records in one round and keeps the first's
-forgotten. Without the projection-progress rule (min_projected_progress 0) the same
-second request stays known through every round (the default is 0.01): its records' sensitive directions hold
-the first edit's push towards end-of-text, and projecting them away undid it."""
+forgotten. Without the projection-progress rule (min_projected_progress 0; the default
+is 0.01) the same second request stays known through every round: its records'
+sensitive directions hold the first edit's push towards end-of-text, and projecting
+them away undid it."""
 
 from __future__ import annotations
 

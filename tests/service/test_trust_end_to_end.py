@@ -186,9 +186,11 @@ def test_flushed_redis_requests_all_complete_after_reconciliation(
     try:
         conn.flushdb()  # Redis lost everything (restart without persistence)
         assert conn.llen("rq:queue:zerounlearn-cpu") == 0
-        # the reconciler notices within its grace time and enqueues them again
-        processes.wait_until(lambda: conn.llen("rq:queue:zerounlearn-cpu") == 4, 20, 0.2,
-                             "jobs enqueued again")
+        # the reconciler notices within its grace time and enqueues them again, each on
+        # its queue (a one-record verify: the interactive one)
+        processes.wait_until(lambda: conn.llen("rq:queue:zerounlearn-cpu") == 3
+                             and conn.llen("rq:queue:zerounlearn-cpu-interactive") == 1,
+                             20, 0.2, "jobs enqueued again")
     finally:
         conn.close()
     stack.start_worker()

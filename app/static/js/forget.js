@@ -1,5 +1,5 @@
 // The forget form (records as a table or pasted JSON lines) and the side-by-side prompt test.
-import { get, post } from "./api.js";
+import { getAll, post } from "./api.js";
 import { can, el, flash, show } from "./ui.js";
 import { typed } from "./jobs.js";
 
@@ -49,7 +49,7 @@ export async function forgetPage(view, params) {
     show(view, el("h1", {}, "Forget"), el("p", {}, "An operator or admin key is needed."));
     return null;
   }
-  const models = (await get("/v1/models")).filter((m) => m.status === "ready");
+  const models = (await getAll("/v1/models")).filter((m) => m.status === "ready");
   const model = el("select", { id: "forget-model", name: "model" },
     models.map((m) => el("option", { value: m.id, selected: m.id === params.get("model") },
       `${m.name} (${m.id}, active ${m.active_version})`)));
@@ -108,13 +108,13 @@ export async function comparePage(view, params) {
     show(view, el("h1", {}, "Try a prompt"), el("p", {}, "An operator key is needed."));
     return null;
   }
-  const models = (await get("/v1/models")).filter((m) => m.status === "ready");
+  const models = (await getAll("/v1/models")).filter((m) => m.status === "ready");
   const model = el("select", { id: "compare-model" }, models.map((m) =>
     el("option", { value: m.id, selected: m.id === params.get("model") }, `${m.name} (${m.id})`)));
   const a = el("select", { id: "version-a" }), b = el("select", { id: "version-b" });
   const fill = async () => {
     if (!model.value) return;
-    const versions = await get(`/v1/models/${model.value}/versions`);
+    const versions = await getAll(`/v1/models/${model.value}/versions`);
     for (const [select, pick] of [[a, versions[0]], [b, versions[versions.length - 1]]]) {
       select.replaceChildren(...versions.filter((v) => !v.deleted).map((v) => el("option", {
         value: v.id, selected: v.id === pick.id, "data-sealed": v.sealed ? "1" : "",

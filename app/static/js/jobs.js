@@ -1,16 +1,23 @@
 // Jobs: the live list, one job with its progress and errors, and verification reports.
-import { api, get, post } from "./api.js";
+import { api, get, getAll, post } from "./api.js";
 import { badge, can, el, errorBox, flash, fmt, plainError, progressBar, show,
   summaryBars } from "./ui.js";
 
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 // Records typed in the forget form, kept in memory only for the page's life, by job id.
 export const typed = { byJob: {}, verifyAfter: {} };
+// Jobs the list shows (newest first); "Show more" follows the API's pages for more.
+const PAGE = 100;
+let shownJobs = PAGE;
 
 export async function jobsPage(view, params) {
   const model = params.get("model");
-  const jobs = await get(`/v1/jobs${model ? `?model_id=${encodeURIComponent(model)}` : ""}`);
-  jobs.reverse();  // newest first
+  const filter = model ? `&model_id=${encodeURIComponent(model)}` : "";
+  // one more than shown: tells whether there are more
+  const limit = Math.min(shownJobs + 1, 1000);
+  const jobs = await getAll(`/v1/jobs?order=desc&limit=${limit}${filter}`, shownJobs + 1);
+  const more = jobs.length > shownJobs;
+  jobs.splice(shownJobs);
   const rows = jobs.map((j) => el("tr", { "data-job": j.id },
     el("td", {}, el("a", { href: `#/jobs/${j.id}` }, j.id)),
     el("td", {}, j.kind), el("td", {}, el("a", { href: `#/models/${j.model_id}` }, j.model_id)),
@@ -23,7 +30,11 @@ export async function jobsPage(view, params) {
     el("table", { id: "jobs-table" },
       el("thead", {}, el("tr", {}, ["Job", "Kind", "Model", "Version", "Status", "Progress",
                                     "Error", "Created"].map((h) => el("th", {}, h)))),
-      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 8 }, "No jobs.")))));
+      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 8 }, "No jobs.")))),
+    more ? el("button", { id: "jobs-more", type: "button", onclick: () => {
+      shownJobs += PAGE;
+      jobsPage(view, params);
+    } }, "Show more") : null);
   return jobs.some((j) => !TERMINAL.includes(j.status)) ? 1000 : 5000;
 }
 

@@ -1,9 +1,9 @@
 // Models list and one model's version lineage (a tree from v0) with activate/rollback.
-import { get, post } from "./api.js";
+import { get, getAll, post } from "./api.js";
 import { badge, can, confirmDialog, el, errorBox, flash, fmt, show } from "./ui.js";
 
 export async function modelsPage(view) {
-  const models = await get("/v1/models");
+  const models = await getAll("/v1/models");
   const rows = models.map((m) => el("tr", { "data-model": m.id },
     el("td", {}, el("a", { href: `#/models/${m.id}` }, m.name)),
     el("td", { class: "muted" }, m.id),
@@ -42,8 +42,8 @@ function registerForm() {
 
 export async function modelPage(view, modelId) {
   const [model, versions, jobs] = await Promise.all([
-    get(`/v1/models/${modelId}`), get(`/v1/models/${modelId}/versions`),
-    get(`/v1/jobs?model_id=${encodeURIComponent(modelId)}`)]);
+    get(`/v1/models/${modelId}`), getAll(`/v1/models/${modelId}/versions`),
+    getAll(`/v1/jobs?model_id=${encodeURIComponent(modelId)}&kind=verify&status=succeeded`)]);
   const reports = {};
   for (const job of jobs) {
     if (job.kind === "verify" && job.status === "succeeded") reports[job.version] = job.id;
