@@ -49,10 +49,16 @@ def b64url(data: bytes) -> str:
 
 
 def b64url_decode(text: object) -> bytes:
-    """Strict: only the base64url alphabet, no padding (ValueError otherwise)."""
+    """Strict: only the base64url alphabet, no padding, and canonical (ValueError otherwise).
+
+    Canonical means the unused low bits of the last character are zero, so exactly one
+    text decodes to given bytes: a changed last character can never verify the same."""
     if not isinstance(text, str) or not _B64URL.fullmatch(text):
         raise ValueError("not unpadded base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64url(raw) != text:
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

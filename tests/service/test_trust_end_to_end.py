@@ -108,8 +108,12 @@ def test_callback_retried_signed_audited_and_receipt_verifies(
     tampered["receipt"]["record_hashes"][0] = ("0" if first[0] != "0" else "1") + first[1:]
     assert c.post("/v1/receipts/verify", json=tampered).json()["genuine"] is False
     bad_sig = json.loads(json.dumps(receipt))
+    # flip one bit of the signature's first byte (a changed last character may only touch
+    # the 4 unused bits of the encoding; tests/service/test_receipt_keys.py covers that)
     value = bad_sig["signature"]["value"]
-    bad_sig["signature"]["value"] = value[:-1] + ("0" if value[-1] != "0" else "1")
+    raw = bytearray(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    raw[0] ^= 1
+    bad_sig["signature"]["value"] = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
     assert c.post("/v1/receipts/verify", json=bad_sig).json()["genuine"] is False
     prepare = c.get(f"/v1/jobs/{model['prepare_job_id']}/receipt")
     assert prepare.status_code == 409 and prepare.json()["error"]["code"] == "no_receipt"
