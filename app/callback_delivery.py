@@ -10,6 +10,10 @@ attempt the same callback at once; if this process dies mid-attempt, another ret
 once the claim lapses. Each attempt is audited (host and outcome, never the URL), and
 the request's callback state says what happened (pending with the next attempt's time,
 delivered, or gave_up past ZEROUNLEARN_CALLBACK_MAX_AGE_S).
+
+The deadline covers the name's resolution too (app.callback_http.resolve_and_post); the
+resolver is a constructor argument, so a test can hand in a slow one. HTTPS receivers
+are checked against the system's CAs plus ZEROUNLEARN_CALLBACK_CA_FILE.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
-from app import callbacks
+from app import callback_http, callbacks
 from app.settings import Settings
 from store import ArtifactStore, StoreError
 
@@ -44,9 +49,13 @@ class CallbackDispatcher:
     """Due callbacks in, attempts made by `settings.callback_workers` daemon threads."""
 
     def __init__(self, store: ArtifactStore, settings: Settings,
-                 on_done: Callable[[str], None] | None = None) -> None:
+                 on_done: Callable[[str], None] | None = None,
+                 resolver: callback_http.Resolver = callback_http.resolve) -> None:
         self.store, self.settings = store, settings
         self.on_done = on_done  # told the job id once an attempt has been recorded
+        self.resolver = resolver  # host name -> checked address, within the deadline
+        # built once: a CA file that cannot be read fails the API's start, not each attempt
+        self.tls = callback_http.tls_context(settings.callback_ca_file)
         self._work: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
@@ -110,8 +119,7 @@ class CallbackDispatcher:
         attempt = int(cb.get("attempts", 0)) + 1
         secret = callbacks.callback_secret(self.settings, self.store)
         body = callbacks.payload(self.store, self.settings, job)
-        failure = callbacks.deliver(cb["url"], secret, body, attempt,
-                                    self.settings.callback_timeout_s)
+        failure = self.deliver(cb["url"], secret, body, attempt)
         now = time.time()
         finished = _epoch(job.get("finished_at")) or now
         state = "delivered" if failure is None else "pending"
@@ -127,3 +135,8 @@ class CallbackDispatcher:
                     "outcome": failure or "delivered", "state": state},
         )
         return failure or "delivered"
+
+    def deliver(self, url: str, secret: bytes, body: dict[str, Any], attempt: int) -> str | None:
+        """One attempt (app.callbacks.deliver) with this dispatcher's resolver and CAs."""
+        return callbacks.deliver(url, secret, body, attempt, self.settings.callback_timeout_s,
+                                 resolver=self.resolver, tls=self.tls)

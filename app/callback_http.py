@@ -2,16 +2,20 @@
 
 Why not httpx: its timeouts bound each network operation, so a receiver that sends one
 byte every 3 s never trips a 5 s read timeout and holds the attempt for as long as it
-likes. Here one deadline covers the whole attempt (name resolution aside: connect, TLS
-handshake, sending, and the response's status line): every socket operation gets the
-time that is left, and a timer shuts the socket down when the deadline passes, which
-ends any blocked call.
+likes. Here one deadline covers the whole attempt (`resolve_and_post`: name resolution,
+connect, TLS handshake, sending, and the response's status line): every socket operation
+gets the time that is left, and a timer shuts the socket down when the deadline passes,
+which ends any blocked call. getaddrinfo has no timeout and cannot be interrupted, so
+the name is resolved in a daemon thread that the attempt waits for only until the
+deadline (a hung resolver then holds that thread, not the attempt).
 
 The host name is resolved once (`resolve`): the addresses are checked (a name that
 resolves to a loopback, private or link-local address is refused, DNS rebinding) and the
 connection goes to the first of them, so a second DNS answer cannot send it elsewhere.
-The Host header and the TLS server name (SNI, certificate check) stay the URL's host.
-Only the status line of the answer is read; redirects are never followed.
+The Host header and the TLS server name (SNI, certificate check) stay the URL's host;
+the certificate is checked against the system's CAs plus ZEROUNLEARN_CALLBACK_CA_FILE
+(`tls_context`). Only the status line of the answer is read; redirects are never
+followed.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 LOOPBACK_NAMES = ("localhost",)
+DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_STATUS_LINE = 8192
 """Bytes read at most before the status line must have ended."""
 USER_AGENT = "zerounlearn-callbacks/1"
@@ -81,6 +88,63 @@ def resolve(host: str, port: int) -> str:
     if any(not a.is_global for a in addresses):
         raise DeliveryFailed("refused: the host resolves to an internal address")
     return str(addresses[0])
+
+
+Resolver = Callable[[str, int], str]
+"""(host, port) -> the checked address to connect to, or DeliveryFailed: `resolve`, or a
+slower or stricter one given to app.callback_delivery.CallbackDispatcher."""
+
+
+def resolve_within(host: str, port: int, timeout_s: float,
+                   resolver: Resolver = resolve) -> str:
+    """resolver(host, port), waited for at most timeout_s (DeliveryFailed("deadline
+    exceeded") beyond). It runs in a daemon thread: a resolver stuck past the deadline
+    keeps only that thread until it returns."""
+    outcome: list[str | DeliveryFailed] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append(resolver(host, port))
+        except DeliveryFailed as exc:
+            outcome.append(exc)
+        except Exception as exc:  # an answer, whatever the resolver raised
+            outcome.append(DeliveryFailed(f"resolution failed: {type(exc).__name__}"))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="callback-resolve").start()
+    if not done.wait(timeout_s):
+        raise DeliveryFailed("deadline exceeded")
+    if isinstance(outcome[0], DeliveryFailed):
+        raise outcome[0]
+    return outcome[0]
+
+
+def tls_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """Certificate checks of HTTPS callbacks: the system's CAs, plus those of `ca_file`
+    (PEM; ZEROUNLEARN_CALLBACK_CA_FILE) for receivers behind a private CA. Host names
+    are checked (against the URL's host, whatever address the connection goes to)."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
+
+
+def resolve_and_post(url: str, headers: dict[str, str], body: bytes, deadline_s: float,
+                     *, resolver: Resolver = resolve,
+                     tls: ssl.SSLContext | None = None) -> int:
+    """One attempt within deadline_s in all: the URL's host resolved and checked
+    (`resolver`), then `post` to that address with the time left."""
+    deadline = time.monotonic() + deadline_s
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    address = resolve_within(host, parts.port or DEFAULT_PORTS.get(parts.scheme, 443),
+                             deadline_s, resolver)
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeliveryFailed("deadline exceeded")
+    return post(url, address, headers, body, left, tls)
 
 
 def _request_bytes(parts: SplitResult, headers: dict[str, str], body: bytes) -> bytes:

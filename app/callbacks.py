@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -132,11 +133,11 @@ def resolves_to_internal_address(host: str) -> bool:
 
 
 def deliver(url: str, secret: bytes, body: dict[str, Any], attempt: int,
-            deadline_s: float) -> str | None:
-    """POST once within deadline_s in all (app.callback_http), to the address the
-    check resolved; None on a 2xx answer, else a short reason (status or error)."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+            deadline_s: float, *, resolver: callback_http.Resolver = callback_http.resolve,
+            tls: ssl.SSLContext | None = None) -> str | None:
+    """POST once within deadline_s in all, resolution included (app.callback_http), to
+    the address `resolver` checked; None on a 2xx answer, else a short reason (status or
+    error)."""
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     timestamp, msg_id = int(time.time()), message_id(body["job_id"])
     headers = {
@@ -147,8 +148,8 @@ def deliver(url: str, secret: bytes, body: dict[str, Any], attempt: int,
         "ZeroUnlearn-Attempt": str(attempt),
     }
     try:
-        address = callback_http.resolve(host, parts.port or DEFAULT_PORTS[parts.scheme])
-        status = callback_http.post(url, address, headers, raw, deadline_s)
+        status = callback_http.resolve_and_post(url, headers, raw, deadline_s,
+                                                resolver=resolver, tls=tls)
     except callback_http.DeliveryFailed as exc:
         return exc.reason
     if 200 <= status < 300:

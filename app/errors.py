@@ -80,6 +80,11 @@ class Timeout(ApiError):
     code = "timeout"
 
 
+OVERLOADED = "overloaded"
+"""Code of the 503 an API process answers beyond ZEROUNLEARN_MAX_CONNECTIONS (app.server),
+with Retry-After."""
+
+
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     """The JSON body of every error response."""
     return {"error": {"code": code, "message": message}, **extra}

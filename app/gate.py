@@ -20,6 +20,7 @@ import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import CHECKED_KEY, bearer_token, lookup_key
+from app.errors import error_body
 from app.ratelimit import RateLimiter
 from store import ArtifactStore, StoreError
 
@@ -64,7 +65,7 @@ class RequestGate:
         if refusal is None:
             await self.app(scope, receive, send)
         else:
-            await _answer(send, refusal, close=_has_body(dict(scope.get("headers") or [])))
+            await send_refusal(send, refusal, close=_has_body(dict(scope.get("headers") or [])))
 
     def _check(self, scope: Scope) -> Refusal | None:
         """Counts and lookups (Redis, the key store): run in a worker thread."""
@@ -102,10 +103,11 @@ def _limited(who: str, limit: str, retry_after_s: int) -> Refusal:
     return Refusal(429, "rate_limited", message, [(b"retry-after", str(retry_after_s).encode())])
 
 
-async def _answer(send: Send, refusal: Refusal, *, close: bool) -> None:
+async def send_refusal(send: Send, refusal: Refusal, *, close: bool) -> None:
     """The refusal in the API's error shape; with `close` the connection is closed after
-    it (the body the client may still be sending is never read)."""
-    body = json.dumps({"error": {"code": refusal.code, "message": refusal.message}}).encode()
+    it (the body the client may still be sending is never read). Also the connection
+    limit's 503 (app.server)."""
+    body = json.dumps(error_body(refusal.code, refusal.message)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -196,8 +196,13 @@ class JobQueue:
 
 
 def _drop_if_queued(job: Job) -> None:
-    """Remove a job that no worker has started, arguments and all."""
-    if job.get_status(refresh=True) in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+    """Remove a job that no worker has started, arguments and all; nothing when it is
+    gone (a worker finished and deleted it after the caller fetched it)."""
+    try:
+        status = job.get_status(refresh=True)
+    except InvalidJobOperation:  # RQ: "failed to retrieve status": the hash is gone
+        return
+    if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
         with suppress(InvalidJobOperation):
             job.cancel()
         job.delete()

@@ -1,5 +1,6 @@
-"""uvicorn's HTTP protocol with TCP_NODELAY set on every accepted connection, and a
-deadline for request headers (NoDelayH11Protocol's docstring).
+"""uvicorn's HTTP protocol with TCP_NODELAY set on every accepted connection, a
+deadline for request headers, and the connection limit's 503 in the API's error shape
+(NoDelayH11Protocol's docstring).
 
 With --workers > 1 uvicorn binds the listening socket itself (`socket.socket(family)`,
 so proto = 0) and hands it to the worker processes; asyncio only sets TCP_NODELAY on
@@ -19,13 +20,20 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 import h11
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from app.errors import OVERLOADED
+from app.gate import EXEMPT_PATHS, Refusal, send_refusal
 
 if TYPE_CHECKING:
     from app.settings import Settings
 
 HEADER_TIMEOUT_ENV = "ZEROUNLEARN_HEADER_TIMEOUT_S"
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+OVERLOAD_RETRY_AFTER_S = 1
+"""Retry-After of the 503 beyond ZEROUNLEARN_MAX_CONNECTIONS: a hint to back off briefly
+(requests here take milliseconds; the limit is reached by held connections)."""
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -45,6 +53,13 @@ class NoDelayH11Protocol(H11Protocol):
     request line and headers are complete; past it the connection is closed. A response
     that ends while the client is still sending a body nobody reads closes the
     connection too (a trickled body would otherwise keep it open for ever).
+
+    Beyond the connection limit (uvicorn's limit_concurrency, ZEROUNLEARN_MAX_CONNECTIONS)
+    uvicorn answers a plain-text 503 of its own. Here the same test is made by `_admit`,
+    which answers 503 `overloaded` in the API's error shape with Retry-After, never reads
+    the body and closes the connection. The probes and the scrape (app.gate.EXEMPT_PATHS)
+    are answered even then: a liveness probe that failed under load would have a busy but
+    healthy process restarted.
     """
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -52,6 +67,11 @@ class NoDelayH11Protocol(H11Protocol):
         self.header_timeout = float(os.environ.get(HEADER_TIMEOUT_ENV) or
                                     DEFAULT_HEADER_TIMEOUT_S)
         self._header_timer: asyncio.TimerHandle | None = None
+        # uvicorn's own check (and its plain-text 503) off; _admit makes it instead
+        self.max_connections: int | None = self.limit_concurrency
+        self.limit_concurrency = None
+        self._routes: ASGIApp = self.app
+        self.app = self._admit
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         set_nodelay(transport)
@@ -89,6 +109,30 @@ class NoDelayH11Protocol(H11Protocol):
         self._header_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
+
+    def over_limit(self) -> bool:
+        """uvicorn's limit_concurrency test, made once this request's task exists (so it
+        counts itself among the tasks): open connections or running requests at the
+        limit."""
+        limit = self.max_connections
+        return limit is not None and (len(self.connections) >= limit
+                                      or len(self.tasks) - 1 >= limit)
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope["path"] not in EXEMPT_PATHS
+                and self.over_limit()):
+            self.logger.warning("Exceeded concurrency limit.")
+            await send_refusal(send, overloaded(self.max_connections or 0), close=True)
+            return
+        await self._routes(scope, receive, send)
+
+
+def overloaded(limit: int) -> Refusal:
+    """The 503 beyond the connection limit (the body is never read)."""
+    message = (f"this API process is at its limit of {limit} open connections and "
+               f"requests (ZEROUNLEARN_MAX_CONNECTIONS); retry in {OVERLOAD_RETRY_AFTER_S} s")
+    return Refusal(503, OVERLOADED, message,
+                   [(b"retry-after", str(OVERLOAD_RETRY_AFTER_S).encode())])
 
 
 HTTP_PROTOCOL = "app.server:NoDelayH11Protocol"

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     callback_timeout_s: float = Field(5.0, gt=0, le=60)
     # Threads of each API process that deliver callbacks (off the reconciler).
     callback_workers: int = Field(4, ge=1, le=64)
+    # PEM file of extra CAs trusted for HTTPS callbacks (receivers behind a private CA),
+    # on top of the system's; the certificate must still name the URL's host. Unset: none.
+    callback_ca_file: Path | None = None
     # Seconds a finished job's request text is kept (for retries and checks) before purge.
     request_retention_s: float = Field(300.0, ge=0)
     # Reconciler period: re-enqueue lost jobs, deliver callbacks, purge request text.
@@ -168,6 +171,14 @@ class Settings(BaseSettings):
         if not str(value).strip():
             raise ValueError("must be a directory path")
         return value.expanduser().resolve()
+
+    @field_validator("callback_ca_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.expanduser().is_file()
+                                      and os.access(value.expanduser(), os.R_OK)):
+            raise ValueError("must be a readable PEM file of CA certificates")
+        return value.expanduser().resolve() if value is not None else None
 
     @field_validator("device_class")
     @classmethod
