@@ -2,7 +2,8 @@
 
 Same real parts as test_end_to_end (Redis, worker and API processes, HTTP), with world
 facts the model knows (zerounlearn.datasets.world_facts). The statistics sample is kept
-small (ZEROUNLEARN_STATS_SAMPLES) so preparation stays short on one CPU thread.
+small (ZEROUNLEARN_STATS_SAMPLES), and seeded from the engine tests' cache when they
+computed it (tests/support/smollm2_store.py), so preparation stays short on one CPU thread.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import pytest
 from tests.service.test_end_to_end import check_export_equals_materialised
 from tests.support import processes
 from tests.support.processes import ServiceStack
+from tests.support.smollm2_store import SMOLLM2_STATS_SAMPLES, seed_smollm2_data_dir
 
 BUILTIN = "builtin:smollm2-135m-instruct"
-STATS_SAMPLES = 10_000
 FORGET = 4  # capitals forgotten; other capitals are their neighbours
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -56,13 +57,11 @@ def forget_records(facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path
+    tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path, cache_dir: Path
 ) -> Iterator[ServiceStack]:
     root = tmp_path_factory.mktemp("e2e-smollm2")
-    # the converted SmolLM2 lives in the session cache: let the store's cache use it
-    (root / "data").mkdir()
-    (root / "data" / "cache").symlink_to(smollm2_dir.parent.parent, target_is_directory=True)
-    with processes.service_stack(root, ZEROUNLEARN_STATS_SAMPLES=str(STATS_SAMPLES)) as s:
+    seed_smollm2_data_dir(root, smollm2_dir, cache_dir)
+    with processes.service_stack(root, ZEROUNLEARN_STATS_SAMPLES=str(SMOLLM2_STATS_SAMPLES)) as s:
         yield s
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from tests.support import processes
 from tests.support.processes import REPO, ServiceStack, auth_headers
+from tests.support.smollm2_store import SMOLLM2_STATS_SAMPLES, seed_smollm2_data_dir
 from tests.support.tiny_model import TINY_REQUEST_HPARAMS, tiny_facts
 
 pytestmark = pytest.mark.timeout(900)
@@ -321,15 +322,15 @@ def test_no_bank_text_in_logs_jobs_manifests_or_audit(
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_builtin_smollm2_comes_with_a_measured_bank(
-    tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path
+    tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path, cache_dir: Path
 ) -> None:
     """The built-in model's prepare job seeds its bank once and measures it."""
     from zerounlearn.datasets import builtin_retain_bank
 
     root = tmp_path_factory.mktemp("retain-smollm2")
-    (root / "data").mkdir()  # the converted SmolLM2 of the session cache, as the store's
-    (root / "data" / "cache").symlink_to(smollm2_dir.parent.parent, target_is_directory=True)
-    with processes.service_stack(root, db=RETAIN_DB + 1) as s:
+    seed_smollm2_data_dir(root, smollm2_dir, cache_dir)  # model and statistics
+    with processes.service_stack(root, db=RETAIN_DB + 1,
+                                 ZEROUNLEARN_STATS_SAMPLES=str(SMOLLM2_STATS_SAMPLES)) as s:
         created = s.client.post("/v1/models", json={"name": "smollm2",
                                                     "source": "builtin:smollm2-135m-instruct"})
         assert created.status_code == 201, created.text
