@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Request
 
-from app.job_index import JobIndex
 from app.queue import JobQueue
 from app.settings import Settings
 from store import ArtifactStore
@@ -26,14 +25,9 @@ async def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
-async def get_job_index(request: Request) -> JobIndex:
-    return request.app.state.job_index
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
-JobIndexDep = Annotated[JobIndex, Depends(get_job_index)]
 
 ModelId = Annotated[str, Path(description="Model id, e.g. m-0123456789ab")]
 Version = Annotated[str, Path(description="Version id, e.g. v0")]

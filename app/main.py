@@ -11,7 +11,6 @@ from fastapi.staticfiles import StaticFiles
 
 from app.errors import install_error_handlers
 from app.gate import RequestGate
-from app.job_index import JobIndex
 from app.limits import BodySizeLimit
 from app.metrics_jobs import JobTally
 from app.observability import RequestContext, ServiceCollector, metrics_registry
@@ -23,6 +22,7 @@ from app.routes.observe import STATIC_DIR
 from app.security_headers import SecurityHeaders
 from app.settings import Settings, load_settings
 from store import ArtifactStore, StoreError
+from store.sql.startup import prepare_database
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for `settings` (default: from the environment)."""
     settings = settings or load_settings()
     redis = connect_redis(settings)
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None
     store = ArtifactStore.open(settings.data_dir, settings.store_url,
-                               s3_endpoint_url=settings.s3_endpoint_url)
+                               s3_endpoint_url=settings.s3_endpoint_url,
+                               database_url=database_url)
+    prepare_database(store)  # migrate; refuse an old data directory not imported yet
     queue = JobQueue(redis, settings)
     reconciler = Reconciler(store, queue, settings)
     job_tally = JobTally(store)  # the job metrics, refreshed off the request path
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         job_tally.stop()
         reconciler.stop()
         redis.close()
+        store.close()
 
     app = FastAPI(
         title="ZeroUnlearn service",
@@ -82,7 +86,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queue = queue
     app.state.reconciler = reconciler
     app.state.job_tally = job_tally
-    app.state.job_index = JobIndex(store)  # GET /v1/jobs reads only a page's documents
     registry, request_metrics = metrics_registry(ServiceCollector(store, queue, job_tally))
     app.state.metrics_registry = registry
     limiter = RateLimiter(redis, settings.rate_limit_per_key, settings.rate_limit_per_address)

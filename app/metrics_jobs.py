@@ -6,13 +6,12 @@ history, on the API process (GIL) that answers requests. Now a thread refreshes 
 tally every `refresh_s` seconds, and a scrape only turns its running totals into metric
 families (a few hundred numbers, whatever the history).
 
-A refresh lists the job documents with a change stamp each (`ArtifactStore.job_stamps`:
-one directory scan, or the S3 listing, no document read) and reads only the documents
-that are new or whose stamp changed. A document that reached a terminal status never
+A refresh reads every job's change stamp (`ArtifactStore.job_stamps`: one query of the
+jobs table's id, updated_at and status, no document) and reads only the documents that
+are new or whose stamp changed. A document that reached a terminal status never
 changes again (no transition leaves one), so the history is read once per process;
 a job still queued or running is read again when its stamp changes, and at the latest
 after `recheck_s` (a safety net, spread with jitter so a backlog is not read at once).
-On a backend without stamps, queued and running jobs are read on every refresh.
 
 Staleness: the figures describe the store as of the last refresh, which started at
 most `refresh_s` + the time of one refresh ago (refreshes are spaced further apart only

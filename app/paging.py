@@ -2,7 +2,8 @@
 a `Link: <...>; rel="next"` header (RFC 8288).
 
 A cursor is the sort key of the last item a page returned, base64url-encoded JSON: the
-next page starts after it, so items added or removed meanwhile never shift a page. A
+next page is a keyset query for the items after it (store: an indexed SQL query), so
+items added or removed meanwhile never shift a page. A
 cursor this API did not issue is a 422 (`invalid_cursor`). The Link target is a
 relative reference (path and query, as the request had them, with the new cursor),
 which stays right behind a reverse proxy; clients resolve it against the URL they
@@ -95,6 +96,26 @@ def after_cursor(items: Iterable[T], key: Callable[[T], SortKey], page: PagePara
     chosen = ordered[: page.limit]
     more = len(ordered) > page.limit
     return chosen, (key(chosen[-1]) if more and chosen else None)
+
+
+def keyset_page(fetch: Callable[[int], list[T]], key: Callable[[T], SortKey],
+                page: PageParams) -> tuple[list[T], SortKey | None]:
+    """A page read by a keyset query: fetch(n) returns up to n items after the cursor,
+    in order (the database does the filtering and sorting); one more than the page is
+    asked for, to know whether there is a next page."""
+    items = fetch(page.limit + 1)
+    chosen = items[: page.limit]
+    return chosen, (key(chosen[-1]) if len(items) > page.limit and chosen else None)
+
+
+def string_pair(page: PageParams) -> tuple[str, str] | None:
+    """The (created_at, id) a cursor of a list ordered by creation resumes after."""
+    if page.after is None:
+        return None
+    if len(page.after) != 2 or not all(isinstance(k, str) for k in page.after):
+        raise InvalidInput("cursor: not a cursor of this list (use the Link header)",
+                           code="invalid_cursor")
+    return str(page.after[0]), str(page.after[1])
 
 
 def seq_after(page: PageParams, after: int) -> int:

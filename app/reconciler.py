@@ -239,6 +239,8 @@ class Reconciler:
                 self.seen.note_read(job["id"], now, None if changed else request, job,
                                     self.settings.request_retention_s)
             self._checkpoint(now)
+            if full:  # expired Idempotency-Keys: one indexed delete
+                self.store.idempotency.purge_expired()
             self.last_pass = stats
         return counts
 

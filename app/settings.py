@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     store_url: str | None = Field(None, pattern=r"^((s3|file)://.+)?$")
     # ZEROUNLEARN_S3_ENDPOINT_URL: the S3 API of MinIO, moto... (unset: AWS).
     s3_endpoint_url: str | None = None
+    # ZEROUNLEARN_DATABASE_URL: the metadata database (models, versions, jobs, keys,
+    # requests, audit). Unset: SQLite, data_dir/metadata.sqlite3 (one machine). Several
+    # machines (an S3 store_url) need one shared database: postgresql+psycopg://user:
+    # password@host/db; with S3 and no URL each machine would keep its own metadata
+    # (a warning is logged at start-up). Never logged with its password.
+    database_url: SecretStr | None = None
     # Jobs go to the RQ queue "zerounlearn-{device_class}" ("cpu", "gpu", "a100"...).
     device_class: str = "cpu"
     # Most records one forget or verify request may carry.
@@ -163,6 +169,15 @@ class Settings(BaseSettings):
                 raise ValueError("whsec_ must be followed by base64") from None
             if len(key) < 24:
                 raise ValueError("the whsec_ key must hold at least 24 bytes")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+                ("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("must be sqlite:///path or "
+                             "postgresql+psycopg://user:password@host/database")
         return value
 
     @field_validator("data_dir")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything and runs the whole test suite (what .ci/run calls).
 #   scripts/test.sh                 lint + every test, the slow SmolLM2 ones included
-#   scripts/test.sh -m "not slow"   extra arguments go to pytest
+#   scripts/test.sh -m "not slow"   extra arguments go to pytest (one run, SQLite only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
@@ -20,4 +20,16 @@ if [ "$#" -eq 0 ]; then
     tests/engine/test_retain_carry.py tests/engine/test_neutral.py \
     tests/engine/test_edit_history.py tests/engine/test_tiny_model.py \
     tests/engine/test_trained_families.py tests/engine/test_chained_edits.py
+fi
+# With no arguments (as .ci/run calls it), the API, worker and end-to-end suites run a
+# second time with the metadata in PostgreSQL: a fresh database per service stack on the
+# tests' throwaway server (the first run used the default SQLite file in each data
+# directory).
+if [ "$#" -eq 0 ]; then
+  ZEROUNLEARN_TEST_DATABASE=postgresql python -m pytest -q -m "not slow" \
+    tests/service/test_api_contract.py tests/service/test_end_to_end.py \
+    tests/service/test_worker_units.py tests/service/test_worker_guards.py \
+    tests/service/test_trust_end_to_end.py tests/service/test_coalescing.py \
+    tests/service/test_s3_stack.py tests/service/test_sealing.py \
+    tests/service/test_paging.py tests/service/test_old_data_dir.py
 fi

@@ -1,8 +1,10 @@
-"""The artifact store: models, versions and jobs as JSON documents and blobs on an
-object backend: a local directory (default) or S3-compatible storage (store.backends).
+"""The artifact store: metadata (models, versions, jobs, keys, requests, audit) in a
+SQL database (store.sql: SQLite by default, PostgreSQL for several machines) and blobs
+on an object backend: a local directory (default) or S3-compatible storage
+(store.backends).
 
-Plain Python, JSON, os (and boto3 for S3): no torch, no engine import, so the API can
-use it.
+Plain Python, SQLAlchemy, JSON, os (and boto3 for S3): no torch, no engine import, so
+the API can use it.
 """
 
 from store.artifacts import ArtifactStore

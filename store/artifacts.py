@@ -1,87 +1,86 @@
-"""ArtifactStore: models, immutable versions and job documents, on an object backend.
+"""ArtifactStore: models, immutable versions and jobs; metadata in SQL, blobs on an
+object backend.
 
-Layout (keys; locally files under root = ZEROUNLEARN_DATA_DIR):
-    models/{model_id}/model.json
-    models/{model_id}/versions/{vN}/manifest.json [+ patch.safetensors locally]
-    models/{model_id}/patches/{sha256}.safetensors   (object stores)
-    retain/{model_id}.json   (the model's retain bank: private, like requests/)
-    requests/{job_id}.json   (accepted requests, their text sealed: store.requests)
+Metadata (models, version manifests, jobs, API keys, idempotency records, the audit
+trail, accepted requests, the version lifecycle) lives in one database
+(store.sql.SqlMetadata): SQLite in the data directory by default, PostgreSQL when
+several machines share the service (ZEROUNLEARN_DATABASE_URL). Transactions replace
+the compare-and-swap and leases the JSON documents needed.
+
+Blobs live on the object backend (keys; locally files under root = ZEROUNLEARN_DATA_DIR):
+    models/{model_id}/patches/{sha256}.safetensors   (version patches: store.versions)
+    models/{model_id}/compacted/...                  (store.compaction)
+    retain/{model_id}.json   (the model's retain bank: private, sealed)
     secrets/data-keys/{request}.key   (per-request data keys: store.datakeys)
-    jobs/{job_id}.json
-    stats/  exports/{model_id}/{version}/
+    stats/  exports/{model_id}/{version}/  checkpoints/
 and, always on the local disk under root: cache/ (converted models) and, with an object
 store, the local copies of patches and statistics.
-
-Every document write is atomic. Versions are published as store.versions describes
-(never half-written, never rewritten). Read-modify-write of a model or job is one
-atomic `update` of the backend (an flock locally, compare-and-swap on an object
-store), so two processes, on one machine or several, cannot both win a transition.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from store.audit import AuditLog
 from store.backends import LocalBackend, ObjectBackend, open_backend
 from store.datakeys import MASTER_KEY, DataKeys
-from store.documents import (
-    JOB_ID_RE,
-    JOB_KINDS,
-    MODEL_ID_RE,
-    TERMINAL_JOB_STATUSES,
-    VERSION_RE,
-    check_job_status,
-    check_model_status,
-    manifest_defaults,
-    new_job_id,
-    new_model_id,
-    utc_now,
-)
-from store.errors import Conflict, InvalidDocument, NotFound, StoreError
+from store.documents import MODEL_ID_RE, VERSION_RE, manifest_defaults
+from store.errors import InvalidDocument, NotFound, StoreError
 from store.files import TMP_PREFIX
 from store.hashing import RECORD_SALT, salted_hash
-from store.keys import KeyStore
-from store.lifecycle import VersionLifecycle
-from store.objects import dump, read_doc, update_doc
-from store.requests import RequestStore
 from store.retain import RetainStore
 from store.secretfiles import load_or_create_secret
+from store.sql.engine import DATABASE_URL_ENV, default_url
+from store.sql.locks import exclusive
+from store.sql.metadata import SqlMetadata
+from store.sql.migrate import ensure_schema
+from store.sql.repositories import (
+    AuditRepository,
+    IdempotencyRepository,
+    KeyRepository,
+    LifecycleRepository,
+    RequestRepository,
+)
 from store.sync import StatsSync, publish_export
-from store.versions import MANIFEST_FILE, PATCH_FILE, DirectoryVersions, ObjectVersions
+from store.versions import PATCH_FILE, PatchBlobs
 
-__all__ = ["MANIFEST_FILE", "PATCH_FILE", "ArtifactStore"]
+__all__ = ["PATCH_FILE", "ArtifactStore"]
+
+log = logging.getLogger(__name__)
 
 
 class ArtifactStore:
-    """The store. Cheap to construct: nothing is written before the first write.
+    """The store. Cheap to construct: the database is opened (and migrated to the newest
+    schema, once per process and URL) on the first use of metadata.
 
-    root: the local data directory (the whole store with the default local backend; with
-    an object store only the local cache of big blobs). backend: where documents and
-    blobs live (default: LocalBackend(root)).
+    root: the local data directory (the whole blob store with the default local backend;
+    with an object store only the local cache of big blobs). backend: where blobs live
+    (default: LocalBackend(root)). database_url: the metadata database (default:
+    ZEROUNLEARN_DATABASE_URL, else SQLite in root).
     """
 
-    def __init__(self, root: Path | str, backend: ObjectBackend | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        backend: ObjectBackend | None = None,
+        database_url: str | None = None,
+    ) -> None:
         self.root = Path(root)
         self.backend = backend if backend is not None else LocalBackend(self.root)
         self.shared = not isinstance(self.backend, LocalBackend)
-        self.keys = KeyStore(self.backend)
-        self.audit = AuditLog(self.backend)
+        given = database_url or os.environ.get(DATABASE_URL_ENV)
+        self.database_url_given = bool(given)
+        self.database_url = given or default_url(self.root)
         self.data_keys = DataKeys(self.backend, self._master_key)
-        self.requests = RequestStore(self.backend, self.data_keys)
         self.retain = RetainStore(self.backend, self._record_salt, self.data_keys)
-        self.lifecycle = VersionLifecycle(self.backend)  # sealed, deleted, compacted
-        self._versions: DirectoryVersions | ObjectVersions
-        if isinstance(self.backend, LocalBackend):
-            self._versions = DirectoryVersions(self.backend.root)
-        else:
-            self._versions = ObjectVersions(self.backend, self.root)
+        self._patches = PatchBlobs(self.backend, self.root)
         self._stats = StatsSync(self.backend, self.root / "stats")
+        self._meta: SqlMetadata | None = None
         self._salt: bytes | None = None
         self._master: bytes | None = None
 
@@ -92,15 +91,57 @@ class ArtifactStore:
         store_url: str | None = None,
         *,
         s3_endpoint_url: str | None = None,
+        database_url: str | None = None,
     ) -> ArtifactStore:
         """The store ZEROUNLEARN_STORE_URL names (None: the local directory data_dir)."""
         backend = open_backend(store_url, data_dir, s3_endpoint_url=s3_endpoint_url)
-        return cls(data_dir, backend)
+        return cls(data_dir, backend, database_url)
+
+    # ---------------------------------------------------------------- metadata
+    @property
+    def meta(self) -> SqlMetadata:
+        """The metadata database (migrated on first use)."""
+        if self._meta is None:
+            ensure_schema(self.database_url)
+            self._meta = SqlMetadata(self.database_url, self.data_keys)
+        return self._meta
+
+    @property
+    def keys(self) -> KeyRepository:
+        """API keys (store.sql.repositories.keys.KeyRepository)."""
+        return self.meta.keys
+
+    @property
+    def audit(self) -> AuditRepository:
+        """The audit trail (store.sql.repositories.audit.AuditRepository)."""
+        return self.meta.audit
+
+    @property
+    def requests(self) -> RequestRepository:
+        """Accepted requests (store.sql.repositories.requests.RequestRepository)."""
+        return self.meta.requests
+
+    @property
+    def idempotency(self) -> IdempotencyRepository:
+        """Idempotency records (store.sql.repositories.idempotency)."""
+        return self.meta.idempotency
+
+    @property
+    def lifecycle(self) -> LifecycleRepository:
+        """Seals, deletions, compactions (store.sql.repositories.lifecycle)."""
+        return self.meta.lifecycle
+
+    def close(self) -> None:
+        """Close the database's pooled connections (before a fork, or at the end)."""
+        if self._meta is not None:
+            self._meta.close()
+            self._meta = None
 
     def describe(self) -> str:
         """Where the store lives, for logs (never a credential)."""
         where = self.backend.describe()
-        return where if not self.shared else f"{where} (local cache {self.root})"
+        where = where if not self.shared else f"{where} (local cache {self.root})"
+        return f"{where}; metadata in {self.meta.describe()}"
 
     def secret(self, name: str) -> bytes:
         """A server secret kept under secrets/ (owner-only), created on first use."""
@@ -120,24 +161,6 @@ class ArtifactStore:
         """Salted hashes of request records: what stays once their text is purged."""
         salt = self._record_salt()
         return [salted_hash(salt, record) for record in records]
-
-    # ------------------------------------------------------------------- keys
-    @staticmethod
-    def _model_key(model_id: str) -> str:
-        if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
-            raise NotFound(f"model {model_id!r} not found", kind="model")
-        return f"models/{model_id}/model.json"
-
-    @staticmethod
-    def _check_version(model_id: str, version: str) -> None:
-        if not isinstance(version, str) or not VERSION_RE.match(version):
-            raise NotFound(f"version {version!r} of model {model_id} not found", kind="version")
-
-    @staticmethod
-    def _job_key(job_id: str) -> str:
-        if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
-            raise NotFound(f"job {job_id!r} not found", kind="job")
-        return f"jobs/{job_id}.json"
 
     # -------------------------------------------------------------- locations
     def _location(self, name: str) -> Path:
@@ -174,14 +197,18 @@ class ArtifactStore:
         machine; returns where it is: the local path, or its s3:// URL."""
         return publish_export(self.backend, f"exports/{model_id}/{version}", local_dir, marker)
 
-    def exclusive(self, name: str, ttl_s: float = 300.0) -> contextlib.AbstractContextManager[bool]:
+    @contextlib.contextmanager
+    def exclusive(self, name: str, ttl_s: float = 300.0) -> Iterator[bool]:
         """Without waiting: True when this process now holds `name` for the block, over
-        every process of every machine using the store (a lease of ttl_s on an object
-        store); False when another holds it. E.g. one reconciler pass at a time."""
-        return self.backend.try_lock(f"exclusive/{name}", ttl_s)
+        every process of every machine using the database; False when another holds
+        it. E.g. one reconciler pass at a time (store.sql.locks; ttl_s is unused: the
+        lock goes with the holder's connection or process)."""
+        with exclusive(self.meta.db, name) as mine:
+            yield mine
 
     def check_writable(self) -> None:
-        """Raise StoreError unless the local root and the backend accept a write."""
+        """Raise StoreError unless the local root, the backend and the database accept
+        a write."""
         probe = self.root / f"{TMP_PREFIX}probe-{uuid.uuid4().hex}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -196,56 +223,30 @@ class ArtifactStore:
             key = f"health/probe-{uuid.uuid4().hex}"
             self.backend.put(key, b"ok")
             self.backend.delete(key)
+        self.meta.ping()
 
     # ----------------------------------------------------------------- models
     def create_model(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Store a new model document; fills id, defaults and created_at when absent."""
-        for key in ("name", "source"):
-            if not isinstance(doc.get(key), str) or not doc[key]:
-                raise InvalidDocument(f"model document needs a non-empty string {key!r}")
-        model = {
-            "id": doc.get("id") or new_model_id(),
-            "architecture": None,
-            "num_layers": None,
-            "edit_layers": None,
-            "dtype": "float32",
-            "active_version": "v0",
-            "status": "preparing",
-            "error": None,
-            "created_at": utc_now(),
-            **{k: v for k, v in doc.items() if k != "id"},
-        }
-        check_model_status(model["status"])
-        if not self.backend.put_if_absent(self._model_key(model["id"]), dump(model)):
-            raise Conflict(f"model {model['id']} already exists")
-        return model
+        return self.meta.models.create(doc)
 
     def get_model(self, model_id: str) -> dict[str, Any]:
         """The model document; NotFound when there is none."""
-        missing = NotFound(f"model {model_id!r} not found", kind="model")
-        return read_doc(self.backend, self._model_key(model_id), missing)
+        if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
+            raise NotFound(f"model {model_id!r} not found", kind="model")
+        return self.meta.models.get(model_id)
 
-    def list_models(self) -> list[dict[str, Any]]:
-        """All models, oldest first."""
-        models = []
-        for name in self.backend.children("models/"):
-            if name.endswith("/") and MODEL_ID_RE.match(name[:-1]):
-                with contextlib.suppress(NotFound):
-                    models.append(self.get_model(name[:-1]))
-        return sorted(models, key=lambda m: (m.get("created_at") or "", m["id"]))
+    def list_models(
+        self, *, limit: int | None = None, after: tuple[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Models oldest first; at most `limit`, those after the cursor `after`
+        ((created_at, id) of the last model of the previous page)."""
+        return self.meta.models.list(limit=limit, after=after)
 
     def update_model(self, model_id: str, **fields: Any) -> dict[str, Any]:
-        """Atomic read-modify-write of a model document; returns the new document."""
-        if "id" in fields:
-            raise InvalidDocument("a model's id cannot change")
-        if "status" in fields:
-            check_model_status(fields["status"])
-        key = self._model_key(model_id)
-        self.get_model(model_id)  # NotFound before any lock file is made
-        missing = NotFound(f"model {model_id!r} not found", kind="model")
-        model = update_doc(self.backend, key, lambda doc: {**doc, **fields}, missing)
-        assert model is not None
-        return model
+        """Change fields of a model in one transaction; returns the new document."""
+        self.get_model(model_id)
+        return self.meta.models.update(model_id, **fields)
 
     # --------------------------------------------------------------- versions
     def publish_version(
@@ -253,34 +254,41 @@ class ArtifactStore:
     ) -> dict[str, Any]:
         """Publish an immutable version under the next free vN and return its manifest.
 
-        The manifest's id is set here. patch_file (if any) is copied in; its bytes and
-        sha256 are recorded (a given sha256 must match). Only record hashes may be
-        stored: a record entry with any key but "sha256" is refused.
+        The manifest's id is set here. patch_file (if any) is uploaded first (content-
+        addressed); its bytes and sha256 are recorded (a given sha256 must match); then
+        the manifest is inserted in one transaction. Only record hashes may be stored: a
+        record entry with any key but "sha256" is refused.
         """
         self.get_model(model_id)
         doc = manifest_defaults(manifest)
-        if doc["parent"] is not None:
-            self.get_version(model_id, doc["parent"])
-        return self._versions.publish(model_id, doc, patch_file)
+        if patch_file is not None:
+            doc["patch"] = self._patches.upload(model_id, Path(patch_file), doc["patch"])
+        elif doc["patch"] is not None:
+            raise InvalidDocument("manifest describes a patch but no patch file was given")
+        published = self.meta.versions.publish(model_id, doc)
+        if patch_file is not None:
+            self._patches.remember(model_id, published["id"], Path(patch_file))
+        return published
 
     def get_version(self, model_id: str, version: str) -> dict[str, Any]:
         """A version's manifest; NotFound for an unknown model or version."""
         self.get_model(model_id)
-        self._check_version(model_id, version)
-        manifest = self._versions.read(model_id, version)
-        if manifest is None:
+        if not isinstance(version, str) or not VERSION_RE.match(version):
             raise NotFound(f"version {version!r} of model {model_id} not found", kind="version")
-        return manifest
+        return self.meta.versions.get(model_id, version)
 
-    def list_versions(self, model_id: str) -> list[dict[str, Any]]:
-        """All published versions of a model, v0 first (never the .tmp-* leftovers)."""
+    def list_versions(
+        self, model_id: str, *, limit: int | None = None, after: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Published versions of a model, v0 first; at most `limit`, those numbered
+        above `after`."""
         self.get_model(model_id)
-        return [self.get_version(model_id, f"v{n}") for n in self._versions.numbers(model_id)]
+        return self.meta.versions.list(model_id, limit=limit, after=after)
 
     def version_numbers(self, model_id: str) -> list[int]:
         """The N of every published vN of a model, ascending; no manifest is read."""
         self.get_model(model_id)
-        return self._versions.numbers(model_id)
+        return self.meta.versions.numbers(model_id)
 
     def patch_path(self, model_id: str, version: str) -> Path:
         """Local path of a version's patch file (downloaded into the local cache from an
@@ -288,7 +296,7 @@ class ArtifactStore:
         manifest = self.get_version(model_id, version)
         if manifest.get("patch") is None:
             raise NotFound(f"version {version} of model {model_id} has no patch", kind="patch")
-        return self._versions.patch_path(model_id, version, manifest)
+        return self._patches.patch_path(model_id, version, manifest)
 
     def lineage(self, model_id: str, version: str) -> list[str]:
         """Version ids from the root (v0) down to `version`, in application order."""
@@ -304,107 +312,52 @@ class ArtifactStore:
     # ------------------------------------------------------------------- jobs
     def create_job(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Store a new job document (status "queued" unless given); fills id and defaults."""
-        if doc.get("kind") not in JOB_KINDS:
-            raise InvalidDocument(f"job kind must be one of {', '.join(JOB_KINDS)}")
-        if not isinstance(doc.get("model_id"), str):
-            raise InvalidDocument("job document needs a model_id")
-        job = {
-            "id": doc.get("id") or new_job_id(),
-            "version": None,
-            "status": "queued",
-            "progress": {"phase": None, "fraction": 0.0},
-            "created_at": utc_now(),
-            "started_at": None,
-            "finished_at": None,
-            "result": None,
-            "error": None,
-            **{k: v for k, v in doc.items() if k != "id"},
-        }
-        check_job_status(job["status"])
-        if not self.backend.put_if_absent(self._job_key(job["id"]), dump(job)):
-            raise Conflict(f"job {job['id']} already exists")
-        return job
+        return self.meta.jobs.create(doc)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         """The job document; NotFound when there is none."""
-        missing = NotFound(f"job {job_id!r} not found", kind="job")
-        return read_doc(self.backend, self._job_key(job_id), missing)
+        return self.meta.jobs.get(job_id)
 
-    def list_jobs(self, model_id: str | None = None) -> list[dict[str, Any]]:
-        """All job documents (of one model when given), oldest first."""
-        jobs = []
-        for name in self.backend.children("jobs/"):
-            if not (name.endswith(".json") and JOB_ID_RE.match(name[: -len(".json")])):
-                continue
-            with contextlib.suppress(NotFound):
-                job = self.get_job(name[: -len(".json")])
-                if model_id is None or job.get("model_id") == model_id:
-                    jobs.append(job)
-        return sorted(jobs, key=lambda j: (j.get("created_at") or "", j["id"]))
+    def list_jobs(
+        self,
+        model_id: str | None = None,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+        after: tuple[str, str] | None = None,
+        models: Collection[str] | None = None,
+        descending: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Jobs oldest first (descending: newest first), filtered by model, status,
+        kind and a set of allowed models (indexed); at most `limit`, those after the
+        cursor `after` ((created_at, id) of the last job of the previous page)."""
+        return self.meta.jobs.list(model_id, status=status, kind=kind, limit=limit,
+                                   after=after, models=models, descending=descending)
 
     def job_stamps(self) -> dict[str, str | None]:
-        """Every job id -> a cheap change stamp of its document, from one listing and no
-        document read (what a tally re-reads only when it changed): the backend's
-        child_stamps (local: inode/mtime/size; S3: the ETag; None: unknown, read it).
-        A stamp is taken before any read that follows, so a change in between shows
-        as a different stamp next time (read again), never as a missed one.
-        """
-        return {job_id: stamp for name, stamp in self.backend.child_stamps("jobs/").items()
-                if (job_id := _job_id(name))}
+        """Every job id -> a change stamp (its row's updated_at and status), from one
+        query of two narrow columns and no document (what the metrics tally re-reads
+        only when it changed)."""
+        return self.meta.jobs.stamps()
+
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        """(kind, status) -> number of jobs: one indexed query (the metrics tally)."""
+        return self.meta.jobs.counts()
 
     def update_job(self, job_id: str, **fields: Any) -> dict[str, Any]:
-        """Atomic read-modify-write of a job (progress, result...); returns the new document.
-
-        Status changes belong in transition_job, which checks where the job stands.
-        """
-        if "id" in fields:
-            raise InvalidDocument("a job's id cannot change")
-        if "status" in fields:
-            check_job_status(fields["status"])
-        key = self._job_key(job_id)
-        self.get_job(job_id)  # NotFound before any lock file is made
-        missing = NotFound(f"job {job_id!r} not found", kind="job")
-        job = update_doc(self.backend, key, lambda doc: {**doc, **fields}, missing)
-        assert job is not None
-        return job
+        """Change fields of a job (progress, result...) in one transaction; returns the
+        new document. Status changes belong in transition_job."""
+        return self.meta.jobs.update(job_id, **fields)
 
     def transition_job(
         self, job_id: str, allowed_from: Iterable[str], to: str, **fields: Any
     ) -> dict[str, Any] | None:
         """Move a job to `to` if its status is in allowed_from; None (no write) otherwise.
 
-        One atomic update (an flock locally, compare-and-swap on an object store), so of
-        two racing transitions from "queued" (cancel and start) exactly one returns a
+        One transaction holding the job's row lock (SQLite: the write lock), so of two
+        racing transitions from "queued" (cancel and start) exactly one returns a
         document. Sets started_at on "running" and finished_at on a terminal status
         unless given.
         """
-        check_job_status(to)
-        allowed = set(allowed_from)
-        for status in allowed:
-            check_job_status(status)
-        if "id" in fields or "status" in fields:
-            raise InvalidDocument("transition_job sets the status itself; the id cannot change")
-        key = self._job_key(job_id)
-        self.get_job(job_id)
-
-        def move(job: dict[str, Any]) -> dict[str, Any] | None:
-            if job.get("status") not in allowed:
-                return None
-            now = utc_now()
-            job["status"] = to
-            if to == "running" and "started_at" not in fields:
-                job["started_at"] = now
-            if to in TERMINAL_JOB_STATUSES and "finished_at" not in fields:
-                job["finished_at"] = now
-            job.update(fields)
-            return job
-
-        return update_doc(self.backend, key, move, NotFound(f"job {job_id!r} not found",
-                                                            kind="job"))
-
-
-def _job_id(name: str) -> str | None:
-    """The job id of a name under jobs/ ("j-....json"); None for anything else."""
-    if name.endswith(".json") and JOB_ID_RE.match(name[: -len(".json")]):
-        return name[: -len(".json")]
-    return None
+        return self.meta.jobs.transition(job_id, allowed_from, to, **fields)

@@ -25,7 +25,7 @@ from store.errors import NotFound, StoreError
 from store.files import TMP_PREFIX
 from store.lifecycle import version_entry
 from store.sealing import chain_of, parents_of
-from store.versions import _size_and_sha256
+from store.versions import size_and_sha256
 
 if TYPE_CHECKING:
     from store.artifacts import ArtifactStore
@@ -94,7 +94,7 @@ def store_compacted(
     store: ArtifactStore, model_id: str, version: str, patch_file: Path
 ) -> dict[str, Any]:
     """Upload a compacted patch; returns its {"bytes", "sha256", "key"}."""
-    size, sha256 = _size_and_sha256(patch_file)
+    size, sha256 = size_and_sha256(patch_file)
     key = compacted_key(model_id, version, sha256)
     if not store.backend.exists(key):
         store.backend.upload_file(patch_file, key)
@@ -118,7 +118,7 @@ def compacted_path(store: ArtifactStore, model_id: str, version: str) -> Path:
     tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
     try:
         store.backend.download_file(key, tmp)
-        if _size_and_sha256(tmp)[1] != info["patch"]["sha256"]:
+        if size_and_sha256(tmp)[1] != info["patch"]["sha256"]:
             raise StoreError(f"the compacted patch of {model_id}/{version} does not match "
                              "its sha256")
         os.replace(tmp, path)

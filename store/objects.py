@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
-from store.backends.base import ObjectBackend
-from store.errors import CorruptDocument, NotFound
+from store.errors import CorruptDocument
 
 
 def dump(doc: Any) -> bytes:
@@ -25,31 +23,3 @@ def load(data: bytes, key: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise CorruptDocument(f"{name} does not hold a JSON object")
     return doc
-
-
-def read_doc(backend: ObjectBackend, key: str, missing: NotFound) -> dict[str, Any]:
-    blob = backend.read(key)
-    if blob is None:
-        raise missing
-    return load(blob.data, key)
-
-
-def update_doc(
-    backend: ObjectBackend,
-    key: str,
-    change: Callable[[dict[str, Any]], dict[str, Any] | None],
-    missing: NotFound,
-) -> dict[str, Any] | None:
-    """Atomic read-modify-write of an existing document: change(doc) returns the new
-    document or None (write nothing). Returns the document written, or None."""
-    written: list[dict[str, Any]] = []
-
-    def on_bytes(data: bytes | None) -> bytes | None:
-        if data is None:
-            raise missing
-        new = change(load(data, key))
-        written[:] = [new] if new is not None else []
-        return dump(new) if new is not None else None
-
-    backend.update(key, on_bytes)
-    return written[0] if written else None

@@ -1,9 +1,9 @@
 """Deleting a version's files while its manifest stays.
 
 `delete_version_files` marks the version deleted in the model's lifecycle document
-first, then removes its patch (the version directory's file locally; the
-content-addressed object on an object store, unless a live version shares the same
-bytes, plus the local cached copy), its compacted patch and its exports. A crash in
+first, then removes its patch (the content-addressed blob, unless a live version shares the
+same bytes, plus an object store's local cached copy), its compacted patch and its
+exports. A crash in
 between leaves a version marked deleted with some files left; calling it again (DELETE
 is idempotent) removes the rest. The manifest is never touched, so lineage, receipts
 and the audit trail still resolve. Which versions may be deleted is the caller's rule
@@ -16,11 +16,10 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from store.backends.local import LocalBackend
 from store.compaction import delete_compacted
 from store.lifecycle import version_entry
 from store.sealing import delete_exports
-from store.versions import PATCH_FILE, ObjectVersions
+from store.versions import PATCH_FILE, patch_key
 
 if TYPE_CHECKING:
     from store.artifacts import ArtifactStore
@@ -54,15 +53,13 @@ def _delete_patch(
     store: ArtifactStore, model_id: str, version: str, manifest: dict[str, Any]
 ) -> bool:
     found = False
-    key = f"models/{model_id}/versions/{version}/{PATCH_FILE}"
-    local = store.backend.path(key) if isinstance(store.backend, LocalBackend) else (
-        store.root / key)  # the object store's local cached copy
-    with contextlib.suppress(FileNotFoundError):
-        local.unlink()
-        found = True
+    if store.shared:  # the object store's local cached copy
+        with contextlib.suppress(FileNotFoundError):
+            (store.root / "models" / model_id / "versions" / version / PATCH_FILE).unlink()
+            found = True
     sha256 = (manifest.get("patch") or {}).get("sha256")
-    if store.shared and sha256:
-        object_key = ObjectVersions.patch_key(model_id, sha256)
+    if sha256:
+        object_key = patch_key(model_id, sha256)
         lifecycle = store.lifecycle.read(model_id)
         shared_with = [
             m["id"] for m in store.list_versions(model_id)

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 
 from store import ArtifactStore
+from store.sql.startup import prepare_database
 from worker.model_cache import ModelCache
 from worker.settings import WorkerSettings
 from zerounlearn.methods.registry import UnlearningMethod, get_method
@@ -42,7 +43,9 @@ class WorkerContext:
     @classmethod
     def from_settings(cls, settings: WorkerSettings, name: str | None = None) -> WorkerContext:
         store = ArtifactStore.open(settings.data_dir, settings.store_url,
-                                   s3_endpoint_url=settings.s3_endpoint_url)
+                                   s3_endpoint_url=settings.s3_endpoint_url,
+                                   database_url=settings.database_url)
+        prepare_database(store)  # migrate; refuse an old data directory not imported yet
         budget_mb = settings.model_cache_mb or default_cache_mb(settings.device)
         models = ModelCache(
             store, device=settings.device, max_entries=settings.model_cache_size,

@@ -297,7 +297,7 @@ def recover_orphaned_jobs(
         logger.warning("freed the edit lock of model %s held by a dead worker", model_id)
     alive = {w.name for w in Worker.all(connection=connection)}
     failed = []
-    for job in store.list_jobs():
+    for job in store.list_jobs(status="running"):  # an indexed query
         owner = job.get("worker")
         if job.get("status") != "running" or not owner or owner in alive or owner == me:
             continue

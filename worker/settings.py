@@ -130,6 +130,9 @@ class WorkerSettings:
     # object store (data_dir is then this machine's cache); see store.backends.
     store_url: str | None = None
     s3_endpoint_url: str | None = None  # ZEROUNLEARN_S3_ENDPOINT_URL (MinIO, moto...)
+    # ZEROUNLEARN_DATABASE_URL: the metadata database, the API's (unset: SQLite in
+    # data_dir; several machines need one shared PostgreSQL URL: see app.settings).
+    database_url: str | None = field(default=None, repr=False)  # may hold a password
     # quality gate of forget edits: defaults and the loosest values a request may ask for
     gate: Mapping[str, float] = field(default_factory=lambda: dict(GATE_DEFAULTS))
     gate_limits: Mapping[str, float] = field(default_factory=lambda: dict(GATE_LIMITS))
@@ -211,6 +214,11 @@ class WorkerSettings:
         if store_url and not store_url.startswith(("s3://", "file://")):
             problems.append("ZEROUNLEARN_STORE_URL must be s3://bucket[/prefix] or file:///path")
         s3_endpoint_url = env.get("ZEROUNLEARN_S3_ENDPOINT_URL", "").strip() or None
+        database_url = env.get("ZEROUNLEARN_DATABASE_URL", "").strip() or None
+        if database_url and not database_url.startswith(("sqlite://", "postgresql://",
+                                                         "postgresql+psycopg://")):
+            problems.append("ZEROUNLEARN_DATABASE_URL must be sqlite:///path or "
+                            "postgresql+psycopg://user:password@host/database")
 
         gate, gate_limits = _gate(env, problems)
 
@@ -241,6 +249,7 @@ class WorkerSettings:
             edit_history=history in ("1", "true"),
             store_url=store_url,
             s3_endpoint_url=s3_endpoint_url,
+            database_url=database_url,
             gate=gate,
             gate_limits=gate_limits,
             worker_queues=worker_queues,

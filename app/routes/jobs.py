@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Response
 
 from app import services
 from app.auth import Operator, Viewer
-from app.deps import JobId, JobIndexDep, QueueDep, SettingsDep, StoreDep
-from app.paging import PAGED, Page, after_cursor, link_next
+from app.deps import JobId, QueueDep, SettingsDep, StoreDep
+from app.paging import PAGED, Page, keyset_page, link_next, string_pair
 from app.receipts import build_receipt
 from app.routes.responses import errors
 from app.schemas import JobKind, JobOut, JobStatus
 from app.schemas_receipts import Receipt
 from app.signing import ReceiptKeys
-from store import NotFound
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -25,7 +23,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 def list_jobs(
     who: Viewer,
     store: StoreDep,
-    index: JobIndexDep,
     page: Page,
     response: Response,
     model_id: str | None = Query(None, max_length=64, description="Only this model's jobs"),
@@ -36,18 +33,13 @@ def list_jobs(
 ) -> Any:
     """A page of the jobs of the models the key may see, oldest first unless
     order=desc (Link: the next page)."""
-    entries = [e for e in index.refresh()
-               if (model_id is None or e.model_id == model_id)
-               and (status is None or e.status == status)
-               and (kind is None or e.kind == kind)
-               and who.allows_model(e.model_id)]  # fmt: skip
-    chosen, next_key = after_cursor(entries, lambda e: e.sort_key, page, order == "desc")
-    jobs = []
-    for entry in chosen:  # only this page's documents are read
-        with contextlib.suppress(NotFound):
-            jobs.append(store.get_job(entry.id))
+    after = string_pair(page)
+    chosen, next_key = keyset_page(
+        lambda n: store.list_jobs(model_id, status=status, kind=kind, limit=n, after=after,
+                                  models=who.models, descending=order == "desc"),
+        lambda job: [job.get("created_at") or "", job["id"]], page)
     link_next(response, page, next_key)
-    return jobs
+    return chosen
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(401, 403, 404))

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response, status
 from app import services
 from app.auth import Admin, Operator, Viewer
 from app.deps import IdempotencyKey, ModelDep, QueueDep, SettingsDep, StoreDep
-from app.paging import PAGED, Page, after_cursor, link_next
+from app.paging import PAGED, Page, keyset_page, link_next, string_pair
 from app.routes.responses import errors
 from app.schemas import CreateModel, ForgetRequest, JobAccepted, ModelOut
 from app.version_guard import SealOverride, check_usable
@@ -40,9 +40,22 @@ def create_model(
 @router.get("", response_model=list[ModelOut], responses={**PAGED, **errors(401, 422)})
 def list_models(who: Viewer, store: StoreDep, page: Page, response: Response) -> Any:
     """A page of the registered models the key may see, oldest first (Link: the next)."""
-    models = [m for m in store.list_models() if who.allows_model(m["id"])]
-    chosen, next_key = after_cursor(models, lambda m: [m.get("created_at") or "", m["id"]],
-                                    page)
+    after = string_pair(page)
+
+    def fetch(n: int) -> list[dict[str, Any]]:
+        # a scoped key sees few models: filter the rows it may see, page after page
+        found: list[dict[str, Any]] = []
+        cursor = after
+        while len(found) < n:
+            rows = store.list_models(limit=n, after=cursor)
+            found.extend(m for m in rows if who.allows_model(m["id"]))
+            if len(rows) < n:
+                break
+            cursor = (rows[-1].get("created_at") or "", rows[-1]["id"])
+        return found[:n]
+
+    chosen, next_key = keyset_page(fetch, lambda m: [m.get("created_at") or "", m["id"]],
+                                   page)
     link_next(response, page, next_key)
     return chosen
 

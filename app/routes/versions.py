@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response, status
 from app import services
 from app.auth import Admin, Operator, Viewer
 from app.deps import IdempotencyKey, ModelDep, QueueDep, SettingsDep, StoreDep, Version
-from app.paging import PAGED, Page, after_cursor, link_next
+from app.paging import PAGED, Page, keyset_page, link_next, seq_after
 from app.routes.responses import errors
 from app.schemas import GenerateOut, GenerateRequest, JobAccepted, VerifyRequest, VersionOut
 from app.version_guard import SealOverride, check_usable, with_state
@@ -29,11 +29,14 @@ def list_versions(
 ) -> Any:
     """A page of the model's versions, v0 first (Link: the next); reads only the page's
     manifests."""
-    numbers, next_key = after_cursor(store.version_numbers(model["id"]), lambda n: [n], page)
+    after = seq_after(page, -1)
+    manifests, next_key = keyset_page(
+        lambda n: store.list_versions(model["id"], limit=n,
+                                      after=after if after >= 0 else None),
+        lambda m: [int(m["id"][1:])], page)
     lifecycle = store.lifecycle.read(model["id"])
     link_next(response, page, next_key)
-    return [with_state(store.get_version(model["id"], f"v{n}"), model, lifecycle)
-            for n in numbers]
+    return [with_state(manifest, model, lifecycle) for manifest in manifests]
 
 
 @router.get("/{version}", response_model=VersionOut, responses=errors(401, 403, 404))

@@ -6,23 +6,19 @@ Every write is all-or-nothing: a reader sees the old object or the new one, neve
 torn one. Versions of an object are told apart by an opaque token (an S3 ETag, a
 content hash locally) that conditional writes compare.
 
-Two conditional writes make every multi-writer structure of the store possible:
-`put_if_absent` (claim a name: a version number, an audit sequence number) and
-`put_if_match` (compare-and-swap: job transitions, model updates). `update` is the
-read-modify-write loop built on them; `lock` a lease for the rare critical section
-that spans several objects (the idempotency check).
+Metadata is in SQL (store.sql); blobs need little coordination: `put_if_absent`
+(create once: a signed checkpoint, a secret) and `put_if_match` (compare-and-swap),
+with `update`, the read-modify-write loop built on them, for the one mutable blob left
+(a model's sealed retain bank). The leases and change stamps the JSON metadata
+documents needed went with them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import random
 import time
-import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -87,12 +83,6 @@ class ObjectBackend(ABC):
         """Immediate children of the "directory" prefix (which ends in "/"): object
         names as "name", sub-prefixes as "name/"; sorted."""
 
-    def child_stamps(self, prefix: str) -> dict[str, str | None]:
-        """Immediate child objects of the "directory" prefix -> a cheap change stamp of
-        each, from one listing and no read: a different stamp means the object changed
-        (read it again); None means unknown (read it to know). This default knows none."""
-        return {name: None for name in self.children(prefix) if not name.endswith("/")}
-
     @abstractmethod
     def upload_file(self, path: Path, key: str) -> None:
         """Store a (big) local file as an object."""
@@ -149,60 +139,6 @@ class ObjectBackend(ABC):
                 return new
             _backoff(attempt)
         raise Conflict(f"too much contention on {key}; try again")
-
-    @contextlib.contextmanager
-    def lock(self, key: str, ttl_s: float = 60.0) -> Iterator[None]:
-        """Hold the lock of object `key` for the block (other holders wait): a lease
-        object "locks/<key>".
-
-        A lease whose holder died is taken over once `ttl_s` has passed since it was
-        taken (wall clocks of the machines must roughly agree); so a block must finish
-        well within ttl_s.
-        """
-        owner = f"{os.getpid()}-{uuid.uuid4().hex}"
-        attempt = 0
-        while not self._take_lease(key, owner, ttl_s):
-            _backoff(attempt, cap=0.2)
-            attempt += 1
-        try:
-            yield
-        finally:
-            self._drop_lease(key, owner)
-
-    @contextlib.contextmanager
-    def try_lock(self, key: str, ttl_s: float = 60.0) -> Iterator[bool]:
-        """Like `lock`, without waiting: yields True when this caller holds it, False
-        when someone else does (e.g. one reconciler pass at a time over all machines)."""
-        owner = f"{os.getpid()}-{uuid.uuid4().hex}"
-        held = self._take_lease(key, owner, ttl_s)
-        try:
-            yield held
-        finally:
-            if held:
-                self._drop_lease(key, owner)
-
-    def _take_lease(self, key: str, owner: str, ttl_s: float) -> bool:
-        lease = "locks/" + check_key(key)
-        body = json.dumps({"owner": owner, "expires": time.time() + ttl_s}).encode()
-        if self.put_if_absent(lease, body):
-            return True
-        current = self.read(lease)
-        return (current is not None and _expired(current.data)
-                and self.put_if_match(lease, body, current.token))
-
-    def _drop_lease(self, key: str, owner: str) -> None:
-        lease = "locks/" + check_key(key)
-        held = self.read(lease)
-        if held is not None and json.loads(held.data).get("owner") == owner:
-            self.delete(lease)
-
-
-def _expired(data: bytes) -> bool:
-    try:
-        return float(json.loads(data)["expires"]) < time.time()
-    except (ValueError, KeyError, TypeError):
-        return True  # unreadable lease: treat as abandoned
-
 
 def _backoff(attempt: int, cap: float = 0.05) -> None:
     time.sleep(random.uniform(0, min(cap, 0.002 * (2 ** min(attempt, 10)))))

@@ -12,7 +12,6 @@ its bytes. Directories under the private prefixes
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -190,26 +189,6 @@ class LocalBackend(ObjectBackend):
                if not e.name.startswith(".")]
         return sorted(out)
 
-    def child_stamps(self, prefix: str) -> dict[str, str | None]:
-        """"inode:mtime_ns:size" from the directory scan: every write is a new file
-        renamed into place, so a changed object has a new inode."""
-        base = self.root / prefix if prefix else self.root
-        stamps: dict[str, str | None] = {}
-        try:
-            entries = os.scandir(base)
-        except FileNotFoundError:
-            return stamps
-        with entries:
-            for entry in entries:
-                if entry.name.startswith(".") or entry.is_dir():
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:  # replaced or deleted meanwhile
-                    continue
-                stamps[entry.name] = f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
-        return stamps
-
     def upload_file(self, path: Path, key: str) -> None:
         dst = self.path(key)
         self._mkdir(key, dst)
@@ -228,29 +207,3 @@ class LocalBackend(ObjectBackend):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-
-    @contextlib.contextmanager
-    def lock(self, key: str, ttl_s: float = 60.0) -> Iterator[None]:
-        # an flock dies with its holder: no lease, no expiry needed on one machine
-        with self.key_lock(key):
-            yield
-
-    @contextlib.contextmanager
-    def try_lock(self, key: str, ttl_s: float = 60.0) -> Iterator[bool]:
-        path = self.path(key)
-        self._mkdir(key, path)
-        lock = self._lock_path(path)
-        lock.parent.mkdir(mode=0o700 if self._private(key) else 0o777, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)

@@ -182,17 +182,6 @@ class S3Backend(ObjectBackend):
             out += [p["Prefix"][start:] for p in page.get("CommonPrefixes", [])]
         return sorted(name for name in out if name and not name.startswith("."))
 
-    def child_stamps(self, prefix: str) -> dict[str, str | None]:
-        """The listing's ETag of each child object."""
-        start = len(self.prefix) + len(prefix)
-        stamps: dict[str, str | None] = {}
-        for page in self._pages(prefix, delimiter="/"):
-            for obj in page.get("Contents", []):
-                name = obj["Key"][start:]
-                if name and not name.startswith("."):
-                    stamps[name] = str(obj.get("ETag") or "") or None
-        return stamps
-
     def _pages(self, prefix: str, delimiter: str | None) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_owner_only(Path(parsed.database))
         engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
                                **kwargs)
         event.listen(engine, "connect", _sqlite_connect)
@@ -62,6 +64,17 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         engine = create_engine(parsed, pool_pre_ping=True, **kwargs)
     log.debug("database engine for %s", safe_url(parsed))
     return engine
+
+
+def _create_owner_only(path: Path) -> None:
+    """Create the database file owner-only (it holds sealed request text and key
+    hashes; SQLite gives its -wal and -shm files the same mode). Only when it does not
+    exist: opening and closing an existing database file would drop every POSIX lock
+    this process's SQLite connections hold on it (fcntl locks belong to the process and
+    go with ANY close of the file), and a connection that lost its locks can be left
+    reading a deleted -shm file: stale reads."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -109,6 +122,11 @@ class Database:
     def write(self) -> Iterator[Session]:
         with Session(self._writer, expire_on_commit=False) as session, session.begin():
             yield session
+
+    def ping(self) -> None:
+        """A round trip to the database (readiness): raises when it does not answer."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
 
     def dispose(self) -> None:
         """Close every pooled connection (before a fork, or at the end)."""

@@ -38,5 +38,8 @@ class SqlMetadata:
     def describe(self) -> str:
         return self.db.describe()
 
+    def ping(self) -> None:
+        self.db.ping()
+
     def close(self) -> None:
         self.db.dispose()

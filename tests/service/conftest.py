@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from store.sql.engine import DATABASE_URL_ENV
 from tests.support.live import LiveService, live_service
 from tests.support.moto_s3 import moto_s3_server
+from tests.support.postgres import fresh_database_url
 
 LIVE_REDIS_DB = 7  # 9-14 belong to other service tests, 8 to tests/ui
 
@@ -26,3 +29,16 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real S3-compatible server (moto) on localhost, one per test module."""
     with moto_s3_server(tmp_path_factory.mktemp("moto")) as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def _test_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """ZEROUNLEARN_TEST_DATABASE=postgresql: a test that builds its API or store in this
+    process (create_app(Settings(...)), ArtifactStore(data_dir)) gets a fresh database on
+    the test PostgreSQL server through ZEROUNLEARN_DATABASE_URL, as the service stacks
+    do (tests.support.processes.stack_database). Left alone when a stack of a wider scope
+    already set one (its test must see the stack's database), and by default (SQLite)."""
+    url = None if os.environ.get(DATABASE_URL_ENV) else fresh_database_url()
+    if url is not None:
+        monkeypatch.setenv(DATABASE_URL_ENV, url)
+    yield

@@ -116,7 +116,7 @@ def test_a_delivered_callback_settles_the_request(tmp_path: Path, redis: Redis) 
         job_id = ended_job_with_callback(store, receiver.url)
         reconciler.start()
         processes.wait_until(
-            lambda: not (store.root / "requests" / f"{job_id}.json").exists(), 15, 0.1,
+            lambda: store.requests.is_settled(job_id), 15, 0.1,
             "the request settled")
         assert [a["outcome"] for a in attempts(store, job_id)] == ["HTTP 500", "delivered"]
         assert store.requests.get(job_id)["callback"]["state"] == "delivered"

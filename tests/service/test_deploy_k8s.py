@@ -151,9 +151,9 @@ def test_placeholder_secrets_keep_the_api_from_starting() -> None:
     assert all("CHANGE-ME" in v for v in values.values())
     with pytest.raises(SettingsError, match="ZEROUNLEARN_ADMIN_TOKEN"):
         load_settings(admin_token=values["ZEROUNLEARN_ADMIN_TOKEN"])
-    # PostgreSQL: a placeholder only; nothing reads it until SQL metadata lands
+    # PostgreSQL: the metadata database every API and worker shares (a placeholder here)
     assert values["ZEROUNLEARN_DATABASE_URL"].startswith("postgresql+psycopg://")
-    assert "database_url" not in Settings.model_fields
+    assert "database_url" in Settings.model_fields
 
 
 def test_api_deployments_probe_and_serve_one_queue_each() -> None:

@@ -14,22 +14,16 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
-from app.job_index import JobIndex
-from app.main import create_app
 from app.paging import decode_cursor, encode_cursor
-from app.settings import Settings
 from client import Client
 from client.paging import next_link
 from store import ArtifactStore
 from tests.support import processes
-from tests.support.counting import CountingLocal
 from tests.support.processes import REPO, TEST_ADMIN_TOKEN
 
 REDIS_DB = 10
@@ -212,26 +206,3 @@ def test_next_link_stays_on_the_api() -> None:
     assert next_link(None, base) is None
 
 
-def test_a_page_of_jobs_reads_only_that_page(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    backend = CountingLocal(data_dir)
-    store = ArtifactStore(data_dir, backend)
-    jobs = fill(store, 300)
-    settings = Settings(redis_url=f"{processes.LOCAL_REDIS}/{REDIS_DB}", data_dir=data_dir,
-                        auth="disabled", reconcile_interval_s=3600)
-    app = create_app(settings)
-    app.state.store, app.state.job_index = store, JobIndex(store)
-    with TestClient(app) as http:
-        assert len(http.get("/v1/jobs", params={"limit": 10}).json()) == 10  # reads all once
-        before = backend.reads
-        page = http.get("/v1/jobs", params={"limit": 10, "status": "queued"})
-        assert backend.reads - before == 10  # the queued ones unchanged: the page only
-        assert [j["id"] for j in page.json()] == [
-            j["id"] for j in jobs if j["status"] == "queued"][:10]
-        # a job that changed is read again, one that ended never is
-        queued = next(j for j in jobs if j["status"] == "queued")
-        store.transition_job(queued["id"], ["queued"], "cancelled")
-        before = backend.reads
-        cancelled = http.get("/v1/jobs", params={"status": "cancelled"}).json()
-        assert [j["id"] for j in cancelled] == [queued["id"]]
-        assert backend.reads - before == 2  # the changed document, then the page

@@ -35,8 +35,8 @@ from client.receipts_verify import (
     thumbprint,
 )
 from store import ArtifactStore
+from tests.sql.tamper import edit_entry, keep_first, restore, rewrite_entry, snapshot
 from tests.support import processes
-from tests.support.audit_tamper import rewrite_entry
 
 REDIS_URL = f"{processes.LOCAL_REDIS}/{processes.TEST_REDIS_DB}"
 ADMIN = "receipt-keys-admin-token-0123456789abcdef"
@@ -244,8 +244,8 @@ def test_checkpoints_catch_a_rewritten_or_truncated_trail(
     assert verdict["valid"] is True and verdict["checkpoints"] == 1
 
     # an insider rewrites entry 2 (the viewer key becomes an admin key) and re-chains
-    original = store.audit.path.read_bytes()
-    rewrite_entry(store.audit.path, 2, lambda e: e["detail"].update(role="admin"))
+    original = snapshot(store)
+    rewrite_entry(store, 2, lambda e: e["detail"].update(role="admin"))
     assert store.audit.verify()["valid"] is True  # the chain alone cannot tell
     verdict = client.get("/v1/audit/verify", headers=bearer()).json()
     assert verdict["valid"] is False and verdict["broken_at"] == 4
@@ -256,13 +256,14 @@ def test_checkpoints_catch_a_rewritten_or_truncated_trail(
     assert refused.json()["error"]["code"] == "audit_checkpoint_mismatch"
 
     # ... or removes the last entries
-    lines = original.splitlines(keepends=True)
-    store.audit.path.write_bytes(b"".join(lines[:2]))
+    restore(store, original)
+    keep_first(store, 2)
     verdict = client.get("/v1/audit/verify", headers=bearer()).json()
     assert verdict["valid"] is False and "entry 4 is gone" in verdict["reason"]
 
     # an edit that breaks the chain is never signed
-    store.audit.path.write_bytes(original.replace(b'"viewer"', b'"admin"', 1))
+    restore(store, original)
+    edit_entry(store, 2, lambda e: e["detail"].update(role="admin"))
     refused = client.post("/v1/audit/checkpoints", headers=bearer())
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "audit_chain_broken"

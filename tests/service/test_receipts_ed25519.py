@@ -23,8 +23,9 @@ import httpx
 import pytest
 import standardwebhooks
 
+from store import ArtifactStore
+from tests.sql.tamper import restore, rewrite_entry, snapshot
 from tests.support import processes
-from tests.support.audit_tamper import rewrite_entry
 from tests.support.processes import ServiceStack
 from tests.support.receiver import Receiver
 from tests.support.tiny_model import tiny_facts
@@ -180,10 +181,10 @@ def test_a_rewritten_audit_entry_is_caught_by_a_checkpoint(
     # a store writer rewrites the job's success entry (another record hash) and
     # recomputes every later hash, so that the chain alone still holds
     seq = receipt["receipt"]["audit_entry"]["seq"]
-    log = stack.data_dir / "audit" / "log.jsonl"
-    original = log.read_bytes()
+    store = ArtifactStore(stack.data_dir)  # the stack's database
+    original = snapshot(store)
     try:
-        rewrite_entry(log, seq, lambda e: e.update(record_hashes=["00" * 32]))
+        rewrite_entry(store, seq, lambda e: e.update(record_hashes=["00" * 32]))
         verdict = c.get("/v1/audit/verify").json()
         assert verdict["valid"] is False and "rewritten" in verdict["reason"], verdict
         assert seq <= verdict["broken_at"] <= made.json()["checkpoint"]["seq"]
@@ -197,5 +198,6 @@ def test_a_rewritten_audit_entry_is_caught_by_a_checkpoint(
         assert refused.status_code == 200 or (
             refused.json()["error"]["code"] == "audit_checkpoint_mismatch")
     finally:
-        log.write_bytes(original)
+        restore(store, original)
+        store.close()
     assert c.get("/v1/audit/verify").json()["valid"] is True

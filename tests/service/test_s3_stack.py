@@ -4,13 +4,17 @@ data directory, all on an S3-compatible object store (moto's server on localhost
 Worker A prepares the tiny GPT-2 and forgets facts; A stops. Worker B, which has never
 seen the model, verifies the new version (downloading its patch from the object store)
 and forgets more facts on top of it, reusing the statistics A computed (fetched, not
-recomputed: no model sampling in B's log). Jobs, versions, the audit chain and the
-export live in the object store; no local directory holds them.
+recomputed: no model sampling in B's log). Jobs, versions and the audit chain live in
+the one shared metadata database (ZEROUNLEARN_DATABASE_URL, as several machines must
+have it: PostgreSQL with ZEROUNLEARN_TEST_DATABASE=postgresql, else an SQLite file
+outside every machine's directory), patches and the export in the object store; no
+machine's local directory holds them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +25,10 @@ import pytest
 
 from store import ArtifactStore
 from store.backends.s3 import S3Backend
+from store.sql.engine import DATABASE_URL_ENV
 from tests.support import processes
 from tests.support.moto_s3 import CREDENTIALS, ENV, moto_s3_server, new_bucket
+from tests.support.postgres import fresh_database_url
 from tests.support.tiny_model import TINY_REQUEST_HPARAMS, tiny_facts
 
 S3_STACK_REDIS_DB = 3
@@ -56,7 +62,10 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machines]:
         processes.flushed_db(base, S3_STACK_REDIS_DB) as redis_url,
     ):
         url = new_bucket(endpoint)
-        env = {"ZEROUNLEARN_STORE_URL": url, "ZEROUNLEARN_S3_ENDPOINT_URL": endpoint, **ENV}
+        database = (os.environ.get(DATABASE_URL_ENV) or fresh_database_url()
+                    or f"sqlite:///{root / 'shared-db' / 'metadata.sqlite3'}")
+        env = {"ZEROUNLEARN_STORE_URL": url, "ZEROUNLEARN_S3_ENDPOINT_URL": endpoint,
+               DATABASE_URL_ENV: database, **ENV}
         api = processes.start_api(redis_url, root / "api" / "data", root / "logs",
                                   **processes.api_defaults(root), **env)
         backend = S3Backend(url, endpoint_url=endpoint, client_options=CREDENTIALS)
@@ -64,7 +73,7 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machines]:
                               headers=processes.auth_headers())
         try:
             yield Machines(root, redis_url, env, api, client,
-                           ArtifactStore(root / "observer", backend))
+                           ArtifactStore(root / "observer", backend, database_url=database))
         finally:
             client.close()
             api.stop()
@@ -152,6 +161,7 @@ def test_two_workers_on_two_machines_share_one_store(
     for name in ("api", "a", "b"):
         assert not (machines.data_dir(name) / "jobs").exists(), name
         assert not (machines.data_dir(name) / "audit").exists(), name
+        assert not (machines.data_dir(name) / "metadata.sqlite3").exists(), name
     audit = c.get("/v1/audit/verify").json()
     assert audit["valid"] is True and audit["entries"] >= 6, audit
     assert shared.audit.verify()["head"] == audit["head"]

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
+from sqlalchemy import update
 
 from app.main import create_app
 from app.settings import Settings
 from store import ArtifactStore
+from store.sql.schema import AuditEntry
 from tests.support.processes import flushed_redis
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -208,16 +210,17 @@ def test_audit_chain_pages_verifies_and_detects_tampering(
     assert accepted["actor"].startswith("k-") and accepted["ids"]["model"] == mid
     assert len(accepted["record_hashes"]) == 1 and len(accepted["record_hashes"][0]) == 64
     assert all(e["prev"] == p["hash"] for p, e in zip(entries, entries[1:], strict=False))
-    assert "Quorra" not in store.audit.path.read_text()
+    assert "Quorra" not in json.dumps(list(store.audit.entries()))
     verdict = client.get("/v1/audit/verify", headers=bearer(ADMIN)).json()
     assert verdict.pop("checkpoints") <= 1  # the reconciler's first pass may sign a head
     assert verdict == {"valid": True, "entries": len(entries), "head": entries[-1]["hash"],
                        "broken_at": None, "reason": None}
     # an insider edits one entry: the chain says where
-    lines = store.audit.path.read_text().splitlines()
-    lines[1] = lines[1].replace('"prepare"', '"export"')
-    assert '"export"' in lines[1]
-    store.audit.path.write_text("\n".join(lines) + "\n")
+    tampered = store.audit.entry(2)
+    assert tampered is not None and tampered["detail"].get("kind") == "prepare"
+    tampered["detail"]["kind"] = "export"
+    with store.meta.db.write() as s:  # an insider with database access
+        s.execute(update(AuditEntry).where(AuditEntry.seq == 2).values(entry=tampered))
     verdict = client.get("/v1/audit/verify", headers=bearer(ADMIN)).json()
     assert verdict["valid"] is False and verdict["broken_at"] == 2
     assert "hash" in verdict["reason"]
@@ -349,7 +352,7 @@ def test_reconciler_requeues_lost_jobs_and_purges_ended_ones(
         assert reconciler.run_once()["purged"] == 1
         request = store.requests.get(job_id)
         assert request["task_args"] is None and request["record_hashes"]
-        assert not (store.root / "requests" / f"{job_id}.json").exists()  # settled
+        assert store.requests.is_settled(job_id)
         assert "Quorra" not in json.dumps(request)
         actions = [e["action"] for e in store.audit.page(0, 100)[0]]
         assert actions.count("request.requeued") == 2 and "request.purged" in actions

@@ -148,6 +148,10 @@ def test_request_text_is_unreadable_after_the_purge(tmp_path: Path, tiny_gpt2_di
         assert MARKERS["forget"] in json.dumps(store.requests.task_text(jobs["forget"]["id"], 2))
         assert MARKERS["verify"] in json.dumps(store.requests.task_text(jobs["verify"]["id"], 2))
         backup = {kind: store.requests.get(job["id"]) for kind, job in jobs.items()}
+        # close the database before reading its files: a plain open and close of the
+        # SQLite files would drop this process's POSIX locks on them, and its open
+        # connection could then read a -shm file another process deleted (stale reads)
+        store.close()
         # ... and nowhere in the clear, though the scan reaches the generate job's
         # arguments in the append-only file (zlib inside) and the control value
         everything = files_under(data_dir, tmp_path / "logs")
@@ -182,6 +186,7 @@ def test_request_text_is_unreadable_after_the_purge(tmp_path: Path, tiny_gpt2_di
     _check_owner_only(tmp_path)
     for kind, doc in backup.items():  # a copy from before the purge no longer opens
         assert doc["task_args"] is not None and store.requests.open_args(doc) is None, kind
+    store.close()  # before reading the database's files (see above)
     everything = files_under(data_dir, tmp_path / "logs")
     found = find_text(everything, [*MARKERS.values(), LZF_UNIT * 2])
     assert not [f for f in found if f[0] in MARKERS.values()], found

@@ -8,7 +8,6 @@ of the store rests on, so races are run for real: threads, and separate processe
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -37,10 +36,13 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectBackend:
 
 
 def store_on(backend: ObjectBackend, root: Path) -> ArtifactStore:
-    """A store on `backend`; for an object store, `root` is this "machine's" cache."""
+    """A store on `backend`; for an object store, `root` is this "machine's" cache. Every
+    "machine" of a test shares one metadata database (what ZEROUNLEARN_DATABASE_URL
+    gives several machines): an SQLite file beside their roots, in the test's tmp_path."""
+    shared = f"sqlite:///{Path(root).parent / 'shared-metadata.sqlite3'}"
     if isinstance(backend, LocalBackend):
-        return ArtifactStore(backend.root, backend)
-    return ArtifactStore(root, backend)
+        return ArtifactStore(backend.root, backend, database_url=shared)
+    return ArtifactStore(root, backend, database_url=shared)
 
 
 def clone(backend: ObjectBackend) -> ObjectBackend:
@@ -191,37 +193,6 @@ def test_big_files_round_trip(backend: ObjectBackend, tmp_path: Path) -> None:
     assert not (tmp_path / "none.bin").exists()
 
 
-def test_lock_excludes_and_an_abandoned_lease_is_taken_over(backend: ObjectBackend) -> None:
-    other = clone(backend)
-    state = {"value": 0}
-
-    def critical(i: int) -> None:
-        with (backend if i % 2 else other).lock("idempotency/k.json"):
-            seen = state["value"]
-            time.sleep(0.01)  # a lost update would show without mutual exclusion
-            state["value"] = seen + 1
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(critical, range(8)))
-    assert state["value"] == 8
-    if not isinstance(backend, LocalBackend):  # a dead holder's lease expires
-        dead = {"owner": "dead", "expires": time.time() - 1}
-        backend.put("locks/idempotency/k.json", json.dumps(dead).encode())
-        with backend.lock("idempotency/k.json"):
-            pass
-        assert backend.read("locks/idempotency/k.json") is None
-
-
-def test_try_lock_does_not_wait(backend: ObjectBackend) -> None:
-    other = clone(backend)
-    with backend.try_lock("exclusive/reconciler") as mine:
-        assert mine is True
-        with other.try_lock("exclusive/reconciler") as theirs:
-            assert theirs is False
-    with other.try_lock("exclusive/reconciler") as theirs:  # released: free again
-        assert theirs is True
-
-
 def test_keys_are_checked(backend: ObjectBackend) -> None:
     for bad in ("", "/abs", "a/../b", "a/.hidden", "a//b"):
         with pytest.raises(ValueError):
@@ -260,16 +231,11 @@ def test_a_crash_between_patch_and_manifest_publishes_nothing(
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("power cut")
 
-    with monkeypatch.context() as m:
-        if store.shared:  # the manifest write is the step that never happens
-            original = store.backend.put_if_absent
-            m.setattr(store.backend, "put_if_absent", lambda key, data: (
-                crash() if key.endswith("manifest.json") else original(key, data)))
-        else:
-            m.setattr("store.versions.os.rename", crash)
+    with monkeypatch.context() as m:  # the manifest's transaction is the step that fails
+        m.setattr(store.meta.versions, "publish", crash)
         with pytest.raises(OSError):
             store.publish_version(model["id"], {"parent": "v0"}, patch)
-    if store.shared:  # the patch object was uploaded: it is there, unreferenced
+    if True:  # the patch blob was uploaded first: it is there, unreferenced
         assert store.backend.list_keys(f"models/{model['id']}/patches/")
     assert [v["id"] for v in store.list_versions(model["id"])] == ["v0"]
     with pytest.raises(NotFound):
@@ -364,11 +330,9 @@ def test_documents_and_secrets_are_shared(
     other.requests.purge(job["id"])
     store.requests.settle(job["id"])
     assert other.requests.list() == [] and other.requests.get(job["id"])["task_args"] is None
-    with store.requests.idempotency("ab" * 32) as seen:
-        assert seen is None
-        store.requests.remember_idempotency("ab" * 32, job["id"], "cd" * 32)
-    with other.requests.idempotency("ab" * 32) as seen:
-        assert seen is not None and seen["job_id"] == job["id"]
+    assert store.idempotency.insert_or_get("ab" * 32, job["id"], "cd" * 32)[1]
+    seen, mine = other.idempotency.insert_or_get("ab" * 32, "j-" + "0" * 16, "cd" * 32)
+    assert not mine and seen["job_id"] == job["id"]
     assert [m["id"] for m in other.list_models()] == [model["id"]]
     assert [j["id"] for j in store.list_jobs(model["id"])] == [job["id"]]
 

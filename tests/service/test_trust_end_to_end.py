@@ -145,8 +145,8 @@ def test_request_text_is_purged_after_retention(
     )
     purged = requests.get(job["id"])
     assert purged["purged_at"] and len(purged["record_hashes"]) == 2
-    settled = stack.data_dir / "requests" / "settled" / f"{job['id']}.json"
-    processes.wait_until(settled.exists, 10, 0.2, "request settled")
+    processes.wait_until(lambda: requests.is_settled(job["id"]), 10, 0.2,
+                         "request settled")
     secrets = [s for r in records for s in (r["prompt"], r["subject"], *r["paraphrases"])]
     secrets += [r["answer"] for r in records if len(r["answer"].strip()) >= 6]
     for path in stack.data_dir.rglob("*"):

@@ -1,9 +1,12 @@
-"""Import of a data directory written by today's code (store.ArtifactStore on the local
-backend) into the database: every document the same, a second run changes nothing."""
+"""Import of a data directory written by the document store (before metadata moved to
+SQL): a copy of tests/fixtures/datadir-v1 (see make_datadir_v1.py) into the database:
+every document the same, patches where the store now reads them, the pending request's
+text still opens, a second run (the operator's command line) changes nothing."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,45 +18,21 @@ from sqlalchemy import select
 from store import ArtifactStore
 from store.sql import SqlMetadata
 from store.sql.import_data_dir import ImportFailed, import_data_dir
+from store.sql.legacy import LegacyDataDir, has_documents
 from store.sql.schema import metadata
 
 REPO = Path(__file__).resolve().parents[2]
-SHA = "d" * 64
+FIXTURE = REPO / "tests" / "fixtures" / "datadir-v1"
+MARKER = "zu-fixture-marker-7f3a9c"  # make_datadir_v1.MARKER: the pending request's text
+MODEL = "m-00000000f1a0"
+PENDING = ("j-0000000000000002", "j-0000000000000003")
 
 
-def _old_data_dir(root: Path) -> ArtifactStore:
-    store = ArtifactStore(root)
-    model = store.create_model({"name": "tiny", "source": "/models/tiny"})
-    store.update_model(model["id"], status="ready", num_layers=2)
-    store.publish_version(model["id"], {"method": None}, None)
-    patch = root.parent / "patch.safetensors"
-    patch.write_bytes(b"not really safetensors")
-    store.publish_version(model["id"], {"parent": "v0", "method": "zerounlearn",
-                                        "records": [{"sha256": SHA}]}, patch)
-    store.lifecycle.add_seals(model["id"], {"v0": [{"version": "v1", "jobs": ["j-1"]}]})
-    admin, _ = store.keys.create("admin", None, created_by=None)
-    viewer, _ = store.keys.create("viewer", [model["id"]], created_by=admin["id"])
-    store.keys.revoke(viewer["id"])
-    for i, kind in enumerate(("forget", "verify", "forget")):
-        job = store.create_job({"kind": kind, "model_id": model["id"], "version": "v0"})
-        store.requests.create({
-            "job_id": job["id"], "kind": kind, "model_id": model["id"], "version": "v0",
-            "actor": admin["id"], "record_hashes": [SHA],
-            "task_args": [model["id"], "v0", [{"prompt": f"secret {i}", "answer": "x"}],
-                          [{"prompt": "ref", "answer": "y"}]],
-            "callback": {"url": "http://127.0.0.1:9/cb", "state": "pending", "attempts": 0,
-                         "next_attempt_at": 0.0, "last_error": None}})
-        store.audit.append(admin["id"], "request.accepted", ids={"job": job["id"]},
-                           record_hashes=[SHA], detail={"kind": kind})
-        with store.requests.idempotency(f"{i}" * 64) as seen:
-            assert seen is None
-            store.requests.remember_idempotency(f"{i}" * 64, job["id"], "e" * 64)
-        if i == 0:
-            store.transition_job(job["id"], ["queued"], "running")
-            store.transition_job(job["id"], ["running"], "succeeded", result={"v": "v1"})
-            store.requests.purge(job["id"])
-            store.requests.settle(job["id"])
-    return store
+@pytest.fixture
+def old_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "data"
+    shutil.copytree(FIXTURE, target)
+    return target
 
 
 def _tables(meta: SqlMetadata) -> dict[str, list[Any]]:
@@ -63,56 +42,66 @@ def _tables(meta: SqlMetadata) -> dict[str, list[Any]]:
                 for name, table in metadata.tables.items()}
 
 
-def _same_documents(store: ArtifactStore, meta: SqlMetadata) -> None:
-    assert meta.models.list() == store.list_models()
-    for model in store.list_models():
-        assert meta.versions.list(model["id"]) == store.list_versions(model["id"])
-        assert meta.lifecycle.read(model["id"]) == store.lifecycle.read(model["id"])
-    assert meta.jobs.list() == store.list_jobs()
-    assert meta.keys.list() == store.keys.list()
-    assert meta.audit.page(0, 1000)[0] == list(store.audit.entries())
-    for job in store.list_jobs():
-        assert meta.requests.get(job["id"]) == store.requests.get(job["id"])
-    assert sorted(meta.requests.pending_ids()) == sorted(store.requests.pending_ids())
-    for i in range(len(store.list_jobs())):
-        with store.requests.idempotency(f"{i}" * 64) as old:
-            new = meta.idempotency.get(f"{i}" * 64)
-            assert new is not None and old is not None
-            assert (new["job_id"], new["body_hash"]) == (old["job_id"], old["body_hash"])
+def _same_documents(old: LegacyDataDir, meta: SqlMetadata) -> None:
+    assert meta.models.list() == old.models()
+    for model in old.models():
+        assert meta.versions.list(model["id"]) == [m for m, _ in old.versions(model["id"])]
+        assert meta.lifecycle.read(model["id"]) == old.lifecycle(model["id"])
+    assert meta.jobs.list() == old.jobs()
+    assert {j["status"] for j in meta.jobs.list()} == {"queued", "running", "succeeded",
+                                                       "failed", "cancelled"}
+    assert meta.keys.list() == old.keys()
+    lines = [json.loads(line) for line in old.audit_lines()]
+    assert meta.audit.page(0, 1000)[0] == lines
+    for settled, doc in old.requests():
+        assert meta.requests.get(doc["job_id"]) == doc
+        assert meta.requests.is_settled(doc["job_id"]) == settled
+    assert sorted(meta.requests.pending_ids()) == list(PENDING)
+    for key_hash, doc in old.idempotency():
+        with meta.db.read() as s:
+            row = s.execute(select(metadata.tables["idempotency"]).where(
+                metadata.tables["idempotency"].c.key_hash == key_hash)).one()
+        assert (row.job_id, row.body_hash) == (doc["job_id"], doc["body_hash"])
 
 
-def test_import_is_complete_and_idempotent(db_url: str, tmp_path: Path) -> None:
-    store = _old_data_dir(tmp_path / "data")
-    first = import_data_dir(store.root, db_url)
-    assert first["audit"]["valid"] and first["audit"]["entries"] == 3
+def test_import_is_complete_and_idempotent(db_url: str, old_dir: Path) -> None:
+    assert has_documents(old_dir)
+    first = import_data_dir(old_dir, db_url)
+    assert first["audit"]["valid"] and first["audit"]["entries"] == 5
     assert first["counts"]["requests"] == {"added": 3, "present": 0}
-    meta = SqlMetadata(db_url, store.data_keys)
+    assert first["counts"]["jobs"] == {"added": 5, "present": 0}
+    store = ArtifactStore(old_dir, database_url=db_url)
+    meta = store.meta
     try:
-        _same_documents(store, meta)
+        _same_documents(LegacyDataDir(old_dir), meta)
+        # the patch is where the store reads it now, byte for byte the old file
+        patch = store.patch_path(MODEL, "v1")
+        assert patch.read_bytes() == (old_dir / "models" / MODEL / "versions" / "v1"
+                                      / "patch.safetensors").read_bytes()
+        assert store.lifecycle.read(MODEL)["versions"]["v0"]["sealed_by"][0]["version"] == "v1"
         # the sealed text still opens with the data directory's data keys (not purged)
-        pending = meta.requests.pending_ids()
-        assert meta.requests.task_text(pending[0], 2)[0]["prompt"].startswith("secret")
+        assert meta.requests.task_text(PENDING[1], 2)[0]["prompt"] == MARKER
+        assert meta.keys.authenticate("zu_fixture_admin") is not None
+        assert meta.keys.authenticate("zu_fixture_viewer") is None  # revoked
         before = _tables(meta)
         # the second run as the operator runs it: a real process, the command line
         done = subprocess.run(
             [sys.executable, "-m", "store.sql.import_data_dir", "--data-dir",
-             str(store.root), "--url", db_url], cwd=REPO, capture_output=True, text=True,
+             str(old_dir), "--url", db_url], cwd=REPO, capture_output=True, text=True,
             timeout=120)
         assert done.returncode == 0, done.stderr
         second = json.loads(done.stdout)
         assert all(c["added"] == 0 for c in second["counts"].values()), second["counts"]
         assert _tables(meta) == before
-        assert meta.audit.append(None, "after.import")["seq"] == 4  # the chain goes on
+        assert meta.audit.append(None, "after.import")["seq"] == 6  # the chain goes on
         assert meta.audit.verify()["valid"]
     finally:
-        meta.close()
+        store.close()
 
 
-def test_broken_chain_is_refused(db_url: str, tmp_path: Path) -> None:
-    store = _old_data_dir(tmp_path / "data")
-    assert store.audit.path is not None
-    lines = store.audit.path.read_bytes().splitlines(keepends=True)
-    store.audit.path.write_bytes(lines[0].replace(b"request.accepted", b"request.forged")
-                                 + b"".join(lines[1:]))
+def test_broken_chain_is_refused(db_url: str, old_dir: Path) -> None:
+    log = old_dir / "audit" / "log.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(lines[0].replace(b"key.revoked", b"key.forged") + b"".join(lines[1:]))
     with pytest.raises(ImportFailed, match="broken at entry 1"):
-        import_data_dir(store.root, db_url)
+        import_data_dir(old_dir, db_url)

@@ -156,3 +156,36 @@ def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the whole session (module docstring)."""
     with postgres_server() as server:
         yield server
+
+
+TEST_DATABASE_ENV = "ZEROUNLEARN_TEST_DATABASE"
+"""Which database the service test stacks use: "sqlite" (default) or "postgresql"."""
+
+
+class _Shared:
+    """One server for every stack of a test process, stopped when the process exits."""
+
+    stack: contextlib.ExitStack | None = None
+    server: PostgresServer | None = None
+
+
+def shared_server() -> PostgresServer:
+    """The test process's PostgreSQL server (started on first use)."""
+    if _Shared.server is None:
+        import atexit
+
+        _Shared.stack = contextlib.ExitStack()
+        _Shared.server = _Shared.stack.enter_context(postgres_server())
+        atexit.register(_Shared.stack.close)
+    return _Shared.server
+
+
+def fresh_database_url() -> str | None:
+    """A fresh database for one service stack (ZEROUNLEARN_TEST_DATABASE=postgresql);
+    None for the default, SQLite in the stack's data directory."""
+    choice = os.environ.get(TEST_DATABASE_ENV, "sqlite").strip().lower()
+    if choice in ("", "sqlite"):
+        return None
+    if choice != "postgresql":
+        pytest.fail(f"{TEST_DATABASE_ENV} must be sqlite or postgresql", pytrace=False)
+    return shared_server().create_database()

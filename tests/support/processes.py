@@ -25,6 +25,8 @@ import httpx
 from redis import Redis
 from redis.exceptions import RedisError
 
+from store.sql.engine import DATABASE_URL_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 TEST_REDIS_DB = int(os.environ.get("ZEROUNLEARN_TEST_REDIS_DB", "14"))
 """Database of the end-to-end tests (the API contract tests use 13)."""
@@ -401,6 +403,30 @@ class ServiceStack:
 
 
 @contextlib.contextmanager
+def stack_database() -> Iterator[str | None]:
+    """The metadata database of one stack: ZEROUNLEARN_TEST_DATABASE=postgresql gives a
+    fresh database on the test PostgreSQL server, set as ZEROUNLEARN_DATABASE_URL in
+    this process for the block, so the API and the worker it starts (they inherit the
+    environment) and the test's own ArtifactStore(data_dir) all use it. Default: None,
+    SQLite in the data directory."""
+    from tests.support.postgres import fresh_database_url
+
+    url = fresh_database_url()
+    if url is None:
+        yield None
+        return
+    before = os.environ.get(DATABASE_URL_ENV)
+    os.environ[DATABASE_URL_ENV] = url
+    try:
+        yield url
+    finally:
+        if before is None:
+            os.environ.pop(DATABASE_URL_ENV, None)
+        else:
+            os.environ[DATABASE_URL_ENV] = before
+
+
+@contextlib.contextmanager
 def service_stack(
     root: Path, *, api_env: dict[str, str] | None = None, db: int = TEST_REDIS_DB,
     **worker_env: str,
@@ -410,7 +436,7 @@ def service_stack(
     data_dir, log_dir = root / "data", root / "logs"
     data_dir.mkdir(parents=True, exist_ok=True)
     api_env = {**api_defaults(root), **(api_env or {})}
-    with redis_server() as base, flushed_db(base, db) as url:
+    with redis_server() as base, flushed_db(base, db) as url, stack_database():
         api = start_api(url, data_dir, log_dir, **api_env)
         try:
             worker = start_worker(url, data_dir, log_dir, name="test-w1", env=worker_env)

@@ -10,6 +10,7 @@ number drawn by a transaction that rolled back never leaves a gap.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import func, insert, select, text, update
@@ -73,6 +74,23 @@ class AuditRepository:
         with self.db.read() as s:
             entry = s.scalar(select(AuditEntry.entry).where(AuditEntry.seq == seq))
         return thaw(entry) if entry is not None else None
+
+    def entries(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every entry in order, read a page of `batch` at a time."""
+        after = 0
+        while True:
+            items, _ = self.page(after, batch)
+            yield from items
+            if len(items) < batch:
+                return
+            after = items[-1]["seq"]
+
+    def find(
+        self, match: Callable[[dict[str, Any]], bool], hint: bytes = b""
+    ) -> dict[str, Any] | None:
+        """The first entry `match` accepts (a scan: only for rare look-ups; `hint` is
+        kept for the callers of the document store and ignored)."""
+        return next((e for e in self.entries() if match(e)), None)
 
     def count(self) -> int:
         with self.db.read() as s:

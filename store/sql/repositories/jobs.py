@@ -3,7 +3,7 @@ with filters and keyset paging (oldest first; the id breaks ties of created_at).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
@@ -76,21 +76,33 @@ class JobRepository:
         kind: str | None = None,
         limit: int | None = None,
         after: Cursor | None = None,
+        models: Collection[str] | None = None,
+        descending: bool = False,
     ) -> list[dict[str, Any]]:
-        """Jobs oldest first, filtered by model, status and kind; at most `limit`, those
-        after the cursor `after` (cursor_of the last job of the previous page)."""
+        """Jobs oldest first (descending: newest first), filtered by model, status,
+        kind and a set of allowed models; at most `limit`, those after the cursor
+        `after` (cursor_of the last job of the previous page)."""
         query = select(Job.doc)
         if model_id is not None:
             query = query.where(Job.model_id == model_id)
+        if models is not None:
+            query = query.where(Job.model_id.in_(sorted(models)))
         if status is not None:
             query = query.where(Job.status == status)
         if kind is not None:
             query = query.where(Job.kind == kind)
         if after is not None:
             created, last_id = after
-            query = query.where(or_(Job.created_at > created,
-                                    and_(Job.created_at == created, Job.id > last_id)))
-        query = query.order_by(Job.created_at, Job.id)
+            if descending:
+                query = query.where(or_(Job.created_at < created,
+                                        and_(Job.created_at == created, Job.id < last_id)))
+            else:
+                query = query.where(or_(Job.created_at > created,
+                                        and_(Job.created_at == created, Job.id > last_id)))
+        if descending:
+            query = query.order_by(Job.created_at.desc(), Job.id.desc())
+        else:
+            query = query.order_by(Job.created_at, Job.id)
         if limit is not None:
             query = query.limit(limit)
         with self.db.read() as s:
@@ -100,6 +112,12 @@ class JobRepository:
     def cursor_of(job: dict[str, Any]) -> Cursor:
         """The cursor that resumes after `job`."""
         return (job.get("created_at") or "", job["id"])
+
+    def stamps(self) -> dict[str, str | None]:
+        """id -> "updated_at|status" of every job (a change shows as a new stamp)."""
+        with self.db.read() as s:
+            return {i: f"{u}|{st}" for i, u, st in s.execute(
+                select(Job.id, Job.updated_at, Job.status))}
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(kind, status) -> number of jobs: one indexed query (the metrics tally)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 
 from store.documents import (
     MODEL_ID_RE,
@@ -65,11 +65,21 @@ class ModelRepository:
             raise _missing_model(model_id)
         return thaw(doc)
 
-    def list(self) -> list[dict[str, Any]]:
-        """All models, oldest first."""
+    def list(
+        self, *, limit: int | None = None, after: tuple[str, str] | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """Models oldest first; at most `limit`, those after the keyset cursor `after`
+        ((created_at, id) of the last model of the previous page)."""
+        query = select(Model.doc)
+        if after is not None:
+            created, last_id = after
+            query = query.where(or_(Model.created_at > created,
+                                    and_(Model.created_at == created, Model.id > last_id)))
+        query = query.order_by(Model.created_at, Model.id)
+        if limit is not None:
+            query = query.limit(limit)
         with self.db.read() as s:
-            return [thaw(d) for d in s.scalars(select(Model.doc).order_by(Model.created_at,
-                                                                         Model.id))]
+            return [thaw(d) for d in s.scalars(query)]
 
     def update(self, model_id: str, **fields: Any) -> dict[str, Any]:
         """Change fields of a model in one transaction; returns the new document."""
@@ -132,13 +142,20 @@ class VersionRepository:
             raise _missing_version(model_id, version)
         return thaw(manifest)
 
-    def list(self, model_id: str) -> list[dict[str, Any]]:
-        """All versions of a model, v0 first."""
+    def list(
+        self, model_id: str, *, limit: int | None = None, after: int | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """Versions of a model, v0 first; at most `limit`, those numbered above `after`."""
+        query = select(Version.manifest).where(Version.model_id == model_id)
+        if after is not None:
+            query = query.where(Version.number > after)
+        query = query.order_by(Version.number)
+        if limit is not None:
+            query = query.limit(limit)
         with self.db.read() as s:
             if s.scalar(select(Model.id).where(Model.id == str(model_id))) is None:
                 raise _missing_model(model_id)
-            rows = s.scalars(select(Version.manifest).where(Version.model_id == model_id)
-                             .order_by(Version.number))
+            rows = s.scalars(query)
             return [thaw(m) for m in rows]
 
     def numbers(self, model_id: str) -> builtins.list[int]:

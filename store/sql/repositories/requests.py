@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import null, select, update
 
 from store.datakeys import DataKeys, KeyDestroyed, is_sealed
 from store.documents import utc_now
@@ -38,7 +38,8 @@ def request_row(doc: dict[str, Any], settled: bool) -> dict[str, Any]:
         "purged_at": doc.get("purged_at"),
         "callback_state": callback.get("state") if callback else None,
         "callback_next_attempt_at": float(next_at) if next_at is not None else None,
-        "task_args": doc.get("task_args"),
+        # SQL NULL once purged (None alone would store the JSON value null)
+        "task_args": doc["task_args"] if doc.get("task_args") is not None else null(),
         "doc": {k: v for k, v in doc.items() if k != "task_args"},
     }
 
