@@ -174,6 +174,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            return None  # an empty variable (compose's `${VAR:-}`) means unset, as in the worker
         if value is not None and not value.get_secret_value().startswith(
                 ("sqlite:///", "postgresql://", "postgresql+psycopg://")):
             raise ValueError("must be sqlite:///path or "

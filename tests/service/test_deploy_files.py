@@ -3,9 +3,11 @@ runs here).
 
 The Dockerfile is parsed with dockerfile-parse and checked stage by stage; the compose
 file is validated against the compose-spec JSON schema that check-jsonschema ships, then
-checked for the production shape the README promises. What these tests do NOT show: that
-the images build, that a base image or tag can be pulled, that the containers start
-(that needs a Docker engine and a registry). The processes the containers run are
+checked for the production shape the README promises; the metadata database setting each
+app service gets is resolved the way compose resolves it and read by the API's and the
+worker's real settings loaders. What these tests do NOT show: that the images build, that
+a base image or tag can be pulled, that the containers start, that PostgreSQL's
+healthcheck passes (that needs a Docker engine and a registry). The processes the containers run are
 exercised by the rest of the suite; the API image's dependency set by
 tests/service/test_api_image_deps.py.
 """
@@ -22,6 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
+from sqlalchemy.engine import make_url
+
+from app.settings import Settings
+from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -263,7 +269,7 @@ def test_compose_profiles(compose: dict) -> None:
     services = compose["services"]
     for name in ("redis", "api", "worker"):  # the single-machine shape: no profile
         assert "profiles" not in services[name], name
-    for name in ("seaweedfs", "store-init", "api-cpu", "worker-gpu", "worker-cpu"):
+    for name in ("seaweedfs", "postgres", "store-init", "api-cpu", "worker-gpu", "worker-cpu"):
         assert services[name]["profiles"] == ["multi"], name
     assert services["worker-cpu-local"]["profiles"] == ["cpu"]
 
@@ -306,9 +312,10 @@ def test_compose_every_service_has_a_healthcheck(compose: dict) -> None:
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
     assert compose["services"]["worker"]["healthcheck"]["test"][-1] == "worker.healthcheck"
     assert "/healthz" in " ".join(compose["services"]["seaweedfs"]["healthcheck"]["test"])
+    assert compose["services"]["postgres"]["healthcheck"]["test"][1] == "pg_isready"
 
 
-def test_compose_app_services_wait_for_redis_and_the_bucket(compose: dict) -> None:
+def test_compose_app_services_wait_for_redis_the_bucket_and_postgres(compose: dict) -> None:
     services = compose["services"]
     init = services["store-init"]
     assert init["command"] == ["python", "-m", "store.bucket_init"]
@@ -321,6 +328,10 @@ def test_compose_app_services_wait_for_redis_and_the_bucket(compose: dict) -> No
         assert depends["redis"]["condition"] == "service_healthy", name
         assert depends["store-init"]["condition"] == "service_completed_successfully", name
         assert depends["store-init"]["required"] is False, name
+        # migrations run at start-up: the database must accept connections first
+        assert depends["postgres"]["condition"] == "service_healthy", name
+        assert depends["postgres"]["required"] is False, name  # only with "multi"
+    assert "postgres" not in init["depends_on"]  # the bucket needs no database
 
 
 def test_compose_single_machine_shares_one_artifacts_volume(compose: dict) -> None:
@@ -380,3 +391,125 @@ def test_compose_every_worker_queue_has_an_api(compose: dict) -> None:
     for service in services.values():
         if service.get("command") == ["python", "-m", "worker"]:
             assert service["stop_grace_period"] == "10m"
+
+
+# --------------------------------------------------------- the metadata database
+DATABASE_URL = "ZEROUNLEARN_DATABASE_URL"
+
+
+def _header() -> str:
+    return (REPO / "docker-compose.yml").read_text().split("name: zerounlearn")[0]
+
+
+def _header_exports() -> dict[str, str]:
+    """NAME=value of the header's `export` lines (the multi profile's instructions)."""
+    return dict(re.findall(r"(?:export|\s)\s*([A-Z_]+)=(\S+)", _header()))
+
+
+def _compose_resolve(value: str | None, shell: dict[str, str]) -> str | None:
+    """The value compose gives a container for an `environment` entry: no value passes
+    the shell's on (None: left out of the container); ${X:-default} and ${X} are
+    interpolated (unset: the default, or "")."""
+    if value is None:
+        return shell.get(DATABASE_URL)
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}",
+                  lambda m: shell.get(m[1]) or (m[2] or ""), value)
+
+
+def test_compose_postgres_service(compose: dict) -> None:
+    postgres = compose["services"]["postgres"]
+    assert postgres["image"].startswith("postgres:") and "alpine" in postgres["image"]
+    (mount,) = postgres["volumes"]
+    volume, path = mount.split(":")
+    assert volume in compose["volumes"] and path == "/var/lib/postgresql/data"
+    env = postgres["environment"]
+    assert env["POSTGRES_USER"] == "zerounlearn" and env["POSTGRES_DB"] == "zerounlearn"
+    # no `:?`: compose interpolates services of every profile, so a required variable
+    # here would stop the single-machine `docker compose up` (the image itself refuses
+    # to initialise without a password)
+    assert env["POSTGRES_PASSWORD"] == "${ZEROUNLEARN_POSTGRES_PASSWORD:-}"
+    test = postgres["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "pg_isready"]
+    args = dict(zip(test[2::2], test[3::2], strict=True))
+    # over TCP (the image's init-time server listens on the Unix socket only)
+    assert args == {"-h": "127.0.0.1", "-p": "5432", "-U": env["POSTGRES_USER"],
+                    "-d": env["POSTGRES_DB"]}
+    assert "ports" not in postgres  # not published on the host
+    assert postgres["restart"] == "unless-stopped"
+
+
+def test_compose_only_the_admin_token_is_required() -> None:
+    # `${X:?}` fails `docker compose up` of every profile when X is unset
+    lines = [line.split("#")[0] for line in
+             (REPO / "docker-compose.yml").read_text().splitlines()]
+    required = re.findall(r"\$\{(\w+):?\?", "\n".join(lines))
+    assert required == ["ZEROUNLEARN_ADMIN_TOKEN"]
+
+
+def test_compose_every_app_service_gets_the_same_database_setting(compose: dict) -> None:
+    services = compose["services"]
+    for name in APP_SERVICES:
+        assert DATABASE_URL in services[name]["environment"], name
+    values = {services[n]["environment"][DATABASE_URL] for n in APP_SERVICES}
+    # no value: the shell's URL, or none at all (then SQLite in ZEROUNLEARN_DATA_DIR)
+    assert values == {None}
+
+
+@pytest.mark.parametrize("exported", [False, True])
+def test_compose_database_setting_starts_the_api_and_the_workers(
+    compose: dict, exported: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Resolved as compose resolves it, without and with the header's export, the value
+    is one the API's and the worker's settings loaders accept."""
+    shell = {DATABASE_URL: _header_exports()[DATABASE_URL]} if exported else {}
+    for name in ("api", "worker", "api-cpu", "worker-cpu"):
+        env = compose["services"][name]["environment"]
+        value = _compose_resolve(env[DATABASE_URL], shell)
+        assert value == shell.get(DATABASE_URL), name
+        if value is None:
+            monkeypatch.delenv(DATABASE_URL, raising=False)
+        else:
+            monkeypatch.setenv(DATABASE_URL, value)
+        settings = Settings()
+        assert (settings.database_url is None) is (value is None), name
+        worker_env = {"REDIS_URL": "redis://redis:6379/0", **({DATABASE_URL: value}
+                                                              if value is not None else {})}
+        assert WorkerSettings.from_env(worker_env).database_url == value, name
+
+
+def test_an_empty_database_url_means_the_default_for_api_and_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`${ZEROUNLEARN_DATABASE_URL:-}` in a compose file gives the container an empty
+    variable: both loaders read it as unset (SQLite in the data directory)."""
+    monkeypatch.setenv(DATABASE_URL, "")
+    assert Settings().database_url is None
+    assert WorkerSettings.from_env({"REDIS_URL": "redis://r:6379/0", DATABASE_URL: ""}
+                                   ).database_url is None
+    monkeypatch.setenv(DATABASE_URL, "mysql://x")
+    with pytest.raises(ValueError, match="sqlite"):
+        Settings()
+
+
+def test_compose_resolution_helper_sees_an_empty_default() -> None:
+    # the helper above must tell "left out" from "empty": what `${X:-}` would give
+    assert _compose_resolve("${ZEROUNLEARN_DATABASE_URL:-}", {}) == ""
+    assert _compose_resolve(None, {}) is None
+    assert _compose_resolve("${A:-x}", {"A": "y"}) == "y"
+
+
+def test_compose_header_exports_the_postgres_url(compose: dict) -> None:
+    exports = _header_exports()
+    postgres = compose["services"]["postgres"]["environment"]
+    url = make_url(exports[DATABASE_URL])
+    assert url.drivername == "postgresql+psycopg"
+    assert url.username == postgres["POSTGRES_USER"]
+    assert url.host == "postgres" and url.port == 5432
+    assert url.database == postgres["POSTGRES_DB"]
+    # the URL carries the password the postgres service is initialised with
+    assert url.password == "${ZEROUNLEARN_POSTGRES_PASSWORD}"
+    header = _header()
+    assert "ZEROUNLEARN_POSTGRES_PASSWORD=$(openssl rand -hex " in header  # URL-safe
+    assert header.index("ZEROUNLEARN_POSTGRES_PASSWORD=") < header.index(DATABASE_URL + "=")
+    assert "Back up the database and the blob store together" in header
+    assert "holds models, versions, jobs" not in header  # the store no longer does

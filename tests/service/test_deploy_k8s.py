@@ -25,10 +25,12 @@ import yaml
 from redis import Redis
 from rq import Queue
 from rq.registry import StartedJobRegistry
+from sqlalchemy.engine import make_url
 
 from app import queue as app_queue
 from app.settings import Settings, SettingsError, load_settings
 from tests.support.kustomize import object_id, render
+from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -154,6 +156,53 @@ def test_placeholder_secrets_keep_the_api_from_starting() -> None:
     # PostgreSQL: the metadata database every API and worker shares (a placeholder here)
     assert values["ZEROUNLEARN_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert "database_url" in Settings.model_fields
+
+
+DATABASE_URL = "ZEROUNLEARN_DATABASE_URL"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_api_and_worker_container_reads_the_database_url(target: str) -> None:
+    objects = rendered(target)
+    (secret,) = by_kind(objects, "Secret").values()
+    containers = [(o["metadata"]["name"], c) for o in objects
+                  if o["kind"] in ("Deployment", "StatefulSet")
+                  for c in pod_spec(o)["containers"]
+                  if c["args"][:3] in (["python", "-m", "app"], ["python", "-m", "worker"])]
+    names = {name for name, _ in containers}
+    expected = {"zerounlearn-api-cpu", "zerounlearn-worker-cpu"}
+    if target != "overlays/cpu-only":
+        expected |= {"zerounlearn-api", "zerounlearn-worker-gpu"}
+    assert names == expected
+    for name, container in containers:
+        env = env_of(container)[DATABASE_URL]
+        assert env["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"],
+                                                    "key": DATABASE_URL}, name
+        assert "value" not in env, name  # the password stays in the Secret
+
+
+def test_the_placeholder_database_url_is_one_the_loaders_accept() -> None:
+    (secret,) = by_kind(rendered("base"), "Secret").values()
+    url = secret["stringData"][DATABASE_URL]
+    assert Settings(database_url=url).database_url.get_secret_value() == url
+    env = {"REDIS_URL": "redis://redis:6379/0", DATABASE_URL: url}
+    assert WorkerSettings.from_env(env).database_url == url
+    parsed = make_url(url)
+    assert parsed.drivername == "postgresql+psycopg" and parsed.database == "zerounlearn"
+
+
+def test_postgres_is_the_operators_and_no_comment_says_not_read_yet() -> None:
+    # PostgreSQL is a managed one or the operator's own chart: the manifests run none
+    for target in TARGETS:
+        images = [c["image"] for o in rendered(target) if o["kind"] in
+                  ("Deployment", "StatefulSet") for c in pod_spec(o)["containers"]]
+        assert not [i for i in images if "postgres" in i], target
+    secret_text = (K8S / "base" / "secret.yaml").read_text()
+    assert "managed" in secret_text and "do not" in secret_text and "start it" in secret_text
+    files = [*K8S.rglob("*.yaml"), REPO / "docker-compose.yml"]
+    assert len(files) > 10
+    stale = [str(p) for p in files if "not read yet" in p.read_text().lower()]
+    assert not stale, stale
 
 
 def test_api_deployments_probe_and_serve_one_queue_each() -> None:
