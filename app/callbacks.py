@@ -120,18 +120,6 @@ def payload(store: ArtifactStore, settings: Settings, job: dict[str, Any]) -> di
     }
 
 
-def resolves_to_internal_address(host: str) -> bool:
-    """True when a host NAME resolves to a loopback, private, link-local or otherwise
-    non-public address (DNS rebinding: an allow-listed name pointed inside), or does not
-    resolve. IP literals and loopback names are judged by the allow-list alone: an
-    operator who lists 127.0.0.1 or 10.1.2.3 means it."""
-    try:
-        callback_http.resolve(host, 443)
-    except callback_http.DeliveryFailed:
-        return True
-    return False
-
-
 def deliver(url: str, secret: bytes, body: dict[str, Any], attempt: int,
             deadline_s: float, *, resolver: callback_http.Resolver = callback_http.resolve,
             tls: ssl.SSLContext | None = None) -> str | None:

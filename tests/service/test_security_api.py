@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Iterator
@@ -361,11 +362,13 @@ def test_reconciler_requeues_lost_jobs_and_purges_ended_ones(
 def test_callback_names_resolving_inside_are_refused() -> None:
     """DNS rebinding: an allow-listed NAME that resolves to a private or loopback address
     is not called; literals and loopback names the operator listed are."""
-    from app.callbacks import deliver, resolves_to_internal_address
+    from app.callback_http import DeliveryFailed, resolve
+    from app.callbacks import deliver
 
-    assert resolves_to_internal_address("localhost.localdomain.invalid")  # unresolvable
-    assert not resolves_to_internal_address("127.0.0.1")
-    assert not resolves_to_internal_address("localhost")
+    with pytest.raises(DeliveryFailed, match="does not resolve"):
+        resolve("localhost.localdomain.invalid", 443)
+    assert resolve("127.0.0.1", 443) == "127.0.0.1"  # a literal the operator listed
+    assert ipaddress.ip_address(resolve("localhost", 443)).is_loopback
     # no request is sent: the check comes first
     reason = deliver("https://no-such-host.invalid/hook", b"k", {"job_id": "j-1"}, 1, 5.0)
     assert reason is not None and reason.startswith("refused")
