@@ -26,16 +26,11 @@ ONE_MB = 1_000_000
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[processes.ServiceProcess]:
     root = tmp_path_factory.mktemp("limit")
-    env = {**processes.api_defaults(root),
-           "ZEROUNLEARN_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+    env = {"ZEROUNLEARN_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
            # the held connections must outlive the test, not the header deadline
            "ZEROUNLEARN_HEADER_TIMEOUT_S": "60"}
-    with processes.redis_server() as base, processes.flushed_db(base, LIMIT_REDIS_DB) as url:
-        proc = processes.start_api(url, root / "data", root / "logs", **env)
-        try:
-            yield proc
-        finally:
-            proc.stop()
+    with processes.api_only(root, LIMIT_REDIS_DB, **env) as proc:
+        yield proc
 
 
 def _hold(url: str, n: int) -> list[socket.socket]:

@@ -29,16 +29,11 @@ ONE_MB = 1_000_000
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[processes.ServiceProcess]:
     root = tmp_path_factory.mktemp("slow")
-    env = {**processes.api_defaults(root),
-           "ZEROUNLEARN_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+    env = {"ZEROUNLEARN_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
            "ZEROUNLEARN_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
            "ZEROUNLEARN_MAX_BODY_BYTES": str(2 * ONE_MB)}
-    with processes.redis_server() as base, processes.flushed_db(base, SLOW_REDIS_DB) as url:
-        proc = processes.start_api(url, root / "data", root / "logs", **env)
-        try:
-            yield proc
-        finally:
-            proc.stop()
+    with processes.api_only(root, SLOW_REDIS_DB, **env) as proc:
+        yield proc
 
 
 def _headers_only(path: str, length: int, token: str | None = None) -> bytes:

@@ -294,6 +294,18 @@ def start_api(
     return proc
 
 
+@contextlib.contextmanager
+def api_only(root: Path, db: int, **env: str) -> Iterator[ServiceProcess]:
+    """`python -m app` alone (no worker) on Redis database `db` (flushed), with the
+    test defaults plus `env`; stopped after the block. For tests of the HTTP edge."""
+    with redis_server() as base, flushed_db(base, db) as url:
+        proc = start_api(url, root / "data", root / "logs", **{**api_defaults(root), **env})
+        try:
+            yield proc
+        finally:
+            proc.stop()
+
+
 def wait_http_ok(url: str, proc: ServiceProcess | None, timeout: float) -> None:
     """Until GET url answers 200 (checking that proc still runs)."""
 
