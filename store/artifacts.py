@@ -341,10 +341,6 @@ class ArtifactStore:
         only when it changed)."""
         return self.meta.jobs.stamps()
 
-    def job_counts(self) -> dict[tuple[str, str], int]:
-        """(kind, status) -> number of jobs: one indexed query (the metrics tally)."""
-        return self.meta.jobs.counts()
-
     def update_job(self, job_id: str, **fields: Any) -> dict[str, Any]:
         """Change fields of a job (progress, result...) in one transaction; returns the
         new document. Status changes belong in transition_job."""
