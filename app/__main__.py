@@ -18,8 +18,9 @@ from pathlib import Path
 from types import FrameType
 
 from app.embedded_valkey import VALKEY_USER, password_path, safe_url, start_embedded_valkey
-from app.settings import Settings, SettingsError, load_settings
-from store.logs import configure_logging, log_format
+from app.settings import Settings, load_settings
+from store.logs import start_logging
+from store.settings import SecretText
 
 logger = logging.getLogger("app")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -30,9 +31,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (8000)")
     parser.add_argument(
-        "--workers", type=int, default=int(os.environ.get("ZEROUNLEARN_API_WORKERS") or 1),
-        help="API processes sharing the port (ZEROUNLEARN_API_WORKERS, 1): the API is "
-             "Python, one core per process at most",
+        "--workers", type=int, default=None,
+        help="API processes sharing the port (default ZEROUNLEARN_API_WORKERS, 1): the API "
+             "is Python, one core per process at most",
     )
     return parser.parse_args(argv)
 
@@ -40,10 +41,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def worker_app():  # type: ignore[no-untyped-def]
     """The app of one uvicorn worker process (--workers > 1): spawned processes start
     with fresh logging and read their settings from the environment."""
-    configure_logging("api", logging.INFO, log_format())
-    settings = load_settings()
-    logging.getLogger().setLevel(settings.log_level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = start_logging("api", load_settings)
+    if settings is None:  # the parent checked the same variables: only if they changed
+        raise SystemExit(2)
     from app.main import create_app
 
     return create_app(settings)
@@ -59,18 +59,17 @@ def _start_embedded_redis(settings: Settings):  # type: ignore[no-untyped-def]
     return server, url
 
 
-def _prepare_metrics_dir() -> Callable[[], None]:
+def _prepare_metrics_dir(given: Path | None) -> Callable[[], None]:
     """prometheus_client's multiprocess mode for several API processes: the directory
     PROMETHEUS_MULTIPROC_DIR (emptied of an earlier run's files) or a private temporary
     one. Set before the processes start, so they all count into it. Returns the cleanup."""
-    given = os.environ.get(MULTIPROC_ENV)
-    if given:
-        directory = Path(given)
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob("*.db"):
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        for stale in given.glob("*.db"):
             stale.unlink(missing_ok=True)
         return lambda: None
     directory = Path(tempfile.mkdtemp(prefix="zerounlearn-metrics-"))
+    # prometheus_client (in every API process spawned below) reads the variable itself
     os.environ[MULTIPROC_ENV] = str(directory)
     return lambda: shutil.rmtree(directory, ignore_errors=True)
 
@@ -83,28 +82,19 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    try:
-        configure_logging("api", logging.INFO, log_format())
-    except ValueError as exc:
-        configure_logging("api", logging.INFO, "text")
-        logger.error("%s", exc)
+    settings = start_logging("api", load_settings)
+    if settings is None:
         return 2
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        logger.error("%s", exc)
-        return 2
-    logging.getLogger().setLevel(settings.log_level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # callback URLs may hold tokens
+    workers = settings.api_workers if args.workers is None else args.workers
     if not settings.auth_enabled and args.host not in ("127.0.0.1", "::1", "localhost"):
         logger.error("ZEROUNLEARN_AUTH=disabled is for development: refusing to listen on %s "
                      "(bind 127.0.0.1, or enable authentication)", args.host)
         return 2
     server = None
-    if settings.redis_url is None:
+    if not settings.redis_url:
         server, url = _start_embedded_redis(settings)
-        os.environ["REDIS_URL"] = url
-        settings = settings.model_copy(update={"redis_url": url})
+        os.environ["REDIS_URL"] = url  # for the API processes --workers > 1 spawns
+        settings = settings.model_copy(update={"redis_url": SecretText(url)})
 
     import uvicorn
 
@@ -116,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     cleanup: Callable[[], None] = lambda: None  # noqa: E731
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        if args.workers > 1:
-            cleanup = _prepare_metrics_dir()
-            uvicorn.run("app.__main__:worker_app", factory=True, workers=args.workers,
+        if workers > 1:
+            cleanup = _prepare_metrics_dir(settings.prometheus_multiproc_dir)
+            uvicorn.run("app.__main__:worker_app", factory=True, workers=workers,
                         **options)  # type: ignore[arg-type]
         else:
             uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]

@@ -10,8 +10,9 @@
 - runs the API (uvicorn, `app.main:create_app`) in the foreground;
 - once the API answers, registers the demo model through HTTP unless a model with the
   same source exists, and prints its preparation progress until it is ready;
-- without ZEROUNLEARN_ADMIN_TOKEN, generates an admin API key once, prints it once and
-  keeps it in `<ZEROUNLEARN_DATA_DIR>/secrets/admin-token` (mode 0600) for later runs.
+- without ZEROUNLEARN_ADMIN_TOKEN (or its _FILE), generates an admin API key once,
+  prints it once and keeps it in `<ZEROUNLEARN_DATA_DIR>/secrets/admin-token` (mode
+  0600) for later runs.
 
 ZEROUNLEARN_DEMO_MODEL chooses the demo source (default the built-in SmolLM2; "none"
 skips the registration). Ctrl-C or SIGTERM stops the API, the worker (after its current
@@ -38,11 +39,14 @@ from typing import Any
 import httpx
 
 from app.embedded_valkey import password_path, safe_url, start_embedded_valkey
-from store.logs import configure_logging, log_format
+from store.enums import ModelStatus
+from store.logs import start_logging
+from store.settings import LocalStackSettings
+from store.settings.api import BUILTIN_SMOLLM2
 
 logger = logging.getLogger("app.local_stack")
 
-BUILTIN_SMOLLM2 = "builtin:smollm2-135m-instruct"  # zerounlearn.BUILTIN_SMOLLM2, not imported
+ADMIN_TOKEN_ENV = "ZEROUNLEARN_ADMIN_TOKEN"
 DEMO_NAME = "smollm2-demo"
 WORKER_STOP_GRACE_S = 10.0
 """Seconds the worker may finish its current job after the stop request."""
@@ -129,9 +133,9 @@ def admin_token_path(data_dir: Path) -> Path:
     return data_dir / "secrets" / "admin-token"
 
 
-def ensure_admin_token(data_dir: Path) -> str:
-    """ZEROUNLEARN_ADMIN_TOKEN, else the saved one, else a new one (saved 0600, shown once)."""
-    configured = os.environ.get("ZEROUNLEARN_ADMIN_TOKEN", "").strip()
+def ensure_admin_token(data_dir: Path, configured: str | None = None) -> str:
+    """The configured admin token (ZEROUNLEARN_ADMIN_TOKEN or its _FILE), else the saved
+    one, else a new one (saved 0600, shown once)."""
     if configured:
         return configured
     path = admin_token_path(data_dir)
@@ -193,7 +197,7 @@ def _follow_preparation(
         try:
             model = client.get(f"/v1/models/{model_id}").json()
             line = f"model {model_id}: {model.get('status')}"
-            if model.get("status") == "preparing" and model.get("prepare_job_id"):
+            if model.get("status") == ModelStatus.PREPARING and model.get("prepare_job_id"):
                 job = client.get(f"/v1/jobs/{model['prepare_job_id']}").json()
                 if job.get("id"):
                     progress = job.get("progress") or {}
@@ -206,14 +210,14 @@ def _follow_preparation(
         if line != last:
             _say(line)
             last = line
-        if model.get("status") == "ready":
+        if model.get("status") == ModelStatus.READY:
             base = str(client.base_url).rstrip("/")
             _say(
                 f"ready: forget something with POST {base}/v1/models/{model_id}/forget"
                 f" (docs: {base}/docs, dashboard: {base}/)"
             )
             return
-        if model.get("status") == "failed":
+        if model.get("status") == ModelStatus.FAILED:
             _say(f"preparation failed: {model.get('error')}")
             return
         stop.wait(2.0)
@@ -235,20 +239,19 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    try:
-        configure_logging("api", logging.INFO, log_format())
-    except ValueError as exc:
-        configure_logging("api", logging.INFO, "text")
-        logger.error("%s", exc)
+    # the API's settings too: a bad value stops the stack here, before anything starts
+    settings = start_logging("api", LocalStackSettings.load)
+    if settings is None:
         return 2
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # the status thread's polling
-    data_dir = Path(os.environ.get("ZEROUNLEARN_DATA_DIR") or "data").expanduser().resolve()
+    # The worker processes and the API (uvicorn's factory, app.main.create_app) read
+    # their settings from the environment: what the stack decides is passed on there.
+    data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["ZEROUNLEARN_DATA_DIR"] = str(data_dir)
-    demo = os.environ.get("ZEROUNLEARN_DEMO_MODEL", BUILTIN_SMOLLM2).strip()
-    if demo.lower() != "none" and not demo.startswith("builtin:"):
+    os.environ["ZEROUNLEARN_DATA_DIR"] = str(data_dir)  # resolved: the same for all
+    demo = settings.demo_model.strip()
+    if demo.lower() != "none" and not demo.startswith("builtin:") and not settings.model_roots:
         # a local demo model: allow its directory unless the roots are configured
-        os.environ.setdefault("ZEROUNLEARN_MODEL_ROOTS", str(Path(demo).expanduser().resolve()))
+        os.environ["ZEROUNLEARN_MODEL_ROOTS"] = str(Path(demo).expanduser().resolve())
 
     # uvicorn restores this handler after its own shutdown and re-raises the signal
     # into it, so SIGTERM ends here as StackStop and the clean-up below runs.
@@ -258,18 +261,22 @@ def main(argv: list[str] | None = None) -> int:
     interactive: subprocess.Popen | None = None
     stop = threading.Event()
     try:
-        if not os.environ.get("REDIS_URL"):
+        if not settings.redis_url:
             server, redis_url = start_embedded_redis(data_dir)
             os.environ["REDIS_URL"] = redis_url
             _say(f"embedded Valkey at {safe_url(redis_url)} (files in {server.data_dir}, "
                  f"password in {password_path(data_dir)})")
-        worker_env = {k: v for k, v in os.environ.items() if k != "ZEROUNLEARN_ADMIN_TOKEN"}
-        token = ensure_admin_token(data_dir)
-        os.environ["ZEROUNLEARN_ADMIN_TOKEN"] = token  # read by the API (create_app)
+        # the workers never see the admin token, whichever way it was given
+        worker_env = {k: v for k, v in os.environ.items()
+                      if k not in (ADMIN_TOKEN_ENV, ADMIN_TOKEN_ENV + "_FILE")}
+        configured = settings.admin_token.get_secret_value() if settings.admin_token else None
+        token = ensure_admin_token(data_dir, configured)
+        if configured is None:
+            os.environ[ADMIN_TOKEN_ENV] = token  # read by the API (create_app)
         worker = start_worker(worker_env)
         _say(f"worker started (pid {worker.pid}); artifacts in {data_dir}")
         threading.Thread(target=watch_worker, args=(worker, stop), daemon=True).start()
-        if os.environ.get("ZEROUNLEARN_INTERACTIVE_WORKER", "1").strip() != "0":
+        if settings.interactive_worker:
             interactive = start_worker({**worker_env, "ZEROUNLEARN_WORKER_QUEUES": "interactive"})
             _say(f"interactive worker started (pid {interactive.pid}): generate and export "
                  "answer while the other worker edits")
@@ -285,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from app.server import uvicorn_options
-        from app.settings import load_settings
 
         uvicorn.run(
             "app.main:create_app",
@@ -294,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             log_level="info",
             access_log=False,  # the status thread polls; its requests are noise here
-            **uvicorn_options(load_settings()),  # slow-client deadlines and limits
+            **uvicorn_options(settings),  # slow-client deadlines and limits
         )
     except (KeyboardInterrupt, StackStop):
         pass

@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics_jobs import JobTally
 from app.queue import RESIDENT_KEY_PREFIX
-from store import ArtifactStore, StoreError
+from store import MODEL_STATUSES, ArtifactStore, StoreError
 from store.logs import request_id_var
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ def metrics_registry(service: Collector) -> tuple[CollectorRegistry, RequestMetr
     live in files there and every scrape adds up all the API processes' counters, so
     any process answers for all. `service` (shared state) is collected once."""
     exposed = CollectorRegistry()
+    # Not the settings object: prometheus_client decides from this very variable whether
+    # its metrics write to the shared files, so this must read what the library reads.
     if os.environ.get(MULTIPROC_ENV):
         MultiProcessCollector(exposed)
         request_metrics = RequestMetrics(CollectorRegistry())  # values: in the shared files
@@ -152,7 +154,7 @@ class ServiceCollector(Collector):
         counts = Tally(str(m.get("status")) for m in models)
         gauge = GaugeMetricFamily("zerounlearn_models", "Registered models by status",
                                   labels=["status"])
-        for status in ("preparing", "ready", "failed"):
+        for status in MODEL_STATUSES:
             gauge.add_metric([status], counts.get(status, 0))
         yield gauge
 

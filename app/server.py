@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import functools
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +25,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app.errors import OVERLOADED
 from app.gate import EXEMPT_PATHS, Refusal, send_refusal
+from store.settings import ConnectionSettings
 
 if TYPE_CHECKING:
     from app.settings import Settings
 
-HEADER_TIMEOUT_ENV = "ZEROUNLEARN_HEADER_TIMEOUT_S"
-DEFAULT_HEADER_TIMEOUT_S = 10.0
 OVERLOAD_RETRY_AFTER_S = 1
 """Retry-After of the 503 beyond ZEROUNLEARN_MAX_CONNECTIONS: a hint to back off briefly
 (requests here take milliseconds; the limit is reached by held connections)."""
@@ -64,8 +63,7 @@ class NoDelayH11Protocol(H11Protocol):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        self.header_timeout = float(os.environ.get(HEADER_TIMEOUT_ENV) or
-                                    DEFAULT_HEADER_TIMEOUT_S)
+        self.header_timeout = header_timeout_s()
         self._header_timer: asyncio.TimerHandle | None = None
         # uvicorn's own check (and its plain-text 503) off; _admit makes it instead
         self.max_connections: int | None = self.limit_concurrency
@@ -135,13 +133,21 @@ def overloaded(limit: int) -> Refusal:
                    [(b"retry-after", str(OVERLOAD_RETRY_AFTER_S).encode())])
 
 
+@functools.cache
+def header_timeout_s() -> float:
+    """ZEROUNLEARN_HEADER_TIMEOUT_S, read once per process. uvicorn builds the protocol
+    itself (by import string in spawned processes), so no settings object reaches it."""
+    return ConnectionSettings.load().header_timeout_s
+
+
 HTTP_PROTOCOL = "app.server:NoDelayH11Protocol"
 """uvicorn's `http` setting: an import string, so spawned worker processes load it."""
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn.run's protocol and connection limits from the settings. The header
-    deadline is not among them: the protocol reads ZEROUNLEARN_HEADER_TIMEOUT_S itself."""
+    deadline is not among them: the protocol reads ZEROUNLEARN_HEADER_TIMEOUT_S itself
+    (header_timeout_s)."""
     return {
         "http": HTTP_PROTOCOL,
         "timeout_keep_alive": settings.keepalive_timeout_s,

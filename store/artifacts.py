@@ -35,7 +35,8 @@ from store.files import TMP_PREFIX
 from store.hashing import RECORD_SALT, salted_hash
 from store.retain import RetainStore
 from store.secretfiles import load_or_create_secret
-from store.sql.engine import DATABASE_URL_ENV, default_url
+from store.settings import DatabaseSettings
+from store.sql.engine import default_url
 from store.sql.locks import exclusive
 from store.sql.metadata import SqlMetadata
 from store.sql.migrate import ensure_schema
@@ -73,7 +74,8 @@ class ArtifactStore:
         self.root = Path(root)
         self.backend = backend if backend is not None else LocalBackend(self.root)
         self.shared = not isinstance(self.backend, LocalBackend)
-        given = database_url or os.environ.get(DATABASE_URL_ENV)
+        configured = None if database_url else DatabaseSettings.load().database_url
+        given = database_url or (configured.get_secret_value() if configured else None)
         self.database_url_given = bool(given)
         self.database_url = given or default_url(self.root)
         self.data_keys = DataKeys(self.backend, self._master_key)

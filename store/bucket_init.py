@@ -10,12 +10,12 @@ Nothing happens for a local store (ZEROUNLEARN_STORE_URL unset or file://).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from urllib.parse import urlsplit
 
 from store.backends.s3 import S3Backend
+from store.settings import BlobSettings, SettingsError
 
 ATTEMPTS = 10
 """Tries before giving up: the object store may still be starting."""
@@ -39,12 +39,17 @@ def ensure_bucket(backend: S3Backend, attempts: int = ATTEMPTS, retry_s: float =
 
 
 def main() -> int:
-    url = (os.environ.get("ZEROUNLEARN_STORE_URL") or "").strip()
+    try:
+        settings = BlobSettings.load()
+    except SettingsError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    url = settings.store_url
     if not url or urlsplit(url).scheme == "file":
         sys.stdout.write("local store: no bucket to create\n")
         return 0
     try:
-        backend = S3Backend(url, endpoint_url=os.environ.get("ZEROUNLEARN_S3_ENDPOINT_URL"))
+        backend = S3Backend(url, endpoint_url=settings.s3_endpoint_url)
     except ValueError as exc:
         sys.stderr.write(f"ZEROUNLEARN_STORE_URL: {exc}\n")
         return 2

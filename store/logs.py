@@ -4,7 +4,8 @@
 message`, plus `request_id` / `job_id` when one is current, and `exc_type` for an
 exception); `text` (the default) writes the classic one-line format. The ids come from
 context variables that the API's middleware and the worker's job runner set, so every
-line logged while serving a request or running a job carries them.
+line logged while serving a request or running a job carries them. `start_logging` is
+each process's first step: it loads the settings and sets logging up from them.
 
 Messages are whatever the code logs; nothing here adds request bodies or exception
 messages (which could quote forget-request text): exceptions are reduced to their type
@@ -16,13 +17,14 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import os
 import sys
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
-LOG_FORMATS = ("text", "json")
+from store.settings import LoggingSettings, SettingsError
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(ids)s: %(message)s"
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -87,18 +89,13 @@ class TextFormatter(logging.Formatter):
         finally:
             record.exc_text = saved
 
-    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def,override]  # noqa: N802
+    def formatException(self, ei: tuple[Any, ...]) -> str:  # noqa: N802
         return f"{ei[0].__name__}\n" + "".join(traceback.format_tb(ei[2]))
 
 
-def log_format(environ: dict[str, str] | None = None) -> str:
-    """ZEROUNLEARN_LOG_FORMAT (text or json); ValueError for anything else."""
-    env = os.environ if environ is None else environ
-    value = env.get("ZEROUNLEARN_LOG_FORMAT", "").strip().lower() or "text"
-    if value not in LOG_FORMATS:
-        raise ValueError(f"ZEROUNLEARN_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)} "
-                         f"(got {value!r})")
-    return value
+def log_format(environ: Mapping[str, str] | None = None) -> str:
+    """ZEROUNLEARN_LOG_FORMAT (text or json); SettingsError (a ValueError) otherwise."""
+    return LoggingSettings.load(environ).log_format
 
 
 def configure_logging(
@@ -119,3 +116,25 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+Loaded = TypeVar("Loaded", bound=LoggingSettings)
+
+
+def start_logging(
+    service: str, load: Callable[[], Loaded], filters: Iterable[logging.Filter] = ()
+) -> Loaded | None:
+    """A process's first step: its settings from `load`, and logging set up from them
+    (format, level; httpx quiet: its INFO lines quote URLs, and callback URLs may hold
+    tokens). Bad settings: logged in the text format, one line per bad variable, and
+    None returned; the caller exits with status 2."""
+    filters = list(filters)
+    try:
+        settings = load()
+    except SettingsError as exc:
+        configure_logging(service, logging.INFO, "text", filters)
+        logging.getLogger(service).error("%s", exc)
+        return None
+    configure_logging(service, settings.log_level, settings.log_format, filters)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return settings

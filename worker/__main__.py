@@ -24,7 +24,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 
-from store.logs import configure_logging, log_format
+from store.enums import JobKind, ModelStatus
+from store.logs import start_logging
 from worker.settings import SettingsError, WorkerSettings
 
 logger = logging.getLogger("worker")
@@ -51,13 +52,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _configure_logging(level: int) -> None:
-    # handler filters see propagated records: RQ's job arguments are dropped there
-    configure_logging("worker", level, log_format(), filters=[_DropJobArguments()])
-
-
 def _setup_torch(settings: WorkerSettings) -> None:
-    # progress bars of weight loading would interleave with the log lines
+    # progress bars of weight loading would interleave with the log lines (variables of
+    # huggingface_hub and tokenizers, which read them themselves)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
@@ -82,14 +79,10 @@ def _setup_torch(settings: WorkerSettings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    try:
-        settings = WorkerSettings.from_env()
-        log_format()
-    except (SettingsError, ValueError) as exc:
-        logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-        logger.error("%s", exc)
+    # handler filters see propagated records: RQ's job arguments are dropped there
+    settings = start_logging("worker", WorkerSettings.from_env, filters=[_DropJobArguments()])
+    if settings is None:
         return 2
-    _configure_logging(settings.logging_level)
     try:
         _setup_torch(settings)
     except SettingsError as exc:
@@ -114,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     context.store.root.mkdir(parents=True, exist_ok=True)
 
     def prepare_failed(job: dict, error: dict) -> None:
-        if job.get("kind") == "prepare":
-            context.store.update_model(job["model_id"], status="failed", error=error)
+        if job.get("kind") == JobKind.PREPARE:
+            context.store.update_model(job["model_id"], status=ModelStatus.FAILED, error=error)
 
     recovered = recover_orphaned_jobs(
         context.store, connection, me=name, on_failure=prepare_failed

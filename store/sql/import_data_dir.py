@@ -223,14 +223,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, type=Path,
                         help="the data directory (ZEROUNLEARN_DATA_DIR) to import")
-    parser.add_argument("--url", default=os.environ.get(DATABASE_URL_ENV),
-                        help=f"the database (env {DATABASE_URL_ENV}; default: SQLite in "
-                             "the data directory)")
+    parser.add_argument("--url", default=None,
+                        help=f"the database (default: {DATABASE_URL_ENV} or its _FILE, else "
+                             "SQLite in the data directory)")
     args = parser.parse_args(argv)
     if not args.data_dir.is_dir():
         parser.error(f"{args.data_dir} is not a directory")
+    from store.settings import DatabaseSettings, SettingsError
+
     try:
-        summary = import_data_dir(args.data_dir, args.url)
+        configured = None if args.url else DatabaseSettings.load().database_url
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        summary = import_data_dir(args.data_dir, args.url or configured)
     except StoreError as exc:
         print(f"import failed: {exc}", file=sys.stderr)
         return 1
