@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from app import callback_http, callbacks
 from app.settings import Settings
 from store import ArtifactStore, StoreError
+from store.enums import CallbackState
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +123,9 @@ class CallbackDispatcher:
         failure = self.deliver(cb["url"], secret, body, attempt)
         now = time.time()
         finished = _epoch(job.get("finished_at")) or now
-        state = "delivered" if failure is None else "pending"
+        state = CallbackState.DELIVERED if failure is None else CallbackState.PENDING
         if failure is not None and now - finished >= self.settings.callback_max_age_s:
-            state = "gave_up"
+            state = CallbackState.GAVE_UP
         self.store.requests.update(job_id, callback={
             **cb, "state": state, "attempts": attempt, "last_error": failure,
             "next_attempt_at": now + callbacks.next_delay(self.settings, attempt),
@@ -132,9 +133,9 @@ class CallbackDispatcher:
         self.store.audit.append(
             ACTOR, "callback.attempt", ids={"job": job_id, "model": job.get("model_id")},
             detail={"attempt": attempt, "host": urlsplit(cb["url"]).hostname,
-                    "outcome": failure or "delivered", "state": state},
+                    "outcome": failure or CallbackState.DELIVERED, "state": state},
         )
-        return failure or "delivered"
+        return failure or CallbackState.DELIVERED
 
     def deliver(self, url: str, secret: bytes, body: dict[str, Any], attempt: int) -> str | None:
         """One attempt (app.callbacks.deliver) with this dispatcher's resolver and CAs."""

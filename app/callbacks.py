@@ -35,6 +35,7 @@ from app.receipts import build_receipt
 from app.settings import Settings
 from app.signing import ReceiptKeys
 from store import ArtifactStore
+from store.enums import JobKind, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def signature(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 def payload(store: ArtifactStore, settings: Settings, job: dict[str, Any]) -> dict[str, Any]:
     """What a callback says: the job's end, its version and (forget) its receipt."""
     receipt = None
-    if job.get("kind") == "forget" and job.get("status") == "succeeded":
+    if job.get("kind") == JobKind.FORGET and job.get("status") == JobStatus.SUCCEEDED:
         receipt = build_receipt(store, ReceiptKeys(settings, store), job)
     return {
         "event": "job.finished",

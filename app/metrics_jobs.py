@@ -35,8 +35,8 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from store import JOB_KINDS, JOB_STATUSES, ArtifactStore, StoreError
-from store.documents import TERMINAL_JOB_STATUSES
+from store import JOB_KINDS, JOB_STATUSES, TERMINAL_JOB_STATUSES, ArtifactStore, StoreError
+from store.enums import JobStatus
 from store.errors import CorruptDocument, NotFound
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Contribution:
     def of(cls, job: dict[str, Any]) -> Contribution:
         kind, status = str(job.get("kind")), str(job.get("status"))
         duration = None
-        if status in ("succeeded", "failed"):
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
             duration = _seconds(job.get("started_at"), job.get("finished_at"))
         timings = job.get("timings") or {}
         phases = tuple((str(phase), float(spent)) for phase, spent in

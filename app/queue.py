@@ -30,23 +30,24 @@ from rq.results import Result
 
 from app.errors import Timeout, WorkerFailed
 from app.settings import Settings
+from store.enums import JobKind
 
 logger = logging.getLogger(__name__)
 
 TASKS: dict[str, str] = {
-    "prepare": "worker.tasks.prepare_model",
-    "forget": "worker.tasks.forget",
-    "verify": "worker.tasks.verify",
-    "export": "worker.tasks.export",
-    "compact": "worker.compaction.compact",
-    "retain": "worker.bank.measure_retain",
-    "generate": "worker.tasks.generate",
+    JobKind.PREPARE: "worker.tasks.prepare_model",
+    JobKind.FORGET: "worker.tasks.forget",
+    JobKind.VERIFY: "worker.tasks.verify",
+    JobKind.EXPORT: "worker.tasks.export",
+    JobKind.COMPACT: "worker.compaction.compact",
+    JobKind.RETAIN: "worker.bank.measure_retain",
+    JobKind.GENERATE: "worker.tasks.generate",
 }
 """Dotted path of the worker function for each kind of job."""
 
 INTERACTIVE_SUFFIX = "-interactive"
 """The interactive queue's name: the device class's queue name and this suffix."""
-INTERACTIVE_KINDS = frozenset({"generate", "export"})
+INTERACTIVE_KINDS = frozenset({JobKind.GENERATE, JobKind.EXPORT})
 """Job kinds that are always short; a verify is short with one record."""
 GENERATE_RESULT_TTL_S = 60
 RESIDENT_KEY_PREFIX = "zerounlearn:resident:"  # worker.metrics.RESIDENT_KEY_PREFIX
@@ -57,7 +58,7 @@ _POLL_BLOCK_S = 2
 
 def connect_redis(settings: Settings) -> Redis:
     """A Redis client for RQ (bytes responses); connects lazily, fails fast."""
-    if settings.redis_url is None:
+    if not settings.redis_url:
         raise ValueError("REDIS_URL is not set")
     return Redis.from_url(
         settings.redis_url,
@@ -69,7 +70,7 @@ def connect_redis(settings: Settings) -> Redis:
 
 def interactive_job(kind: str, records: int = 0) -> bool:
     """Does a job of this kind (with this many records) go to the interactive queue?"""
-    return kind in INTERACTIVE_KINDS or (kind == "verify" and records <= 1)
+    return kind in INTERACTIVE_KINDS or (kind == JobKind.VERIFY and records <= 1)
 
 
 class JobQueue:
@@ -155,7 +156,7 @@ class JobQueue:
         """
         timeout = self.settings.generate_timeout_s
         job = self.interactive.enqueue(
-            TASKS["generate"],
+            TASKS[JobKind.GENERATE],
             model_id,
             version,
             prompt,
@@ -164,7 +165,7 @@ class JobQueue:
             job_id=request_id,
             description=f"generate {model_id} {version}",
             at_front=True,
-            job_timeout=self.settings.job_timeout("generate"),
+            job_timeout=self.settings.job_timeout(JobKind.GENERATE),
             ttl=max(1, int(timeout) + 1),
             result_ttl=GENERATE_RESULT_TTL_S,
             failure_ttl=GENERATE_RESULT_TTL_S,

@@ -21,13 +21,14 @@ from app.signing import ReceiptKeys
 from app.version_guard import seal_overrides_of
 from client.receipts_verify import RECEIPT_TYPE, Verdict, check_document
 from store import ArtifactStore
+from store.enums import JobKind, JobStatus
 
 SUCCEEDED_ACTION = "job.succeeded"
 
 
 def build_receipt(store: ArtifactStore, keys: ReceiptKeys, job: dict[str, Any]) -> dict[str, Any]:
     """The signed receipt of a succeeded forget job; 409 for any other job."""
-    if job.get("kind") != "forget" or job.get("status") != "succeeded":
+    if job.get("kind") != JobKind.FORGET or job.get("status") != JobStatus.SUCCEEDED:
         raise ConflictError(
             f"job {job['id']} is a {job.get('status')} {job.get('kind')} job; receipts exist "
             "for succeeded forget jobs only",

@@ -58,6 +58,8 @@ from app.queue import JobQueue, interactive_job
 from app.settings import Settings
 from app.signing import ReceiptKeys
 from store import TERMINAL_JOB_STATUSES, ArtifactStore, NotFound, StoreError
+from store.enums import CallbackState
+from store.enums import JobStatus as DocumentStatus  # rq.job.JobStatus is RQ's own
 from store.requests import queue_args
 
 logger = logging.getLogger(__name__)
@@ -145,7 +147,7 @@ class SeenRequests:
         if seen.ended:
             due = []
             callback = request.get("callback") or {}
-            if callback.get("state") == "pending":
+            if callback.get("state") == CallbackState.PENDING:
                 due.append(float(callback.get("next_attempt_at") or 0))
             if request.get("task_args") is not None:
                 due.append((_epoch(job.get("finished_at")) or now) + retention_s)
@@ -278,12 +280,12 @@ class Reconciler:
         `request`: its document as read in this pass, when the pass did not change it."""
         request = request if request is not None else self.store.requests.get(job_id)
         callback = request.get("callback") or {}
-        if request.get("task_args") is None and callback.get("state") != "pending":
+        if request.get("task_args") is None and callback.get("state") != CallbackState.PENDING:
             self.store.requests.settle(job_id)
 
     def _requeue(self, request: dict[str, Any], job: dict[str, Any], now: float,
                  statuses: dict[str, str | None] | None = None) -> bool:
-        if job["status"] != "queued" or request.get("task_args") is None:
+        if job["status"] != DocumentStatus.QUEUED or request.get("task_args") is None:
             return False
         created = _epoch(request.get("created_at")) or now
         if now - created < self.settings.reconcile_grace_s:
@@ -329,7 +331,8 @@ class Reconciler:
     def _callback(self, request: dict[str, Any], job: dict[str, Any], now: float) -> bool:
         """Hand a due callback to the dispatcher (True when handed over now)."""
         cb = request.get("callback")
-        if not cb or cb.get("state") != "pending" or job["status"] not in TERMINAL_JOB_STATUSES:
+        if (not cb or cb.get("state") != CallbackState.PENDING
+                or job["status"] not in TERMINAL_JOB_STATUSES):
             return False
         if now < float(cb.get("next_attempt_at") or 0):
             return False

@@ -20,6 +20,7 @@ from app.queue import JobQueue
 from app.schemas_retain import MAX_FACTS_PER_REQUEST, RetainFactIn
 from app.submission import Submission, submit_job
 from store import ArtifactStore, NotFound
+from store.enums import FactStatus, JobKind, ModelStatus
 from store.retain import BankFull, counts, public
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,9 @@ def add_facts(
     }
     # read after the write: a prepare job that set "ready" later measures these itself
     current = store.get_model(model_id)
-    if current.get("status") == "ready" and any(f["status"] == "pending" for f in bank):
+    if current.get("status") == ModelStatus.READY and any(
+        f["status"] == FactStatus.PENDING for f in bank
+    ):
         job = measure(store, queue, who, current, "pending")
         out.update(job_id=job["id"], status=job["status"], links={"job": f"/v1/jobs/{job['id']}"})
     logger.info("model %s: %d fact(s) added to the retain bank, %d already there",
@@ -129,7 +132,7 @@ def measure(
 ) -> dict[str, Any]:
     """Queue a "retain" job: measure the bank's pending (or all) facts on the active
     version. No text goes through Redis: the worker reads the bank from the store."""
-    sub = Submission("retain", model["id"], model["active_version"], (model["id"], scope))
+    sub = Submission(JobKind.RETAIN, model["id"], model["active_version"], (model["id"], scope))
     return submit_job(store, queue, who, sub)
 
 

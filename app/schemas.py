@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -20,8 +20,10 @@ from pydantic import (
     field_validator,
 )
 
+from store.enums import FACT_STATUSES, JOB_KINDS, JOB_STATUSES, MODEL_STATUSES
+from zerounlearn.config import DEFAULT_METHOD, METHOD_NAMES
+
 BUILTIN_SMOLLM2 = "builtin:smollm2-135m-instruct"
-METHODS = ("zerounlearn", "zerounlearn-paper", "zerounlearn-gd", "gradient-ascent", "npo")
 MAX_TEXT_CHARS = 2000
 """Longest prompt, answer, subject, target, paraphrase or neighbour text."""
 MAX_REFERENCE_CHARS = 20_000
@@ -62,10 +64,21 @@ ModelName = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
 ]
 VersionId = Annotated[str, StringConstraints(pattern=r"^v(0|[1-9][0-9]{0,8})$")]
-Method = Literal["zerounlearn", "zerounlearn-paper", "zerounlearn-gd", "gradient-ascent", "npo"]
-JobKind = Literal["forget", "verify", "prepare", "export", "retain", "compact"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-ModelStatus = Literal["preparing", "ready", "failed"]
+# The accepted values come from their one list each (the engine's method table, the
+# store's enums), as plain strings: OpenAPI shows them inline as `enum`. A type checker
+# cannot read a Literal built at run time, so it sees `str`.
+if TYPE_CHECKING:
+    Method = str
+    JobKind = str
+    JobStatus = str
+    ModelStatus = str
+    FactStatus = str
+else:
+    Method = Literal[METHOD_NAMES]
+    JobKind = Literal[tuple(k.value for k in JOB_KINDS)]
+    JobStatus = Literal[tuple(s.value for s in JOB_STATUSES)]
+    ModelStatus = Literal[tuple(s.value for s in MODEL_STATUSES)]
+    FactStatus = Literal[tuple(s.value for s in FACT_STATUSES)]
 
 
 class Request(BaseModel):
@@ -165,7 +178,7 @@ class ForgetRequest(Request):
     )
 
     records: list[RecordIn] = Field(min_length=1, max_length=HARD_MAX_RECORDS)
-    method: Method = "zerounlearn"
+    method: Method = DEFAULT_METHOD
     base_version: VersionId | None = Field(None, description="Default: the active version.")
     hparams: dict[str, Any] = Field(
         default_factory=dict,

@@ -7,13 +7,12 @@ admin who asks for it (?include_text=true).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.schemas import JobStatus, Request, Text
+from app.schemas import FactStatus, JobStatus, Request, Text
 
-FactStatus = Literal["pending", "known", "unknown", "invalid"]
 MAX_FACTS_PER_REQUEST = 1000
 """Most facts one POST may add (the body limit, 1 MiB by default, applies too)."""
 FACT_EXAMPLE: dict[str, Any] = {

@@ -25,6 +25,7 @@ from app.sources import check_edit_layers, inspect_source
 from app.submission import QUEUE_DOWN, Submission, submit_job
 from store import ArtifactStore, NotFound
 from store.datakeys import GENERATE_ANSWER, GENERATE_PROMPT, SealBroken
+from store.enums import JobKind, JobStatus, ModelStatus
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def register_model(
             "edit_layers": sorted(req.edit_layers) if req.edit_layers else None,
             "dtype": req.dtype,
             "active_version": "v0",
-            "status": "preparing",
+            "status": ModelStatus.PREPARING,
         }
     )
     store.publish_version(model["id"], {"parent": None, "method": None}, None)
@@ -61,10 +62,10 @@ def register_model(
                        detail={"source_kind": _source_kind(info.source)})
     try:
         job = submit_job(
-            store, queue, who, Submission("prepare", model["id"], "v0", (model["id"],))
+            store, queue, who, Submission(JobKind.PREPARE, model["id"], "v0", (model["id"],))
         )
     except RedisError:
-        store.update_model(model["id"], status="failed", error=QUEUE_DOWN)
+        store.update_model(model["id"], status=ModelStatus.FAILED, error=QUEUE_DOWN)
         raise
     model = store.update_model(model["id"], prepare_job_id=job["id"])
     logger.info("model %s registered; prepare job %s queued", model["id"], job["id"])
@@ -79,7 +80,7 @@ def _source_kind(source: str) -> str:
 
 def require_ready(model: dict[str, Any]) -> None:
     """409 unless the model's prepare job has finished."""
-    if model.get("status") != "ready":
+    if model.get("status") != ModelStatus.READY:
         raise ConflictError(
             f"model {model['id']} is {model.get('status')}; it accepts jobs once 'ready'",
             code="model_not_ready",
@@ -121,7 +122,7 @@ def forget(
     args = (model["id"], base, records, req.method, req.hparams, *([gate] if gate else []))
     mode = "explicit" if req.base_version else "active"
     sub = Submission(
-        "forget", model["id"], base, args, tuple(store.record_hashes(records)), callback,
+        JobKind.FORGET, model["id"], base, args, tuple(store.record_hashes(records)), callback,
         req.model_dump(mode="json"), {"base": mode},
         audits=((LOOSENED, loosened),) if loosened else (),
     )  # fmt: skip
@@ -150,7 +151,7 @@ def verify(
     args = (model["id"], version, records, req.reference_texts,
             req.thresholds.model_dump(mode="json"))  # fmt: skip
     sub = Submission(
-        "verify", model["id"], version, args, tuple(store.record_hashes(records)),
+        JobKind.VERIFY, model["id"], version, args, tuple(store.record_hashes(records)),
         body={"version": version, **req.model_dump(mode="json")},
     )  # fmt: skip
     job = submit_job(store, queue, who, sub, idempotency_key)
@@ -164,7 +165,7 @@ def export(
     """Queue the export of `version` as a Hugging Face checkpoint."""
     require_ready(model)
     store.get_version(model["id"], version)
-    sub = Submission("export", model["id"], version, (model["id"], version))
+    sub = Submission(JobKind.EXPORT, model["id"], version, (model["id"], version))
     return submit_job(store, queue, who, sub)
 
 
@@ -182,10 +183,10 @@ def cancel_job(
 ) -> dict[str, Any]:
     """Cancel a queued job (idempotent); 409 once it runs or has finished."""
     get_job(store, who, job_id)
-    job = store.transition_job(job_id, ["queued"], "cancelled")
+    job = store.transition_job(job_id, [JobStatus.QUEUED], JobStatus.CANCELLED)
     if job is None:
         current = store.get_job(job_id)
-        if current["status"] == "cancelled":
+        if current["status"] == JobStatus.CANCELLED:
             return current
         raise ConflictError(
             f"job {job_id} is {current['status']}; only a queued job can be cancelled",

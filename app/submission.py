@@ -22,6 +22,7 @@ from app.auth import Principal
 from app.errors import ConflictError
 from app.queue import JobQueue, interactive_job
 from store import ArtifactStore, NotFound, new_job_id
+from store.enums import CallbackState, JobStatus
 from store.hashing import RECORD_SALT, salted_hash
 from store.requests import queue_args
 
@@ -108,7 +109,7 @@ def _accept(
     job_id = job_id or new_job_id()
     callback = None
     if sub.callback_url:
-        callback = {"url": sub.callback_url, "state": "pending", "attempts": 0,
+        callback = {"url": sub.callback_url, "state": CallbackState.PENDING, "attempts": 0,
                     "next_attempt_at": 0.0, "last_error": None}
     job = store.create_job(
         {**(sub.job_fields or {}), "id": job_id, "kind": sub.kind, "model_id": sub.model_id,
@@ -140,7 +141,8 @@ def _accept(
         queue.enqueue(sub.kind, job_id, *queue_args(sub.kind, list(sub.args)),
                       interactive=interactive_job(sub.kind, len(sub.record_hashes)))
     except RedisError:
-        failed = store.transition_job(job_id, ["queued"], "failed", error=QUEUE_DOWN)
+        failed = store.transition_job(job_id, [JobStatus.QUEUED], JobStatus.FAILED,
+                                      error=QUEUE_DOWN)
         store.requests.purge(job_id)
         if failed is not None:
             store.audit.append(principal.key_id, "job.failed", ids={"job": job_id},

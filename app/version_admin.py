@@ -24,6 +24,7 @@ from app.submission import Submission, submit_job
 from app.version_guard import check_usable
 from store import ArtifactStore
 from store.compaction import needed_by
+from store.enums import JobKind
 from store.retire import delete_version_files
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ def queue_compaction(
     if manifest.get("parent") is None:
         raise ConflictError(f"{version} is the base checkpoint: it has no patch to compact",
                             code="version_protected")
-    check_usable(store, who, model["id"], version, "compact", override_seal_reason)
-    sub = Submission("compact", model["id"], version, (model["id"], version))
+    check_usable(store, who, model["id"], version, JobKind.COMPACT, override_seal_reason)
+    sub = Submission(JobKind.COMPACT, model["id"], version, (model["id"], version))
     job = submit_job(store, queue, who, sub)
     logger.info("compact job %s queued: model %s, version %s", job["id"], model["id"], version)
     return job

@@ -8,14 +8,15 @@ the API can use it.
 """
 
 from store.artifacts import ArtifactStore
-from store.documents import (
+from store.documents import new_job_id, new_model_id, utc_now
+from store.enums import (
     JOB_KINDS,
     JOB_STATUSES,
     MODEL_STATUSES,
     TERMINAL_JOB_STATUSES,
-    new_job_id,
-    new_model_id,
-    utc_now,
+    JobKind,
+    JobStatus,
+    ModelStatus,
 )
 from store.errors import Conflict, InvalidDocument, NotFound, StoreError
 
@@ -27,6 +28,9 @@ __all__ = [
     "ArtifactStore",
     "Conflict",
     "InvalidDocument",
+    "JobKind",
+    "JobStatus",
+    "ModelStatus",
     "NotFound",
     "StoreError",
     "new_job_id",

@@ -8,22 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from store.enums import JOB_STATUSES, MODEL_STATUSES
 from store.errors import InvalidDocument
 from store.files import copy_file_synced
-
-MODEL_STATUSES = ("preparing", "ready", "failed")
-"""Lifecycle of a registered model: usable once the prepare job made it "ready"."""
-
-JOB_KINDS = ("forget", "verify", "prepare", "export", "retain", "compact")
-"""Kinds of job that have a document in the store (generate has none); "retain"
-measures which retain-bank facts a model reproduces; "compact" rewrites a version as
-one patch from v0."""
-
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-"""Every status a job document can hold."""
-
-TERMINAL_JOB_STATUSES = ("succeeded", "failed", "cancelled")
-"""Statuses a job never leaves."""
 
 MODEL_ID_RE = re.compile(r"^m-[0-9a-f]{12}$")
 JOB_ID_RE = re.compile(r"^j-[0-9a-f]{16}$")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from store.enums import JobKind
 from store.errors import NotFound
 
 TaskArgs = list[Any]
@@ -24,7 +25,7 @@ FROM_REQUEST = "@stored-request"
 """Placeholder sent through the queue instead of request text: the worker reads the text
 from the stored request, so Redis (and its append-only file) never holds it."""
 
-TEXT_ARGS = {"forget": (2,), "verify": (2, 3)}
+TEXT_ARGS: dict[str, tuple[int, ...]] = {JobKind.FORGET: (2,), JobKind.VERIFY: (2, 3)}
 """Positions, in a kind's task arguments after the job id, that carry request text."""
 
 

@@ -27,12 +27,11 @@ from typing import Any
 from store.backends.base import ObjectBackend
 from store.datakeys import DataKeys, is_sealed, seal
 from store.documents import MODEL_ID_RE, utc_now
+from store.enums import FACT_STATUSES, FactStatus
 from store.errors import InvalidDocument, NotFound
 from store.hashing import salted_hash
 from store.objects import dump, load
 
-FACT_STATUSES = ("pending", "known", "unknown", "invalid")
-"""Measurement states of a bank fact (see the module docstring)."""
 MAX_BANK_FACTS = 10_000
 """Most facts one model's bank holds (the document is read by every forget job)."""
 FACT_ID_RE = re.compile(r"^f-[0-9a-f]{16}$")
@@ -147,7 +146,7 @@ class RetainStore:
             given.append({
                 "id": f"f-{sha[:16]}", "sha256": sha, "prompt": fact["prompt"],
                 "answer": fact["answer"], "subject": fact.get("subject"),
-                "relation": fact.get("relation"), "status": "pending", "measured_on": None,
+                "relation": fact.get("relation"), "status": FactStatus.PENDING, "measured_on": None,
                 "measured_at": None, "origin": origin, "added_by": actor, "added_at": now,
             })
         added: list[dict[str, Any]] = []
@@ -224,10 +223,10 @@ def _empty(model_id: str) -> dict[str, Any]:
 
 def counts(facts: Iterable[dict[str, Any]]) -> dict[str, int]:
     """How many facts per status, and in all."""
-    out = dict.fromkeys(FACT_STATUSES, 0)
+    out: dict[str, int] = dict.fromkeys(FACT_STATUSES, 0)
     total = 0
     for fact in facts:
-        status = fact.get("status", "pending")
+        status = fact.get("status", FactStatus.PENDING)
         out[status] = out.get(status, 0) + 1
         total += 1
     return {**out, "total": total}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from store import ArtifactStore
+from store.enums import FactStatus, JobKind, ModelStatus
 from store.hashing import canonical_json, sha256_hex
 from store.retain import counts
 from worker.context import WorkerContext, get_context
@@ -44,7 +45,8 @@ def _engine_fact(fact: dict[str, Any]) -> dict[str, Any]:
 
 def known_bank_facts(store: ArtifactStore, model_id: str) -> list[dict[str, Any]]:
     """The model's bank facts measured as known: [{"prompt", "answer", "subject"}]."""
-    return [_engine_fact(f) for f in store.retain.facts(model_id) if f["status"] == "known"]
+    return [_engine_fact(f) for f in store.retain.facts(model_id)
+            if f["status"] == FactStatus.KNOWN]
 
 
 # -------------------------------------------------------------------- forget
@@ -80,7 +82,7 @@ def retain_for(
     for fact in store.retain.facts(model_id):
         if _prompt_key(fact["prompt"]) in forgotten:
             selection.leaving.append({"id": fact["id"], "sha256": fact["sha256"]})
-        elif fact["status"] == "known":
+        elif fact["status"] == FactStatus.KNOWN:
             selection.facts.append(_engine_fact(fact))
             selection.hashes.append(fact["sha256"])
     if secrets is not None:
@@ -133,7 +135,8 @@ def fact_statuses(lm: Any, facts: list[dict[str, Any]],
         except InvalidRecord:
             flags = [_one(lm, f) for f in chunk]
         for fact, flag in zip(chunk, flags, strict=True):
-            out[fact["id"]] = "invalid" if flag is None else ("known" if flag else "unknown")
+            out[fact["id"]] = (FactStatus.INVALID if flag is None
+                               else FactStatus.KNOWN if flag else FactStatus.UNKNOWN)
         if progress is not None:
             progress("measure", min(1.0, (start + len(chunk)) / len(facts)))
     return out
@@ -153,14 +156,14 @@ def measure_bank(
     """Measure the bank's pending (or all) facts on the active version; the counts."""
     store = ctx.store
     facts = store.retain.facts(model_id)
-    todo = [f for f in facts if scope == "all" or f["status"] == "pending"]
+    todo = [f for f in facts if scope == "all" or f["status"] == FactStatus.PENDING]
     version = store.get_model(model_id)["active_version"]
     if not todo:
         return {"version": version, "measured": 0, "counts": counts(facts)}
     lm = ctx.models.get(model_id, version)
     statuses = fact_statuses(lm, todo, progress)
     store.retain.set_status(model_id, statuses, version)
-    known = sum(s == "known" for s in statuses.values())
+    known = sum(s == FactStatus.KNOWN for s in statuses.values())
     logger.info("model %s: %d retain fact(s) measured on %s, %d known", model_id,
                 len(statuses), version, known)
     return {"version": version, "measured": len(statuses),
@@ -194,7 +197,7 @@ def measure_retain(job_id: str, model_id: str, scope: str = "pending") -> dict[s
         if scope not in SCOPES:
             raise InvalidRequest(f"scope must be one of {', '.join(SCOPES)}")
         model = store.get_model(model_id)
-        if model.get("status") != "ready":
+        if model.get("status") != ModelStatus.READY:
             raise ModelNotReady(f"model {model_id} is {model.get('status')!r}, not 'ready': "
                                 "its prepare job measures the bank")
         run.progress("measure", 0.0)
@@ -205,4 +208,4 @@ def measure_retain(job_id: str, model_id: str, scope: str = "pending") -> dict[s
     secrets: list[str] = []
     with contextlib.suppress(Exception):  # an unknown model fails inside run_job
         secrets = record_texts([_engine_fact(f) for f in store.retain.facts(model_id)])
-    return run_job(store, job_id, "retain", body, worker_name=ctx.name, secrets=secrets)
+    return run_job(store, job_id, JobKind.RETAIN, body, worker_name=ctx.name, secrets=secrets)

@@ -39,6 +39,7 @@ from rq.timeouts import JobTimeoutException
 
 from store import ArtifactStore, NotFound
 from store.documents import JOB_ID_RE
+from store.enums import JobKind, JobStatus
 from worker.errors import record_texts
 from worker.jobs import audit, failure_document, record_failure, record_success
 
@@ -76,7 +77,7 @@ class EditSpec:
     def admits(self, job: dict[str, Any], task_args: list[Any]) -> bool:
         """Whether a job document and its stored task arguments
         (model_id, base, records, method, hparams[, quality_gate]) ask for this same edit."""
-        if job.get("kind") != "forget" or job.get("model_id") != self.model_id:
+        if job.get("kind") != JobKind.FORGET or job.get("model_id") != self.model_id:
             return False
         if base_spec(job) != self.base or len(task_args) < 5:
             return False
@@ -163,7 +164,7 @@ def candidates(
             job = store.get_job(job_id)
         except NotFound:
             continue
-        if job.get("status") != "queued":
+        if job.get("status") != JobStatus.QUEUED:
             continue
         request = store.requests.find(job_id)
         args = store.requests.open_args(request) if request is not None else None
@@ -192,7 +193,8 @@ def gather(
         if batch.size + count > max_records:
             break  # first come, first served: a later, smaller job does not overtake it
         claimed = store.transition_job(
-            job["id"], ["queued"], "running", worker=worker_name, coalesced_into=leader_id,
+            job["id"], [JobStatus.QUEUED], JobStatus.RUNNING, worker=worker_name,
+            coalesced_into=leader_id,
             version=base_version, progress={"phase": "coalesced", "fraction": 0.0},
         )
         if claimed is None:
@@ -206,7 +208,7 @@ def gather(
             parsed = check(records)
         except BaseException as exc:  # this job's records only: it fails alone
             error = failure_document(exc, record_texts(records), job["id"])
-            record_failure(store, worker_name, job["id"], "forget", exc, error)
+            record_failure(store, worker_name, job["id"], JobKind.FORGET, exc, error)
             if isinstance(exc, JobTimeoutException) or not isinstance(exc, Exception):
                 raise  # a stop or the leader's time limit ends the whole edit
             continue
@@ -261,4 +263,4 @@ def fail_peers(
     secrets = record_texts(batch.raw_records())
     for member in batch.peers:
         error = failure_document(exc, secrets, member.job_id)
-        record_failure(store, worker_name, member.job_id, "forget", exc, error)
+        record_failure(store, worker_name, member.job_id, JobKind.FORGET, exc, error)

@@ -27,6 +27,7 @@ from store.compaction import (
     needed_by,
     store_compacted,
 )
+from store.enums import JobKind
 from store.lifecycle import version_entry
 from worker.context import get_context
 from worker.jobs import JobRun, run_job
@@ -128,4 +129,4 @@ def compact(job_id: str, model_id: str, version: str) -> dict[str, Any]:
         return {"version": version, "patch": patch, "replaces": chain[1:],
                 "deletable": deletable}
 
-    return run_job(store, job_id, "compact", body, worker_name=ctx.name)
+    return run_job(store, job_id, JobKind.COMPACT, body, worker_name=ctx.name)

@@ -31,6 +31,7 @@ from rq.timeouts import JobTimeoutException
 from rq.worker import BaseWorker, Worker
 
 from store import ArtifactStore, NotFound, StoreError
+from store.enums import JobStatus
 from store.logs import job_id_var
 from worker.edit_lock import release_locks_of
 from worker.errors import WorkerLost, WorkerStopped, error_document
@@ -129,7 +130,8 @@ def _run_job(
     secrets: Iterable[str],
     on_failure: Callable[[dict[str, str]], None] | None,
 ) -> dict[str, Any]:
-    started = store.transition_job(job_id, ["queued"], "running", worker=worker_name)
+    started = store.transition_job(job_id, [JobStatus.QUEUED], JobStatus.RUNNING,
+                                   worker=worker_name)
     if started is None:
         status = store.get_job(job_id).get("status")
         logger.info("job %s (%s) is %s, not queued: skipped", job_id, kind, status)
@@ -176,7 +178,7 @@ def record_failure(
     fields: dict[str, Any] = {"error": error}
     if timings is not None:
         fields["timings"] = timings
-    done = store.transition_job(job_id, ["running"], "failed", **fields)
+    done = store.transition_job(job_id, [JobStatus.RUNNING], JobStatus.FAILED, **fields)
     if done is not None:
         audit(store, worker_name, "job.failed", done, detail={"code": error["code"]})
     return done
@@ -193,7 +195,7 @@ def record_success(
     fields: dict[str, Any] = {"result": result, "progress": {"phase": "done", "fraction": 1.0}}
     if timings is not None:
         fields["timings"] = timings
-    done = store.transition_job(job_id, ["running"], "succeeded", **fields)
+    done = store.transition_job(job_id, [JobStatus.RUNNING], JobStatus.SUCCEEDED, **fields)
     if done is not None:
         entry = audit(store, worker_name, "job.succeeded", done, detail=_outcome(result))
         if entry is not None:  # the receipt names it (app.receipts; it can also find it)
@@ -297,15 +299,16 @@ def recover_orphaned_jobs(
         logger.warning("freed the edit lock of model %s held by a dead worker", model_id)
     alive = {w.name for w in Worker.all(connection=connection)}
     failed = []
-    for job in store.list_jobs(status="running"):  # an indexed query
+    for job in store.list_jobs(status=JobStatus.RUNNING):  # an indexed query
         owner = job.get("worker")
-        if job.get("status") != "running" or not owner or owner in alive or owner == me:
+        if job.get("status") != JobStatus.RUNNING or not owner or owner in alive or owner == me:
             continue
         error = error_document(
             WorkerLost(f"worker {owner} stopped before the job ended; submit it again")
         )
         try:
-            done = store.transition_job(job["id"], ["running"], "failed", error=error)
+            done = store.transition_job(job["id"], [JobStatus.RUNNING], JobStatus.FAILED,
+                                        error=error)
         except NotFound:
             continue
         if done is not None:

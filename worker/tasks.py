@@ -27,6 +27,7 @@ from typing import Any
 from rq import get_current_job
 
 from store import ArtifactStore, datakeys, utc_now
+from store.enums import JobKind, ModelStatus
 from store.requests import FROM_REQUEST, RequestPurged
 from store.sealing import delete_exports, seal_model
 from worker import bank, coalesce, gate
@@ -44,13 +45,14 @@ from worker.reports import merge_thresholds, verification_report
 from worker.version_guard import check_job_version
 from zerounlearn import (
     LoadedModel,
+    Patch,
     apply_patch,
     inspect_model_source,
     save_patch,
     validate_records,
 )
 from zerounlearn import forget as engine_forget
-from zerounlearn.api import check_records
+from zerounlearn.api import check_patch_finite, check_records
 from zerounlearn.config import default_layers, hparams_class
 from zerounlearn.errors import NonFiniteResult
 
@@ -101,7 +103,7 @@ def prepare_model(job_id: str, model_id: str) -> dict[str, Any]:
         )
         store.push_stats()  # a shared store: other workers reuse them
         measured = bank.prepare_bank(ctx, model_id)["measured"]  # seed, measure the bank
-        store.update_model(model_id, status="ready", error=None)
+        store.update_model(model_id, status=ModelStatus.READY, error=None)
         retain = bank.measure_bank(ctx, model_id)  # facts added while it prepared
         return {
             "architecture": info["architecture"],
@@ -112,10 +114,10 @@ def prepare_model(job_id: str, model_id: str) -> dict[str, Any]:
         }
 
     def failed(error: dict[str, str]) -> None:
-        store.update_model(model_id, status="failed", error=error)
+        store.update_model(model_id, status=ModelStatus.FAILED, error=error)
 
     return run_job(
-        store, job_id, "prepare", body, worker_name=ctx.name, on_failure=failed
+        store, job_id, JobKind.PREPARE, body, worker_name=ctx.name, on_failure=failed
     )
 
 
@@ -177,7 +179,7 @@ def forget(
             return _edit(ctx, run, lm, spec, base, overrides, records, queue, lock, secrets,
                          timings, hit, plan)
 
-    return run_job(store, job_id, "forget", body, worker_name=ctx.name, secrets=secrets)
+    return run_job(store, job_id, JobKind.FORGET, body, worker_name=ctx.name, secrets=secrets)
 
 
 def _edit(
@@ -316,14 +318,13 @@ def _method_overrides(
     return overrides
 
 
-def check_finite(patch: Any) -> None:
-    """NonFiniteResult unless every weight of the patch is finite (never publish NaN/inf)."""
-    import torch
-
-    for layer, weight in patch.weights.items():
-        if not bool(torch.isfinite(weight).all()):
-            raise NonFiniteResult(f"the patch of layer {layer} has non-finite weights; "
-                                  "nothing was published")
+def check_finite(patch: Patch) -> None:
+    """The engine's check_patch_finite (never publish NaN/inf), again here because the
+    patch is about to touch the resident model; the message says nothing was published."""
+    try:
+        check_patch_finite(patch)
+    except NonFiniteResult as exc:
+        raise NonFiniteResult(f"{exc}; nothing was published") from None
 
 
 def _publish(
@@ -399,7 +400,7 @@ def verify(
                                    probes_before)
 
     secrets = record_texts(stored or []) + record_texts(reference_texts or [])
-    return run_job(store, job_id, "verify", body, worker_name=ctx.name, secrets=secrets)
+    return run_job(store, job_id, JobKind.VERIFY, body, worker_name=ctx.name, secrets=secrets)
 
 
 # ------------------------------------------------------------------- export
@@ -423,7 +424,7 @@ def export(job_id: str, model_id: str, version: str) -> dict[str, Any]:
         return {"path": store.publish_export(model_id, version, target, EXPORT_MARKER),
                 "reused": False}
 
-    return run_job(store, job_id, "export", body, worker_name=ctx.name)
+    return run_job(store, job_id, JobKind.EXPORT, body, worker_name=ctx.name)
 
 
 def _unless_sealed_meanwhile(
@@ -517,7 +518,7 @@ def _require_records(records: list[dict] | None, job_id: str) -> list[dict]:
     return records
 def _ready_model(ctx: WorkerContext, model_id: str) -> dict[str, Any]:
     model = ctx.store.get_model(model_id)
-    if model.get("status") != "ready":
+    if model.get("status") != ModelStatus.READY:
         raise ModelNotReady(
             f"model {model_id} is {model.get('status')!r}, not 'ready': wait for its "
             "prepare job to succeed"

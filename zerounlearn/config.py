@@ -255,7 +255,16 @@ HPARAMS_CLASSES: dict[str, type[BaseHParams]] = {
     "gradient-ascent": GradientAscentHParams,
     "npo": NPOHParams,
 }
-"""Method name -> its hyper-parameter class (the registry's names)."""
+"""THE list of methods: name -> hyper-parameter class. Adding a method is one line here
+and `@register_method(name)` on its class (zerounlearn.methods); the registry refuses a
+class under a name missing here and a name here left without a class. This module is
+torch-free, so the API takes the names it accepts from here (app/schemas.Method)."""
+
+METHOD_NAMES: tuple[str, ...] = tuple(HPARAMS_CLASSES)
+"""Every method name, in the order the API documents them."""
+
+DEFAULT_METHOD = "zerounlearn"
+"""The method of a forget request that names none."""
 
 
 # ----------------------------------------------------------------------------- resolution

@@ -13,6 +13,7 @@ from app.paging import PAGED, Page, keyset_page, link_next, string_pair
 from app.routes.responses import errors
 from app.schemas import CreateModel, ForgetRequest, JobAccepted, ModelOut
 from app.version_guard import SealOverride, check_usable
+from store.enums import JobKind
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -85,7 +86,7 @@ def forget(
 ) -> Any:
     """Queue a forget job (operator); its result names the new version."""
     if body.base_version is not None:  # the head is followed as it is (README: sealing)
-        check_usable(store, who, model["id"], body.base_version, "forget",
+        check_usable(store, who, model["id"], body.base_version, JobKind.FORGET,
                      override_seal_reason)
     job = services.forget(store, queue, settings, who, model, body, idempotency_key)
     response.headers["Location"] = services.job_links(job["id"])["job"]

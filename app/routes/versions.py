@@ -13,6 +13,7 @@ from app.paging import PAGED, Page, keyset_page, link_next, seq_after
 from app.routes.responses import errors
 from app.schemas import GenerateOut, GenerateRequest, JobAccepted, VerifyRequest, VersionOut
 from app.version_guard import SealOverride, check_usable, with_state
+from store.enums import JobKind
 
 router = APIRouter(prefix="/v1/models/{model_id}/versions", tags=["versions"])
 
@@ -79,7 +80,7 @@ def verify(
     override_seal_reason: SealOverride = None,
 ) -> Any:
     """Queue a verification job (operator); its result is the report."""
-    check_usable(store, who, model["id"], version, "verify", override_seal_reason)
+    check_usable(store, who, model["id"], version, JobKind.VERIFY, override_seal_reason)
     job = services.verify(store, queue, settings, who, model, version, body, idempotency_key)
     return _accepted(job, response)
 
@@ -100,7 +101,7 @@ def generate(
     override_seal_reason: SealOverride = None,
 ) -> Any:
     """Generate a continuation with this version (answered by a worker, or 504)."""
-    check_usable(store, who, model["id"], version, "generate", override_seal_reason)
+    check_usable(store, who, model["id"], version, JobKind.GENERATE, override_seal_reason)
     return services.generate(store, queue, settings, model, version, body)
 
 
@@ -120,5 +121,5 @@ def export(
     override_seal_reason: SealOverride = None,
 ) -> Any:
     """Queue an export job (operator); result.path is a loadable Hugging Face checkpoint."""
-    check_usable(store, who, model["id"], version, "export", override_seal_reason)
+    check_usable(store, who, model["id"], version, JobKind.EXPORT, override_seal_reason)
     return _accepted(services.export(store, queue, who, model, version), response)
