@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -49,6 +49,11 @@ class Client:
         if not response.content:
             return None
         return response.json()
+
+    def _object(self, method: str, path: str, **options: Any) -> Json:
+        """`request`, for the calls whose answer is a JSON object (every call but the
+        list pages, whose items `items` yields)."""
+        return cast(Json, self.request(method, path, **options))
 
     def pages(self, path: str, params: dict[str, Any] | None = None, *,
               page_size: int | None = None) -> Iterator[Any]:
@@ -99,11 +104,11 @@ class Client:
 
     # ------------------------------------------------------------------ health
     def health(self) -> Json:
-        return self.request("GET", "/healthz")
+        return self._object("GET", "/healthz")
 
     def ready(self) -> Json:
         """/readyz; Unavailable (503) when not ready."""
-        return self.request("GET", "/readyz")
+        return self._object("GET", "/readyz")
 
     def metrics(self) -> str:
         return self.http.get("/metrics").text
@@ -116,14 +121,14 @@ class Client:
             body["edit_layers"] = edit_layers
         if dtype is not None:
             body["dtype"] = dtype
-        return self.request("POST", "/v1/models", json=body)
+        return self._object("POST", "/v1/models", json=body)
 
     def list_models(self, *, limit: int | None = None) -> list[Json]:
         """The models (every page; at most `limit`), oldest first."""
         return list(self.items("/v1/models", limit=limit))
 
     def get_model(self, model_id: str) -> Json:
-        return self.request("GET", f"/v1/models/{model_id}")
+        return self._object("GET", f"/v1/models/{model_id}")
 
     def wait_model_ready(self, model_id: str, timeout: float = 600.0,
                          interval: float = 0.5) -> Json:
@@ -156,20 +161,20 @@ class Client:
             if value is not None:
                 body[key] = value
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return self.request("POST", f"/v1/models/{model_id}/forget", json=body,
-                            headers=headers, params=_override(override_seal_reason))
+        return self._object("POST", f"/v1/models/{model_id}/forget", json=body,
+                             headers=headers, params=_override(override_seal_reason))
 
     # ------------------------------------------------------------ retain bank
     def add_retain(self, model_id: str, facts: list[Json]) -> Json:
         """Add facts the model must keep ({"prompt", "answer", "subject"?}): {"added",
         "existing", "ids", "counts", "job_id"...}."""
-        return self.request("POST", f"/v1/models/{model_id}/retain", json=facts)
+        return self._object("POST", f"/v1/models/{model_id}/retain", json=facts)
 
     def add_retain_jsonl(self, model_id: str, lines: str | bytes) -> Json:
         """Like add_retain, from JSON lines as they are (errors name the line)."""
         data = lines.encode("utf-8") if isinstance(lines, str) else lines
-        return self.request("POST", f"/v1/models/{model_id}/retain", content=data,
-                            headers={"Content-Type": "application/x-ndjson"})
+        return self._object("POST", f"/v1/models/{model_id}/retain", content=data,
+                             headers={"Content-Type": "application/x-ndjson"})
 
     def list_retain(self, model_id: str, *, include_text: bool = False) -> Json:
         """The bank: ids, hashes, statuses (and the text: admin, include_text), every
@@ -183,11 +188,11 @@ class Client:
         return {**bank, "facts": facts}
 
     def remove_retain(self, model_id: str, fact_id: str) -> Json:
-        return self.request("DELETE", f"/v1/models/{model_id}/retain/{fact_id}")
+        return self._object("DELETE", f"/v1/models/{model_id}/retain/{fact_id}")
 
     def measure_retain(self, model_id: str) -> Json:
         """Queue a job measuring every bank fact on the active version."""
-        return self.request("POST", f"/v1/models/{model_id}/retain/measure")
+        return self._object("POST", f"/v1/models/{model_id}/retain/measure")
 
     # ------------------------------------------------------------------- jobs
     def list_jobs(self, model_id: str | None = None, status: str | None = None,
@@ -207,32 +212,32 @@ class Client:
         return self.items("/v1/jobs", params, limit=limit)
 
     def get_job(self, job_id: str) -> Json:
-        return self.request("GET", f"/v1/jobs/{job_id}")
+        return self._object("GET", f"/v1/jobs/{job_id}")
 
     def cancel_job(self, job_id: str) -> Json:
-        return self.request("DELETE", f"/v1/jobs/{job_id}")
+        return self._object("DELETE", f"/v1/jobs/{job_id}")
 
     def receipt(self, job_id: str) -> Json:
-        return self.request("GET", f"/v1/jobs/{job_id}/receipt")
+        return self._object("GET", f"/v1/jobs/{job_id}/receipt")
 
     def verify_receipt(self, receipt: Json) -> Json:
-        return self.request("POST", "/v1/receipts/verify", json=receipt)
+        return self._object("POST", "/v1/receipts/verify", json=receipt)
 
     def receipt_keys(self) -> Json:
         """The JWKS of receipts and checkpoints (needs no API key)."""
-        return self.request("GET", "/v1/receipts/keys")
+        return self._object("GET", "/v1/receipts/keys")
 
     def rotate_receipt_key(self) -> Json:
         """Sign with a new key from now on (admin); the new public JWK."""
-        return self.request("POST", "/v1/receipts/keys/rotate")
+        return self._object("POST", "/v1/receipts/keys/rotate")
 
     def audit_checkpoints(self, after: int = 0, limit: int = 100) -> Json:
-        return self.request("GET", "/v1/audit/checkpoints",
-                            params={"after": after, "limit": limit})
+        return self._object("GET", "/v1/audit/checkpoints",
+                             params={"after": after, "limit": limit})
 
     def make_audit_checkpoint(self) -> Json:
         """Sign the audit trail's head now (admin)."""
-        return self.request("POST", "/v1/audit/checkpoints")
+        return self._object("POST", "/v1/audit/checkpoints")
 
     def watch_job(self, job_id: str, *, interval: float = 0.5,
                   timeout: float | None = None) -> Iterator[Json]:
@@ -265,30 +270,30 @@ class Client:
         return list(self.items(f"/v1/models/{model_id}/versions", limit=limit))
 
     def get_version(self, model_id: str, version: str) -> Json:
-        return self.request("GET", f"/v1/models/{model_id}/versions/{version}")
+        return self._object("GET", f"/v1/models/{model_id}/versions/{version}")
 
     def activate(self, model_id: str, version: str, *,
                  override_seal_reason: str | None = None) -> Json:
         """Make a version active (admin); a sealed one needs `override_seal_reason`."""
-        return self.request("POST", f"/v1/models/{model_id}/versions/{version}/activate",
-                            params=_override(override_seal_reason))
+        return self._object("POST", f"/v1/models/{model_id}/versions/{version}/activate",
+                             params=_override(override_seal_reason))
 
     def export(self, model_id: str, version: str, *,
                override_seal_reason: str | None = None) -> Json:
-        return self.request("POST", f"/v1/models/{model_id}/versions/{version}/export",
-                            params=_override(override_seal_reason))
+        return self._object("POST", f"/v1/models/{model_id}/versions/{version}/export",
+                             params=_override(override_seal_reason))
 
     def delete_version(self, model_id: str, version: str) -> Json:
         """Delete a version's patch and exports (admin); its manifest stays, marked
         deleted. 409 for v0, the active version, or one a live version is built from."""
-        return self.request("DELETE", f"/v1/models/{model_id}/versions/{version}")
+        return self._object("DELETE", f"/v1/models/{model_id}/versions/{version}")
 
     def compact(self, model_id: str, version: str, *,
                 override_seal_reason: str | None = None) -> Json:
         """Queue the rewrite of a version as one patch from v0 (admin): a job whose
         result names the versions that can then be deleted."""
-        return self.request("POST", f"/v1/models/{model_id}/versions/{version}/compact",
-                            params=_override(override_seal_reason))
+        return self._object("POST", f"/v1/models/{model_id}/versions/{version}/compact",
+                             params=_override(override_seal_reason))
 
     def verify(self, model_id: str, version: str, records: list[Json], *,
                reference_texts: list[str] | None = None,
@@ -299,8 +304,8 @@ class Client:
             body["reference_texts"] = reference_texts
         if thresholds is not None:
             body["thresholds"] = thresholds
-        return self.request("POST", f"/v1/models/{model_id}/versions/{version}/verify",
-                            json=body, params=_override(override_seal_reason))
+        return self._object("POST", f"/v1/models/{model_id}/versions/{version}/verify",
+                             json=body, params=_override(override_seal_reason))
 
     def generate(self, model_id: str, version: str, prompt: str,
                  max_new_tokens: int | None = None, *,
@@ -308,37 +313,37 @@ class Client:
         body: Json = {"prompt": prompt}
         if max_new_tokens is not None:
             body["max_new_tokens"] = max_new_tokens
-        return self.request("POST", f"/v1/models/{model_id}/versions/{version}/generate",
-                            json=body, params=_override(override_seal_reason))
+        return self._object("POST", f"/v1/models/{model_id}/versions/{version}/generate",
+                             json=body, params=_override(override_seal_reason))
 
     # ------------------------------------------------------------------- keys
     def whoami(self) -> Json:
-        return self.request("GET", "/v1/keys/me")
+        return self._object("GET", "/v1/keys/me")
 
     def create_key(self, role: str, models: Iterable[str] | None = None) -> Json:
         body: Json = {"role": role}
         if models is not None:
             body["models"] = list(models)
-        return self.request("POST", "/v1/keys", json=body)
+        return self._object("POST", "/v1/keys", json=body)
 
     def list_keys(self, *, limit: int | None = None) -> list[Json]:
         """The API keys, oldest first (every page; at most `limit`)."""
         return list(self.items("/v1/keys", limit=limit))
 
     def revoke_key(self, key_id: str) -> Json:
-        return self.request("DELETE", f"/v1/keys/{key_id}")
+        return self._object("DELETE", f"/v1/keys/{key_id}")
 
     # ------------------------------------------------------------------ audit
     def audit(self, after: int = 0, limit: int = 100) -> Json:
         """One page of the audit trail: {"items", "next_after"}."""
-        return self.request("GET", "/v1/audit", params={"after": after, "limit": limit})
+        return self._object("GET", "/v1/audit", params={"after": after, "limit": limit})
 
     def iter_audit(self, after: int = 0, *, limit: int | None = None) -> Iterator[Json]:
         """The audit entries after seq `after`, oldest first, page after page."""
         return self.items("/v1/audit", {"after": after}, limit=limit, field="items")
 
     def audit_verify(self) -> Json:
-        return self.request("GET", "/v1/audit/verify")
+        return self._object("GET", "/v1/audit/verify")
 
 
 def _override(reason: str | None) -> dict[str, str] | None:

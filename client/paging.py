@@ -19,7 +19,8 @@ def next_link(header: str | None, base: str) -> str | None:
         rels = {r.lower() for rel in _REL.findall(match.group(2)) for r in rel.split()}
         if "next" not in rels:
             continue
-        target = urljoin(base, match.group(1))
+        link: str = match.group(1)  # typeshed types a group as `str | Any`
+        target = urljoin(base, link)
         here, there = urlsplit(base), urlsplit(target)
         if (here.scheme, here.netloc) != (there.scheme, there.netloc):
             return None

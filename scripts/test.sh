@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything and runs the whole test suite (what .ci/run calls).
-#   scripts/test.sh                 lint + every test, the slow SmolLM2 ones included
+#   scripts/test.sh                 lint, type check + every test, the slow SmolLM2 ones included
 #   scripts/test.sh -m "not slow"   extra arguments go to pytest (one run, SQLite only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,8 @@ bash scripts/install.sh test
 . .venv/bin/activate
 export ZEROUNLEARN_TORCH_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 ruff check .
+# Types: strict on the packages [tool.mypy] files lists in pyproject.toml.
+python -m mypy
 python -m pytest -q "$@"
 # The tiny models are trained in the test session, and train to different weights on
 # different CPU kernels: with no arguments, their quality tests run a second time under

@@ -7,18 +7,13 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
 
-from store.documents import (
-    JOB_ID_RE,
-    JOB_KINDS,
-    TERMINAL_JOB_STATUSES,
-    check_job_status,
-    new_job_id,
-    utc_now,
-)
+from store.documents import JOB_ID_RE, check_job_status, new_job_id, utc_now
+from store.enums import JOB_KINDS, TERMINAL_JOB_STATUSES, JobStatus
 from store.errors import Conflict, InvalidDocument, NotFound
 from store.sql.engine import Database
-from store.sql.repositories.common import insert_if_absent, thaw
+from store.sql.repositories.common import insert_if_absent, thaw, update_document
 from store.sql.schema import Job
 
 Cursor = tuple[str, str]
@@ -47,7 +42,7 @@ class JobRepository:
         if not isinstance(doc.get("model_id"), str):
             raise InvalidDocument("job document needs a model_id")
         job = {
-            "id": doc.get("id") or new_job_id(), "version": None, "status": "queued",
+            "id": doc.get("id") or new_job_id(), "version": None, "status": JobStatus.QUEUED,
             "progress": {"phase": None, "fraction": 0.0}, "created_at": utc_now(),
             "started_at": None, "finished_at": None, "result": None, "error": None,
             **{k: v for k, v in doc.items() if k != "id"},
@@ -129,15 +124,8 @@ class JobRepository:
     def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
         """Change fields of a job (progress, result...) in one transaction; returns the
         new document. Status changes belong in `transition`."""
-        if "id" in fields:
-            raise InvalidDocument("a job's id cannot change")
-        if "status" in fields:
-            check_job_status(fields["status"])
-        with self.db.write() as s:
-            doc = self._locked(s, job_id)
-            new = {**doc, **fields}
-            s.execute(update(Job).where(Job.id == job_id).values(job_row(new)))
-        return thaw(new)
+        return update_document(self.db, Job, job_id, fields, kind="job",
+                               check_status=check_job_status, row=job_row)
 
     def transition(
         self, job_id: str, allowed_from: Iterable[str], to: str, **fields: Any
@@ -160,7 +148,7 @@ class JobRepository:
                 return None
             now = utc_now()
             job = {**job, "status": to}
-            if to == "running" and "started_at" not in fields:
+            if to == JobStatus.RUNNING and "started_at" not in fields:
                 job["started_at"] = now
             if to in TERMINAL_JOB_STATUSES and "finished_at" not in fields:
                 job["finished_at"] = now
@@ -169,7 +157,7 @@ class JobRepository:
         return thaw(job)
 
     @staticmethod
-    def _locked(s: Any, job_id: str) -> dict[str, Any]:
+    def _locked(s: Session, job_id: str) -> dict[str, Any]:
         doc = s.scalar(select(Job.doc).where(Job.id == str(job_id)).with_for_update())
         if doc is None:
             raise _missing(job_id)

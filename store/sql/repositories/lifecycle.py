@@ -40,8 +40,9 @@ class LifecycleRepository:
                 raise NotFound(f"model {model_id!r} not found", kind="model")
             insert_if_absent(s, Lifecycle, {"model_id": model_id,
                                                       "updated_at": utc_now(), "doc": _empty()})
-            doc = thaw(s.scalar(select(Lifecycle.doc).where(Lifecycle.model_id == model_id)
-                                .with_for_update()))
+            # the row is there: inserted just now or before
+            doc = thaw(s.scalars(select(Lifecycle.doc).where(Lifecycle.model_id == model_id)
+                                 .with_for_update()).one())
             doc.setdefault("versions", {})
             doc.setdefault("overrides", [])
             new = change(doc)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select
 
 from store.documents import (
     MODEL_ID_RE,
@@ -18,9 +18,10 @@ from store.documents import (
     utc_now,
     version_number,
 )
+from store.enums import ModelStatus
 from store.errors import Conflict, InvalidDocument, NotFound
 from store.sql.engine import Database
-from store.sql.repositories.common import insert_if_absent, thaw
+from store.sql.repositories.common import insert_if_absent, thaw, update_document
 from store.sql.schema import Model, Version
 
 
@@ -46,7 +47,7 @@ class ModelRepository:
         model = {
             "id": doc.get("id") or new_model_id(), "architecture": None, "num_layers": None,
             "edit_layers": None, "dtype": "float32", "active_version": "v0",
-            "status": "preparing", "error": None, "created_at": utc_now(),
+            "status": ModelStatus.PREPARING, "error": None, "created_at": utc_now(),
             **{k: v for k, v in doc.items() if k != "id"},
         }
         check_model_status(model["status"])
@@ -83,17 +84,8 @@ class ModelRepository:
 
     def update(self, model_id: str, **fields: Any) -> dict[str, Any]:
         """Change fields of a model in one transaction; returns the new document."""
-        if "id" in fields:
-            raise InvalidDocument("a model's id cannot change")
-        if "status" in fields:
-            check_model_status(fields["status"])
-        with self.db.write() as s:
-            doc = s.scalar(select(Model.doc).where(Model.id == str(model_id)).with_for_update())
-            if doc is None:
-                raise _missing_model(model_id)
-            new = {**doc, **fields}
-            s.execute(update(Model).where(Model.id == model_id).values(model_row(new)))
-        return thaw(new)
+        return update_document(self.db, Model, model_id, fields, kind="model",
+                               check_status=check_model_status, row=model_row)
 
 
 def model_row(model: dict[str, Any]) -> dict[str, Any]:

@@ -14,9 +14,11 @@ import builtins
 from typing import Any
 
 from sqlalchemy import null, select, update
+from sqlalchemy.orm import Session
 
 from store.datakeys import DataKeys, KeyDestroyed, is_sealed
 from store.documents import utc_now
+from store.enums import CallbackState
 from store.errors import Conflict, InvalidDocument, NotFound
 from store.requests import TEXT_ARGS, RequestPurged, TaskArgs, _context
 from store.sql.engine import Database
@@ -127,7 +129,8 @@ class RequestRepository:
         makes one meanwhile, and return the request as it was; None otherwise."""
         with self.db.write() as s:
             row = self._locked_pending(s, job_id)
-            if row.callback_state != "pending" or now < (row.callback_next_attempt_at or 0):
+            due = row.callback_next_attempt_at or 0
+            if row.callback_state != CallbackState.PENDING or now < due:
                 return None
             before = _doc(row)
             after = {**before, "callback": {**before["callback"], "next_attempt_at": now + hold_s}}
@@ -145,7 +148,7 @@ class RequestRepository:
         """Job ids of pending requests whose callback is due at `now` (indexed)."""
         with self.db.read() as s:
             return list(s.scalars(select(Request.job_id).where(
-                Request.settled.is_(False), Request.callback_state == "pending",
+                Request.settled.is_(False), Request.callback_state == CallbackState.PENDING,
                 Request.callback_next_attempt_at <= now)))
 
     def read_pending(self, job_ids: Any) -> builtins.list[dict[str, Any]]:
@@ -197,7 +200,7 @@ class RequestRepository:
         return self.update(job_id, task_args=None, purged_at=utc_now())
 
     @staticmethod
-    def _locked_pending(s: Any, job_id: str) -> Request:
+    def _locked_pending(s: Session, job_id: str) -> Request:
         row = s.scalar(select(Request).where(Request.job_id == str(job_id))
                        .with_for_update().execution_options(populate_existing=True))
         if row is None or row.settled:
