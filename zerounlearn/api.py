@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,13 +14,16 @@ from zerounlearn.methods.registry import UnlearningMethod, get_method
 from zerounlearn.patch import Patch
 from zerounlearn.records import ForgetRecord, RetainFact, validate_records, validate_retain
 
+if TYPE_CHECKING:
+    from zerounlearn.loading import LoadedModel
+
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
 
 
 def check_records(
-    lm: Any, records: Iterable[ForgetRecord | Mapping[str, Any]]
+    lm: LoadedModel, records: Iterable[ForgetRecord | Mapping[str, Any]]
 ) -> list[ForgetRecord]:
     """validate_records plus the token-level rules (InvalidRecord naming records[i]):
     the subject maps to a token, prompt + answer (+ target) fit the model's positions."""
@@ -36,7 +39,7 @@ def check_patch_finite(patch: Patch) -> None:
 
 
 def forget(
-    lm: Any,
+    lm: LoadedModel,
     records: Iterable[ForgetRecord | Mapping[str, Any]],
     method: str | UnlearningMethod = "zerounlearn",
     hparams: dict[str, Any] | None = None,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,9 @@ from zerounlearn.tokens import (
     score_answers,
 )
 
+if TYPE_CHECKING:
+    from zerounlearn.loading import LoadedModel
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_REFERENCE_TEXTS: tuple[str, ...] = tuple(_packaged_reference_texts())
@@ -40,7 +43,7 @@ DEFAULT_REFERENCE_TEXTS: tuple[str, ...] = tuple(_packaged_reference_texts())
 Progress = Callable[[str, float], None]
 
 
-def _device(lm: Any) -> torch.device:
+def _device(lm: LoadedModel) -> torch.device:
     device = getattr(lm, "device", None)
     return torch.device(device) if device is not None else next(lm.model.parameters()).device
 
@@ -54,7 +57,7 @@ def _percent(flags: Sequence[bool]) -> float | None:
 
 
 def _score_pairs(
-    lm: Any, prompts: Sequence[str], answers: Sequence[str], batch_size: int
+    lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str], batch_size: int
 ) -> list[tuple[bool, float]]:
     """Per pair: (answer fully reproduced?, exp(-mean NLL of its tokens))."""
     limit = max_positions(lm.model)
@@ -72,7 +75,7 @@ def _score_pairs(
 
 @torch.no_grad()
 def greedy_continuations(
-    lm: Any,
+    lm: LoadedModel,
     prompts: Sequence[str],
     max_new_tokens: int,
     *,
@@ -130,7 +133,7 @@ def _decided(
 
 
 @torch.no_grad()
-def greedy_generate(lm: Any, prompt: str, max_new_tokens: int = 32) -> str:
+def greedy_generate(lm: LoadedModel, prompt: str, max_new_tokens: int = 32) -> str:
     """Greedy continuation of one prompt, as text (special tokens dropped), for callers
     that asked for it. Stops at the model's end-of-sequence token(s)."""
     device = _device(lm)
@@ -142,18 +145,20 @@ def greedy_generate(lm: Any, prompt: str, max_new_tokens: int = 32) -> str:
     pad = lm.tokenizer.pad_token_id
     if pad is None:
         pad = lm.tokenizer.eos_token_id if lm.tokenizer.eos_token_id is not None else 0
-    output = lm.model.generate(
+    # generate() comes from GenerationMixin, which the PreTrainedModel type lacks
+    output = lm.model.generate(  # type: ignore[operator]
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
         max_new_tokens=new,
         do_sample=False,
         pad_token_id=pad,
     )  # (1, T + new)
-    return lm.tokenizer.decode(output[0, ids.shape[1] :].tolist(), skip_special_tokens=True)
+    text = lm.tokenizer.decode(output[0, ids.shape[1] :].tolist(), skip_special_tokens=True)
+    return str(text)  # one sequence decodes to one str
 
 
 @torch.no_grad()
-def perplexity(lm: Any, texts: Iterable[str], batch_size: int = 8) -> float:
+def perplexity(lm: LoadedModel, texts: Iterable[str], batch_size: int = 8) -> float:
     """Token-weighted perplexity: exp(total NLL / number of predicted tokens).
 
     Each text is encoded with the tokenizer's own special-token rule and cut to the
@@ -188,7 +193,7 @@ def perplexity(lm: Any, texts: Iterable[str], batch_size: int = 8) -> float:
 
 
 def reproduced(
-    lm: Any, records: Iterable[ForgetRecord | Mapping[str, Any]], batch_size: int = 16
+    lm: LoadedModel, records: Iterable[ForgetRecord | Mapping[str, Any]], batch_size: int = 16
 ) -> list[bool]:
     """Per record: is its answer still fully reproduced after its prompt (teacher
     forcing, every answer token the argmax)? The efficacy test, without the rest."""
@@ -203,7 +208,7 @@ def _as_records(records: Iterable[ForgetRecord | Mapping[str, Any]]) -> list[For
 
 
 def evaluate(
-    lm: Any,
+    lm: LoadedModel,
     records: Iterable[ForgetRecord | Mapping[str, Any]],
     reference_texts: Sequence[str] | None = None,
     *,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,9 @@ from zerounlearn.errors import InvalidRecord
 from zerounlearn.records import ForgetRecord
 from zerounlearn.tokens import encode_continuation, encode_prompt, max_positions
 from zerounlearn.upper import UpperStack, capture_stack
+
+if TYPE_CHECKING:
+    from zerounlearn.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ def neutral_target_ids(tokenizer: Any, neutral_target: str) -> list[int]:
 
 
 def prepare_requests(
-    lm: Any, records: Sequence[ForgetRecord], neutral_target: str | None = "endoftext"
+    lm: LoadedModel, records: Sequence[ForgetRecord], neutral_target: str | None = "endoftext"
 ) -> list[EditRequest]:
     """Token-level checks (errors name records[i], never their text) and encoding.
 
@@ -180,7 +183,7 @@ def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def site_batch(lm: Any, sites: Sequence[Site]
+def site_batch(lm: LoadedModel, sites: Sequence[Site]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids (B, T), attention_mask (B, T), row (S,), position (S,)) of the sites."""
     rows = [encode_prompt(lm.tokenizer, s.text) for s in sites]
@@ -202,7 +205,7 @@ class KeyPrefix:
 
 @torch.no_grad()
 def key_prefix(
-    lm: Any, requests: Sequence[EditRequest], templates: Sequence[str], first_layer: int,
+    lm: LoadedModel, requests: Sequence[EditRequest], templates: Sequence[str], first_layer: int,
     last_layer: int, protected: Sequence[Site] = (),
 ) -> KeyPrefix:
     """One forward of the (still unedited) model over compute_keys' sites, stopped as
@@ -217,7 +220,7 @@ def key_prefix(
 
 @torch.no_grad()
 def capture(
-    lm: Any, sites: Sequence[Site], layer: int, block_layer: int,
+    lm: LoadedModel, sites: Sequence[Site], layer: int, block_layer: int,
     prefix: KeyPrefix | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward: keys at layer `layer` and block outputs of `block_layer` at each site.
@@ -248,12 +251,13 @@ def capture(
             model(input_ids=ids, attention_mask=mask, use_cache=False)
         else:
             if prefix.sites != len(sites) or prefix.stack.stop != block_layer \
-                    or not prefix.stack.start <= layer <= block_layer:
+                    or not prefix.stack.start <= layer <= block_layer \
+                    or prefix.stack.hidden is None:
                 raise ValueError("the key prefix was built for other sites or layers")
             prefix.stack.run(prefix.stack.hidden)  # (B, T, d_model) entering block first
     finally:
-        for h in handles:
-            h.remove()
+        for handle in handles:
+            handle.remove()
     k = got["k"].T.contiguous()  # (S, d_ff) -> (d_ff, S)
     h = got["h"].T.contiguous()  # (S, d_model) -> (d_model, S)
     return k, h
@@ -279,7 +283,7 @@ class KeyState:
 
 
 def compute_keys(
-    lm: Any,
+    lm: LoadedModel,
     requests: Sequence[EditRequest],
     templates: Sequence[str],
     layer: int,

@@ -16,12 +16,15 @@ token; the target optimisation reaches them by KL (targets.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from zerounlearn.keys import EditRequest, pad_id, pad_rows
 from zerounlearn.tokens import encode_prompt
+
+if TYPE_CHECKING:
+    from zerounlearn.loading import LoadedModel
 
 GENERIC_SUBJECT = "the thing"  # measured on SmolLM2: diffuse (" a", " the"), rarely an answer
 
@@ -35,7 +38,7 @@ def generic_text(req: EditRequest, generic: str = GENERIC_SUBJECT) -> str:
 
 
 @torch.no_grad()
-def generic_distributions(lm: Any, requests: Sequence[EditRequest]) -> torch.Tensor:
+def generic_distributions(lm: LoadedModel, requests: Sequence[EditRequest]) -> torch.Tensor:
     """(n, V) float32 on the CPU: the generic prompts' next-token distributions, each
     without its record's first answer token, renormalised."""
     rows = [encode_prompt(lm.tokenizer, generic_text(r)) for r in requests]

@@ -33,7 +33,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -42,6 +42,9 @@ from torch import nn
 
 from zerounlearn.adapters import ArchitectureAdapter, adapter_for
 from zerounlearn.errors import InvalidHyperParameters, NonFiniteResult, PatchMismatch
+
+if TYPE_CHECKING:
+    from zerounlearn.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -78,17 +81,22 @@ class Patch:
         return sorted(self.weights)
 
 
-def _target(model_or_loaded: Any) -> tuple[nn.Module, ArchitectureAdapter, str | None]:
+def _target(
+    model_or_loaded: LoadedModel | nn.Module,
+) -> tuple[nn.Module, ArchitectureAdapter, str | None]:
     """(model, adapter, fingerprint or None) from a LoadedModel or a bare causal LM."""
     model = getattr(model_or_loaded, "model", None)
-    if isinstance(model, nn.Module) and hasattr(model_or_loaded, "adapter"):
-        return model, model_or_loaded.adapter, getattr(model_or_loaded, "fingerprint", None)
+    adapter = getattr(model_or_loaded, "adapter", None)  # a LoadedModel, or one alike
+    if isinstance(model, nn.Module) and adapter is not None:
+        return model, adapter, getattr(model_or_loaded, "fingerprint", None)
     if isinstance(model_or_loaded, nn.Module):
         return model_or_loaded, adapter_for(model_or_loaded), None
     raise TypeError("apply_patch expects a LoadedModel or a torch causal LM")
 
 
-def check_patch(model_or_loaded: Any, patch: Patch, *, check_fingerprint: bool = True) -> None:
+def check_patch(
+    model_or_loaded: LoadedModel | nn.Module, patch: Patch, *, check_fingerprint: bool = True
+) -> None:
     """Raise PatchMismatch / NonFiniteResult unless `patch` fits the model."""
     model, adapter, fingerprint = _target(model_or_loaded)
     if (
@@ -118,7 +126,9 @@ def check_patch(model_or_loaded: Any, patch: Patch, *, check_fingerprint: bool =
             raise NonFiniteResult(f"layer {layer}: patch weight holds NaN or inf")
 
 
-def apply_patch(model_or_loaded: Any, patch: Patch, *, check_fingerprint: bool = True) -> None:
+def apply_patch(
+    model_or_loaded: LoadedModel | nn.Module, patch: Patch, *, check_fingerprint: bool = True
+) -> None:
     """Copy the patch's weights into the model, in place and exactly.
 
     Everything is checked before anything is written, so a refused patch leaves the model

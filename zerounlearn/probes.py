@@ -30,7 +30,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from zerounlearn.evaluate import reproduced
 from zerounlearn.records import ForgetRecord, validate_records
 from zerounlearn.tokens import encode_continuation, encode_prompt, max_positions
+
+if TYPE_CHECKING:
+    from zerounlearn.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ free of the packaged test facts' subjects (capitals, symbols, currencies, ...)."
 Progress = Callable[[str, float], None]
 
 
-def _device(lm: Any) -> torch.device:
+def _device(lm: LoadedModel) -> torch.device:
     device = getattr(lm, "device", None)
     return torch.device(device) if device is not None else next(lm.model.parameters()).device
 
@@ -134,7 +137,7 @@ def answer_found(
 
 
 # ------------------------------------------------------------------ generation
-def _stop_ids(lm: Any) -> set[int]:
+def _stop_ids(lm: LoadedModel) -> set[int]:
     """End-of-sequence ids: the generation config's and the tokenizer's."""
     ids: set[int] = set()
     cfg = getattr(lm.model, "generation_config", None)
@@ -164,7 +167,7 @@ class _SentenceDone(StoppingCriteria):
 
 @torch.no_grad()
 def greedy_ids(
-    lm: Any,
+    lm: LoadedModel,
     rows: Sequence[Sequence[int]],
     max_new_tokens: int,
     *,
@@ -197,7 +200,8 @@ def greedy_ids(
         criteria = StoppingCriteriaList(
             [_SentenceDone(lm.tokenizer, width)] if first_sentence else []
         )
-        generated = lm.model.generate(
+        # generate() comes from GenerationMixin, which the PreTrainedModel type lacks
+        generated = lm.model.generate(  # type: ignore[operator]
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=new,
@@ -232,7 +236,7 @@ def context_sentences(
 
 
 def _context_rows(
-    lm: Any, recs: Sequence[ForgetRecord], facts: Sequence[str], count: int, room: int
+    lm: LoadedModel, recs: Sequence[ForgetRecord], facts: Sequence[str], count: int, room: int
 ) -> tuple[list[list[int]], list[int]]:
     """Per record: prompt ids after its context sentences, and how many sentences fit
     (the earliest are dropped until context + prompt + `room` new tokens fit)."""
@@ -343,7 +347,7 @@ def _as_records(records: Iterable[ForgetRecord | Mapping[str, Any]]) -> list[For
 
 
 def probe(
-    lm: Any,
+    lm: LoadedModel,
     records: Iterable[ForgetRecord | Mapping[str, Any]],
     *,
     probes: Sequence[str] = PROBES,

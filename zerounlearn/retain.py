@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +31,9 @@ from zerounlearn.adapters import token_grid
 from zerounlearn.keys import EditRequest, Site, record_sites, site_batch
 from zerounlearn.protect import fact_site, substitution_sites
 from zerounlearn.records import RetainFact
+
+if TYPE_CHECKING:
+    from zerounlearn.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class _Enough(Exception):
 
 
 @torch.no_grad()
-def keys_at(lm: Any, sites: Sequence[Site], layer: int) -> torch.Tensor:
+def keys_at(lm: LoadedModel, sites: Sequence[Site], layer: int) -> torch.Tensor:
     """Down-projection inputs of `layer` at every site index, (d_ff, S); the forward
     stops there (the blocks above and the output head never run)."""
     ids, mask, row_idx, pos_idx = site_batch(lm, sites)
@@ -91,7 +94,7 @@ def keys_at(lm: Any, sites: Sequence[Site], layer: int) -> torch.Tensor:
 
 @torch.no_grad()
 def select_at_risk(
-    lm: Any, requests: Sequence[EditRequest], candidates: Sequence[Candidate], layer: int,
+    lm: LoadedModel, requests: Sequence[EditRequest], candidates: Sequence[Candidate], layer: int,
     top_k: int, batch_sites: int = 256,
 ) -> tuple[list[Site], dict[str, Any]]:
     """The top_k candidates whose keys at `layer` lie closest to the forget keys, and

@@ -50,7 +50,8 @@ def sensitive_basis(m_f: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
     if s.numel() == 0 or s.max() == 0:
         return m.new_zeros((m.shape[0], 0))
     keep = s > rtol * s.max()
-    return u[:, keep].contiguous()  # (d_model, r)
+    q: torch.Tensor = u[:, keep].contiguous()  # (d_model, r)
+    return q
 
 
 def projector(q: torch.Tensor, eps: float) -> torch.Tensor:
@@ -90,7 +91,7 @@ def solve_normal(a_mat: torch.Tensor, b_mat: torch.Tensor) -> torch.Tensor:
     if not (torch.isfinite(a_mat).all() and torch.isfinite(b_mat).all()):
         raise NonFiniteResult("the normal equations of the edit are not finite")
     try:
-        d = torch.linalg.solve(b_mat.T, a_mat.T).T  # (d_model, d_model)
+        d: torch.Tensor = torch.linalg.solve(b_mat.T, a_mat.T).T  # (d_model, d_model)
     except RuntimeError as exc:  # torch.linalg.LinAlgError derives from RuntimeError
         raise NonFiniteResult("the normal equations of the edit are singular") from exc
     if not torch.isfinite(d).all():
@@ -98,60 +99,35 @@ def solve_normal(a_mat: torch.Tensor, b_mat: torch.Tensor) -> torch.Tensor:
     return d
 
 
-def global_update(
+def multiplicative_update(
     w: torch.Tensor,
     c: torch.Tensor,
     k_f: torch.Tensor,
     v: torch.Tensor,
     p: torch.Tensor,
     *,
+    gated: bool,
     a: float,
     b: float,
     lam: float,
     k_p: torch.Tensor | None = None,
     c_p: float = 0.0,
 ) -> torch.Tensor:
-    """The paper's D = P (S_VK + lam W) W^T B^-1, with S_VK = a W C + b V K_f^T.
-
-    Returns D (d_model, d_model) in float64.
+    """D (d_model, d_model) float64 for W <- D W, with S_VK = a W C + b V' K_f^T
+    (+ c W K_p K_p^T) and the same B for both forms; `gated` says where P applies:
+      global (the paper, gated=False):  V' = V,    A = P (S_VK + lam W) W^T
+      key-gated (ours, gated=True):     V' = P V,  A = (S_VK + lam W) W^T
     """
     dev = w.device
     w, c, k_f, v, p = (_f64(x, dev) for x in (w, c, k_f, v, p))
     k_p = None if k_p is None else _f64(k_p, dev)
-    s_vk = a * (w @ c) + b * (v @ k_f.T)  # (d_model, d_ff)
+    target = p @ v if gated else v  # (d_model, n)
+    s_vk = a * (w @ c) + b * (target @ k_f.T)  # (d_model, d_ff)
     extra = _preserve_vk(w, k_p, c_p)
     if extra is not None:
         s_vk = s_vk + extra
-    a_mat = p @ (s_vk + lam * w) @ w.T  # (d_model, d_model)
-    b_mat = _normal_b(w, c, k_f, a, b, lam, k_p, c_p)
-    return solve_normal(a_mat, b_mat)
-
-
-def key_gated_update(
-    w: torch.Tensor,
-    c: torch.Tensor,
-    k_f: torch.Tensor,
-    v: torch.Tensor,
-    p: torch.Tensor,
-    *,
-    a: float,
-    b: float,
-    lam: float,
-    k_p: torch.Tensor | None = None,
-    c_p: float = 0.0,
-) -> torch.Tensor:
-    """Ours: A = (a W C + b (P V) K_f^T + c W K_p K_p^T + lam W) W^T, same B.
-
-    Returns D (d_model, d_model) in float64.
-    """
-    dev = w.device
-    w, c, k_f, v, p = (_f64(x, dev) for x in (w, c, k_f, v, p))
-    k_p = None if k_p is None else _f64(k_p, dev)
-    s_vk = a * (w @ c) + b * ((p @ v) @ k_f.T)  # (d_model, d_ff)
-    extra = _preserve_vk(w, k_p, c_p)
-    if extra is not None:
-        s_vk = s_vk + extra
-    a_mat = (s_vk + lam * w) @ w.T  # (d_model, d_model)
+    kept = s_vk + lam * w  # (d_model, d_ff)
+    a_mat = (kept if gated else p @ kept) @ w.T  # (d_model, d_model)
     b_mat = _normal_b(w, c, k_f, a, b, lam, k_p, c_p)
     return solve_normal(a_mat, b_mat)
 
@@ -168,9 +144,10 @@ def unconstrained_update(
     k_p: torch.Tensor | None = None,
     c_p: float = 0.0,
 ) -> torch.Tensor:
-    """D0, the plain least-squares map (no projector): global_update with P = I."""
+    """D0, the plain least-squares map (no projector): the global form with P = I."""
     eye = torch.eye(w.shape[0], dtype=DTYPE, device=w.device)
-    return global_update(w, c, k_f, v, eye, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p)
+    return multiplicative_update(w, c, k_f, v, eye, gated=False, a=a, b=b, lam=lam, k_p=k_p,
+                                 c_p=c_p)
 
 
 def direct_update(

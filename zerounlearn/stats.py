@@ -46,13 +46,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from zerounlearn.errors import InvalidHyperParameters
 from zerounlearn.tokens import encode_continuation, encode_prompt, max_positions
+
+if TYPE_CHECKING:
+    from zerounlearn.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +148,7 @@ def _documents(files: Sequence[str]) -> Iterator[str]:
             yield from (p.strip() for p in paragraphs if p.strip())
 
 
-def _corpus_rows(lm: Any, corpus: CorpusSpec, seq_len: int) -> Iterator[list[int]]:
+def _corpus_rows(lm: LoadedModel, corpus: CorpusSpec, seq_len: int) -> Iterator[list[int]]:
     """Token rows from the caller's files, packed, `corpus.samples` tokens at most.
 
     Documents are joined by the separator; every row starts with it, so no row begins
@@ -169,7 +172,7 @@ def _corpus_rows(lm: Any, corpus: CorpusSpec, seq_len: int) -> Iterator[list[int
 
 @torch.no_grad()
 def sample_tokens(
-    lm: Any, samples: int, seq_len: int, seed: int, progress: Progress | None = None
+    lm: LoadedModel, samples: int, seq_len: int, seed: int, progress: Progress | None = None
 ) -> torch.Tensor:
     """Model-sampled token rows (N, seq_len), long, N = ceil(samples / seq_len).
 
@@ -237,10 +240,10 @@ class StatsCache:
         self.batch_size = batch_size
 
     # ------------------------------------------------------------------ keys
-    def _seq_len(self, lm: Any, corpus: CorpusSpec) -> int:
+    def _seq_len(self, lm: LoadedModel, corpus: CorpusSpec) -> int:
         return min(corpus.seq_len, max_positions(lm.model))
 
-    def _source_key(self, lm: Any, corpus: CorpusSpec) -> dict[str, Any]:
+    def _source_key(self, lm: LoadedModel, corpus: CorpusSpec) -> dict[str, Any]:
         """Everything that identifies the tokens and the model, without the layer."""
         if corpus.files:
             source: Any = [_sha256_file(Path(f)) for f in corpus.files]
@@ -255,7 +258,7 @@ class StatsCache:
             "dtype": str(getattr(lm, "dtype", next(lm.model.parameters()).dtype)),
         }
 
-    def path_for(self, lm: Any, layer: int, corpus: CorpusSpec) -> Path:
+    def path_for(self, lm: LoadedModel, layer: int, corpus: CorpusSpec) -> Path:
         """Where the statistics of `layer` are (or will be) cached."""
         return self._path(self._source_key(lm, corpus), layer)
 
@@ -265,14 +268,14 @@ class StatsCache:
 
     # ------------------------------------------------------------------ public
     def second_moment(
-        self, lm: Any, layer: int, corpus: CorpusSpec, *, progress: Progress | None = None
+        self, lm: LoadedModel, layer: int, corpus: CorpusSpec, *, progress: Progress | None = None
     ) -> torch.Tensor:
         """C = E[k k^T] (d_ff, d_ff) float32 on CPU, from the cache or computed once."""
         return self.ensure(lm, [layer], corpus, progress)[layer]
 
     def ensure(
         self,
-        lm: Any,
+        lm: LoadedModel,
         layers: Iterable[int],
         corpus: CorpusSpec,
         progress: Progress | None = None,
@@ -304,7 +307,7 @@ class StatsCache:
         return found
 
     def _sampled_ids(
-        self, lm: Any, corpus: CorpusSpec, seq_len: int, progress: Progress | None
+        self, lm: LoadedModel, corpus: CorpusSpec, seq_len: int, progress: Progress | None
     ) -> torch.Tensor:
         """Model-sampled rows (N, seq_len), from the cache or sampled (and cached) now."""
         key = {"fingerprint": lm.fingerprint, "seed": corpus.seed, "seq_len": seq_len,
@@ -322,7 +325,7 @@ class StatsCache:
         return ids
 
     def _token_rows(
-        self, lm: Any, corpus: CorpusSpec, progress: Progress | None
+        self, lm: LoadedModel, corpus: CorpusSpec, progress: Progress | None
     ) -> Iterator[list[int]]:
         """The rows whose keys are counted; model sampling (if any) happens right here."""
         seq_len = self._seq_len(lm, corpus)
@@ -335,7 +338,7 @@ class StatsCache:
     @torch.no_grad()
     def _compute(
         self,
-        lm: Any,
+        lm: LoadedModel,
         layers: list[int],
         corpus: CorpusSpec,
         source_key: dict[str, Any],

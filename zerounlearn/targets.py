@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -46,6 +46,10 @@ from zerounlearn.adapters import block_hidden, replace_block_hidden, token_grid
 from zerounlearn.keys import EditRequest, edit_index, pad_id, pad_rows, templated
 from zerounlearn.tokens import encode_prompt
 from zerounlearn.upper import UpperStack, capture_stack
+
+if TYPE_CHECKING:
+    from zerounlearn.config import TargetHParams
+    from zerounlearn.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ class TargetSettings:
     upper_only: bool = True  # passes after the first run only the blocks above the point
 
     @classmethod
-    def from_hparams(cls, hp: Any) -> TargetSettings:
+    def from_hparams(cls, hp: TargetHParams) -> TargetSettings:
         return cls(hp.target_lr, hp.target_steps, hp.target_stop_loss, hp.early_stop_on,
                    hp.kl_weight, hp.weight_decay, hp.clamp, hp.step_units, hp.batch_records,
                    hp.upper_only)
@@ -122,7 +126,7 @@ class _Batch:
 
 
 def _build_batch(
-    lm: Any, requests: Sequence[EditRequest], templates: Sequence[str],
+    lm: LoadedModel, requests: Sequence[EditRequest], templates: Sequence[str],
     targets: Sequence[list[int]], widen: bool = False,
 ) -> _Batch:
     """widen: one more pad column when the width equals the number of rows, so that an
@@ -163,7 +167,7 @@ def _build_batch(
         ids = torch.cat([ids, ids.new_full((len(rows), 1), pad_id(tok))], dim=1)
         mask = torch.cat([mask, mask.new_zeros((len(rows), 1))], dim=1)
 
-    def as_tensor(x: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    def as_tensor(x: list[int] | list[float], dtype: torch.dtype = torch.long) -> torch.Tensor:
         return torch.tensor(x, dtype=dtype, device=device)
 
     return _Batch(ids=ids, mask=mask, rec=as_tensor(rec), pos=as_tensor(pos),
@@ -191,6 +195,38 @@ def _subset(batch: _Batch, keep: torch.Tensor) -> _Batch:
                   new_index[batch.kl_row[kl]], batch.kl_pos[kl])
 
 
+@dataclass
+class _CleanPass:
+    """What the first pass (u = 0, all rows) reads at the hook point."""
+
+    h: torch.Tensor  # (n, d_model) each record's clean value at its edit token
+    scale: torch.Tensor  # (n,) delta_b = scale_b u_b: ||h_b|| / sqrt(d_model), or 1
+    hidden: torch.Tensor  # (R, T, d_model) the whole clean output: the upper stack's input
+
+
+@dataclass
+class _OptState:
+    """What the forward hook and the passes of one _optimize call share."""
+
+    batch: _Batch  # the rows of this pass (records that stopped have left)
+    soft: tuple[torch.Tensor, torch.Tensor] | None = None  # q (n, V) and -H(q) (n,)
+    first: _CleanPass | None = None  # set by the hook in the first pass
+    stack: UpperStack | None = None  # the upper blocks, when they reproduce the model
+    kl_init: torch.Tensor | None = None  # (n, V) "is a" log-probs of the first pass
+
+    @property
+    def clean(self) -> _CleanPass:
+        if self.first is None:
+            raise RuntimeError("the first pass has not run yet")
+        return self.first
+
+    @property
+    def upper(self) -> UpperStack:
+        if self.stack is None:
+            raise RuntimeError("no upper stack was captured")
+        return self.stack
+
+
 def _shifted(hidden: torch.Tensor, batch: _Batch, delta: torch.Tensor) -> torch.Tensor:
     """hidden (R, T, d_model) + delta (n, d_model) of each row's record at its edit token."""
     dev = hidden.device  # with a device map, block L's device
@@ -200,7 +236,7 @@ def _shifted(hidden: torch.Tensor, batch: _Batch, delta: torch.Tensor) -> torch.
     return hidden + shift
 
 
-def _logits_at(lm: Any, batch: _Batch, rows: torch.Tensor, pos: torch.Tensor,
+def _logits_at(lm: LoadedModel, batch: _Batch, rows: torch.Tensor, pos: torch.Tensor,
                upper: Callable[[], torch.Tensor] | None = None,
                stack: UpperStack | None = None) -> torch.Tensor:
     """Logits (k, V) at (rows, pos) only: the output head runs on k positions, not R * T.
@@ -210,21 +246,23 @@ def _logits_at(lm: Any, batch: _Batch, rows: torch.Tensor, pos: torch.Tensor,
     if stack is not None and upper is not None:
         return stack.logits_at(stack.run(upper()), rows, pos).to(rows.device)
     model = lm.model
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings()  # type: ignore[no-untyped-call]
     if head is None:  # no separate head: full forward
-        logits = model(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits
-        return logits[rows.to(logits.device), pos.to(logits.device)].float().to(rows.device)
+        every = model(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits
+        picked: torch.Tensor = every[rows.to(every.device), pos.to(every.device)]  # (k, V)
+        return picked.float().to(rows.device)
     hidden = model.base_model(input_ids=batch.ids, attention_mask=batch.mask,
                               use_cache=False).last_hidden_state  # (R, T, d_model), normed
     dev = hidden.device
-    logits = head(hidden[rows.to(dev), pos.to(dev)]).float().to(rows.device)  # (k, V)
+    logits: torch.Tensor = head(hidden[rows.to(dev), pos.to(dev)])  # (k, V)
+    logits = logits.float().to(rows.device)
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
 
 
-def _hook_module(lm: Any, point: str, layer: int) -> torch.nn.Module:
+def _hook_module(lm: LoadedModel, point: str, layer: int) -> torch.nn.Module:
     if point == "block":
         return lm.adapter.block(lm.model, layer)
     if point == "down_proj":
@@ -233,7 +271,7 @@ def _hook_module(lm: Any, point: str, layer: int) -> torch.nn.Module:
 
 
 def optimize_deltas(
-    lm: Any,
+    lm: LoadedModel,
     requests: Sequence[EditRequest],
     templates: Sequence[str],
     targets: Sequence[list[int]],
@@ -266,7 +304,7 @@ def optimize_deltas(
 
 
 def _optimize(
-    lm: Any,
+    lm: LoadedModel,
     requests: Sequence[EditRequest],
     templates: Sequence[str],
     targets: Sequence[list[int]],
@@ -281,34 +319,37 @@ def _optimize(
     d_model = lm.adapter.d_model(lm.model)
     u = torch.zeros(n, d_model, device=lm.device, requires_grad=True)  # (n, d_model)
     opt = torch.optim.Adam([u], lr=st.lr)
-    state: dict[str, Any] = {"batch": full}
+    state = _OptState(batch=full)
     if soft is not None:
         q = soft.to(lm.device, torch.float32)  # (n, V)
-        state["soft"] = (q, (q * q.clamp_min(1e-30).log()).sum(-1))  # q and -H(q) (n,)
+        state.soft = (q, (q * q.clamp_min(1e-30).log()).sum(-1))  # q and -H(q) (n,)
 
-    def add_delta(_module, _args, output):
-        batch: _Batch = state["batch"]
+    def add_delta(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
+        batch = state.batch
         if point == "block":
             hidden = block_hidden(output)  # (R, T, d_model)
         else:  # OPT's MLP output is (R*T, d_model): seen as (R, T, d_model), returned flat
             hidden = token_grid(output, *batch.ids.shape)  # (R, T, d_model)
-        if "h" not in state:  # first pass (u = 0, all rows): read the clean values
+        if state.first is None:  # first pass (u = 0, all rows): read the clean values
             clean = torch.arange(n, device=hidden.device) * n_tpl  # template 0 rows
             at = batch.pos.to(hidden.device)[clean]  # (n,) edit positions
-            state["h"] = hidden[clean, at].detach().float().to(u.device)  # (n, d_model)
-            rel = state["h"].norm(dim=-1) / d_model ** 0.5  # Adam moves coordinates by ~lr
-            state["scale"] = rel if st.step_units == "relative" else torch.ones_like(rel)
-            state["clean"] = hidden.detach()  # (R, T, d_model): the upper stack's input
-        hidden = _shifted(hidden, batch, u * state["scale"][:, None])
+            h = hidden[clean, at].detach().float().to(u.device)  # (n, d_model)
+            rel = h.norm(dim=-1) / d_model ** 0.5  # Adam moves coordinates by ~lr
+            state.first = _CleanPass(
+                h=h, scale=rel if st.step_units == "relative" else torch.ones_like(rel),
+                hidden=hidden.detach())
+        hidden = _shifted(hidden, batch, u * state.clean.scale[:, None])
         if point == "block":
             return replace_block_hidden(output, hidden)
         return hidden.view(output.shape)  # the MLP output's own shape
 
     def upper_input() -> torch.Tensor:
         """The stack's first input: block L's output + delta, or block l's input."""
-        stack: UpperStack = state["stack"]
+        stack = state.upper
+        if stack.hidden is None:
+            raise RuntimeError("the upper stack has no recorded input")
         if point == "block":
-            return _shifted(stack.hidden, state["batch"], u * state["scale"][:, None])
+            return _shifted(stack.hidden, state.batch, u * state.clean.scale[:, None])
         return stack.hidden
 
     active = torch.ones(n, dtype=torch.bool, device=lm.device)
@@ -322,7 +363,7 @@ def _optimize(
             for it in range(total_steps):
                 # finished records leave the batch: their rows are no longer computed
                 every = bool(active.all())
-                state["batch"] = batch = full if every else _subset(full, active)
+                state.batch = batch = full if every else _subset(full, active)
                 idx = active.nonzero().squeeze(1)  # (n',) records in this pass
                 rows, pos = _scored_sites(batch)
                 if it == 0 and st.upper_only:
@@ -332,14 +373,14 @@ def _optimize(
                     full_stack = _checked_stack(full_stack, point, state, logits,
                                                 upper_input, rows, pos)
                 elif full_stack is not None:
-                    if state["stack"].rows != len(batch.rec):  # records left: fewer rows
-                        state["stack"] = full_stack.subset(_kept_rows(full, active))
-                    logits = _logits_at(lm, batch, rows, pos, upper_input, state["stack"])
+                    if state.upper.rows != len(batch.rec):  # records left: fewer rows
+                        state.stack = full_stack.subset(_kept_rows(full, active))
+                    logits = _logits_at(lm, batch, rows, pos, upper_input, state.upper)
                 else:
                     logits = _logits_at(lm, batch, rows, pos)
                 nll_b, kl_b = _losses(logits, batch, idx, state, it)  # (n',), (n',)
-                h_norm = state["h"][idx].norm(dim=-1)  # (n',)
-                delta_norm = (u[idx] * state["scale"][idx, None]).norm(dim=-1)  # (n',)
+                h_norm = state.clean.h[idx].norm(dim=-1)  # (n',)
+                delta_norm = (u[idx] * state.clean.scale[idx, None]).norm(dim=-1)  # (n',)
                 total_b = nll_b + st.kl_weight * kl_b + st.weight_decay * delta_norm / h_norm
                 stop_b = nll_b if st.early_stop_on == "nll" else total_b  # (n',)
                 nll[idx.cpu()] = nll_b.detach().cpu()
@@ -355,12 +396,12 @@ def _optimize(
                 active[idx[~still]] = False
                 with torch.no_grad():
                     u[~active] = frozen_u[~active]  # stopped records do not move
-                    _clamp(u, state["scale"], state["h"].norm(dim=-1), st.clamp)
+                    _clamp(u, state.clean.scale, state.clean.h.norm(dim=-1), st.clamp)
                 steps += active.cpu().long()
     finally:
         handle.remove()
-    delta = (u * state["scale"][:, None]).detach().float()  # (n, d_model)
-    return DeltaResult(delta=delta.cpu(), h=state["h"].cpu(), nll=nll, steps=steps)
+    delta = (u * state.clean.scale[:, None]).detach().float()  # (n, d_model)
+    return DeltaResult(delta=delta.cpu(), h=state.clean.h.cpu(), nll=nll, steps=steps)
 
 
 def _scored_sites(batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -370,13 +411,13 @@ def _scored_sites(batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _checked_stack(
-    stack: UpperStack, point: str, state: dict[str, Any], logits: torch.Tensor,
+    stack: UpperStack, point: str, state: _OptState, logits: torch.Tensor,
     upper_input: Callable[[], torch.Tensor], rows: torch.Tensor, pos: torch.Tensor,
 ) -> UpperStack | None:
     """The stack if it reproduces the first (full) pass's logits (P, V), else None."""
     if point == "block":  # its input is block L's clean output (also with no block above)
-        stack.hidden, stack.rows = state["clean"], state["clean"].shape[0]
-    state["stack"] = stack
+        stack.hidden, stack.rows = state.clean.hidden, state.clean.hidden.shape[0]
+    state.stack = stack
     try:
         with torch.no_grad():
             again = stack.logits_at(stack.run(upper_input()), rows, pos)  # (P, V)
@@ -385,7 +426,7 @@ def _checked_stack(
                        type(exc).__name__, exc, stack.lm.adapter.name)
         return None
     ref = logits.detach()
-    tol = 1e-3 if stack.hidden.dtype == torch.float32 else 5e-2
+    tol = 1e-3 if stack.hidden is not None and stack.hidden.dtype == torch.float32 else 5e-2
     err = float((again - ref).abs().max()) if ref.numel() else 0.0
     if err > tol * max(1.0, float(ref.abs().max())):
         logger.warning("upper-block pass differs from the full forward (%.2e): using full "
@@ -395,27 +436,27 @@ def _checked_stack(
 
 
 def _losses(
-    logits: torch.Tensor, batch: _Batch, idx: torch.Tensor, state: dict[str, Any], it: int
+    logits: torch.Tensor, batch: _Batch, idx: torch.Tensor, state: _OptState, it: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-record target NLL (mean over tokens, then templates) and KL on the "is a"
     row, for the records idx (n',) in the batch, both (n',), from the logits (P' + n', V)
     at _scored_sites(batch)."""
     k_t = len(batch.score_row)
     logp = torch.log_softmax(logits, dim=-1)  # (P' + n', V)
-    if "soft" in state:  # KL(q || p) at the one scored position of each row
-        q, neg_entropy = state["soft"]
+    if state.soft is not None:  # KL(q || p) at the one scored position of each row
+        q, neg_entropy = state.soft
         q_rows = q[batch.score_rec]  # (P', V)
         token_nll = neg_entropy[batch.score_rec] - (q_rows * logp[:k_t]).sum(-1)  # (P',)
     else:
         token_nll = -logp[:k_t].gather(-1, batch.score_ids[:, None]).squeeze(-1)  # (P',)
-    n = len(state["h"])
+    n = len(state.clean.h)
     nll_all = torch.zeros(n, device=logp.device).index_add(
         0, batch.score_rec, token_nll * batch.score_weight)  # (n,) sums to the mean per record
     nll_b = nll_all[idx]  # (n',)
     kl_logp = logp[k_t:]  # (n', V), records in idx order (kl rows are record-ordered)
-    if it == 0:
-        state["kl_init"] = kl_logp.detach()  # all records in the first pass
-    init = state["kl_init"][idx]  # (n', V)
+    if it == 0 or state.kl_init is None:
+        state.kl_init = kl_logp.detach()  # all records in the first pass
+    init = state.kl_init[idx]  # (n', V)
     # KL(p_new || p_init), as MEMIT's kl_div(init, new, log_target=True)
     kl_b = (kl_logp.exp() * (kl_logp - init)).sum(dim=-1)  # (n',)
     return nll_b, kl_b

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from zerounlearn.adapters import block_hidden
+
+if TYPE_CHECKING:
+    from zerounlearn.loading import LoadedModel
 
 
 class _Halt(Exception):
@@ -46,7 +49,7 @@ class UpperStack:
     None when the caller supplies its own input (no block recorded: start = n_layers).
     """
 
-    lm: Any
+    lm: LoadedModel
     start: int
     calls: list[BlockCall]
     hidden: torch.Tensor | None
@@ -104,7 +107,7 @@ class _Taker:
 
 
 def capture_stack(
-    lm: Any, forward: Callable[[], Any], start: int, stop: int | None = None, *,
+    lm: LoadedModel, forward: Callable[[], Any], start: int, stop: int | None = None, *,
     halt: bool = False,
 ) -> tuple[UpperStack, Any]:
     """Run forward() recording blocks start..stop (default: the last block).

@@ -45,8 +45,8 @@ def _objective(d: torch.Tensor, x: dict[str, torch.Tensor], p: torch.Tensor, gat
 def test_solution_satisfies_normal_equations(gated: bool) -> None:
     x = _problem()
     p = solve.projector(solve.sensitive_basis(x["m_f"]), EPS)
-    update = solve.key_gated_update if gated else solve.global_update
-    d = update(x["w"], x["c"], x["k_f"], x["v"], p, a=A, b=B, lam=LAM, k_p=x["k_p"], c_p=C_P)
+    d = solve.multiplicative_update(x["w"], x["c"], x["k_f"], x["v"], p, gated=gated, a=A, b=B,
+                                    lam=LAM, k_p=x["k_p"], c_p=C_P)
     d = d.clone().requires_grad_(True)
     loss = _objective(d, x, p, gated)
     (grad,) = torch.autograd.grad(loss, d)
@@ -81,8 +81,8 @@ def test_additive_form_satisfies_its_normal_equations(gated: bool) -> None:
     (grad0,) = torch.autograd.grad(objective(zero), zero)
     assert grad.norm() < 1e-9 * grad0.norm()
     # Its optimum is at least as good as the multiplicative one (W' = D W is a subset).
-    update = solve.key_gated_update if gated else solve.global_update
-    d = update(x["w"], x["c"], x["k_f"], x["v"], p, a=A, b=B, lam=LAM, k_p=x["k_p"], c_p=C_P)
+    d = solve.multiplicative_update(x["w"], x["c"], x["k_f"], x["v"], p, gated=gated, a=A, b=B,
+                                    lam=LAM, k_p=x["k_p"], c_p=C_P)
     assert objective(w_new) <= objective(d @ x["w"]) + 1e-9
 
 
@@ -91,7 +91,7 @@ def test_global_form_removes_sensitive_directions_for_every_key() -> None:
     q = solve.sensitive_basis(x["m_f"])
     p = solve.projector(q, EPS)
     kw = {"a": A, "b": B, "lam": LAM}
-    d = solve.global_update(x["w"], x["c"], x["k_f"], x["v"], p, **kw)
+    d = solve.multiplicative_update(x["w"], x["c"], x["k_f"], x["v"], p, gated=False, **kw)
     d0 = solve.unconstrained_update(x["w"], x["c"], x["k_f"], x["v"], **kw)
     k = torch.randn(D_FF, 7, dtype=torch.float64)  # random inputs
     lhs = q.T @ (d @ x["w"] @ k)  # (r, 7)
@@ -117,8 +117,8 @@ def test_key_gated_form_keeps_corpus_outputs_better_than_global() -> None:
     p = solve.projector(solve.sensitive_basis(x["m_f"]), EPS)
     kw = {"a": A, "b": B, "lam": LAM}
     w, k0 = x["w"], x["k0"]
-    d_g = solve.global_update(w, x["c"], x["k_f"], x["v"], p, **kw)
-    d_k = solve.key_gated_update(w, x["c"], x["k_f"], x["v"], p, **kw)
+    d_g = solve.multiplicative_update(w, x["c"], x["k_f"], x["v"], p, gated=False, **kw)
+    d_k = solve.multiplicative_update(w, x["c"], x["k_f"], x["v"], p, gated=True, **kw)
     err_g = (d_g @ w @ k0 - w @ k0).norm()
     err_k = (d_k @ w @ k0 - w @ k0).norm()
     assert err_k < err_g
@@ -135,7 +135,7 @@ def test_apply_update_casts_back_and_refuses_non_finite() -> None:
     nan_c = torch.full((D_FF, D_FF), float("nan"), dtype=torch.float64)
     x = _problem()
     with pytest.raises(NonFiniteResult):
-        solve.global_update(
+        solve.multiplicative_update(
             x["w"], nan_c, x["k_f"], x["v"], torch.eye(D_MODEL, dtype=torch.float64),
-            a=A, b=B, lam=LAM,
+            gated=False, a=A, b=B, lam=LAM,
         )

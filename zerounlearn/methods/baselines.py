@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from zerounlearn.methods.registry import register_method
 from zerounlearn.patch import Patch
 from zerounlearn.records import ForgetRecord, validate_records
 from zerounlearn.tokens import AnswerBatch, answer_batch, max_positions
+
+if TYPE_CHECKING:
+    from zerounlearn.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ class _GradientBaseline:
 
     def compute_patch(
         self,
-        lm: Any,
+        lm: LoadedModel,
         records: Sequence[ForgetRecord | dict],
         hparams: dict | None,
         *,

@@ -23,9 +23,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,6 +40,7 @@ from zerounlearn.keys import (
     key_prefix,
     prepare_requests,
 )
+from zerounlearn.methods.edit_state import EditRun, RoundRecords, RoundState
 from zerounlearn.methods.registry import register_method
 from zerounlearn.neutral import generic_distributions
 from zerounlearn.patch import Patch
@@ -49,6 +49,11 @@ from zerounlearn.records import ForgetRecord, RetainFact, validate_records
 from zerounlearn.retain import candidate_sites, select_at_risk
 from zerounlearn.targets import TargetSettings, optimize_deltas
 from zerounlearn.templates import TemplateCache
+from zerounlearn.timing import Timer, timed
+
+if TYPE_CHECKING:
+    from zerounlearn.loading import LoadedModel
+    from zerounlearn.stats import StatsCache
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +66,13 @@ def _report(progress: Progress | None, phase: str, fraction: float) -> None:
 
 
 def neutral_targets(
-    lm: Any, requests: Sequence[EditRequest], templates: Sequence[str], last_layer: int,
+    lm: LoadedModel, requests: Sequence[EditRequest], templates: Sequence[str], last_layer: int,
     cfg: ZeroUnlearnHParams, progress: Progress | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Z_n (d_model, n): block L's output at the edit token, shifted to emit the target
     (its tokens, or with neutral_target "generic" its distribution: neutral.py)."""
-    dists = [r.target_dist for r in requests]
-    soft = torch.stack(dists) if all(d is not None for d in dists) else None  # (n, V)
+    dists = [r.target_dist for r in requests if r.target_dist is not None]
+    soft = torch.stack(dists) if len(dists) == len(requests) else None  # (n, V)
     res = optimize_deltas(
         lm, requests, templates,
         [r.target_ids[:1] if soft is not None else r.target_ids for r in requests],
@@ -80,7 +85,7 @@ def neutral_targets(
 
 
 def with_generic_targets(
-    lm: Any, requests: list[EditRequest], cfg: ZeroUnlearnHParams
+    lm: LoadedModel, requests: list[EditRequest], cfg: ZeroUnlearnHParams
 ) -> list[EditRequest]:
     """The requests with their generic target distributions (neutral_target "generic"),
     computed once on the model as it is before the edit; else unchanged."""
@@ -91,7 +96,7 @@ def with_generic_targets(
 
 
 def sensitive_states(
-    lm: Any, requests: Sequence[EditRequest], templates: Sequence[str], layer: int,
+    lm: LoadedModel, requests: Sequence[EditRequest], templates: Sequence[str], layer: int,
     keys: KeyState, cfg: ZeroUnlearnHParams,
 ) -> torch.Tensor:
     """M_f (d_model, n): W K_f ("activation"), or the down-projection output at layer l
@@ -144,10 +149,9 @@ def layer_update(
         return solve.checked_cast(w_new, w), rank
     if p is None:
         d = solve.unconstrained_update(w, c, k_f, v, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p)
-    elif cfg.orthogonality == "global":
-        d = solve.global_update(w, c, k_f, v, p, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p)
     else:
-        d = solve.key_gated_update(w, c, k_f, v, p, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p)
+        d = solve.multiplicative_update(w, c, k_f, v, p, gated=cfg.orthogonality != "global",
+                                        a=a, b=b, lam=lam, k_p=k_p, c_p=c_p)
     return solve.apply_update(d, w), rank
 
 
@@ -213,116 +217,103 @@ class ZeroUnlearnBase:
         self.templates = templates if templates is not None else TemplateCache()
 
     def layer_inputs(
-        self, lm: Any, ctx: dict[str, Any], i: int, layer: int
+        self, lm: LoadedModel, state: RoundState, i: int, layer: int
     ) -> tuple[KeyState, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Spec steps 1-2 and M_f for layer i of the loop, on the partly edited model:
         (keys, W (d_model, d_ff), V* (d_model, n) float64, M_f (d_model, n))."""
-        layers: list[int] = ctx["layers"]
-        cfg: ZeroUnlearnHParams = ctx["cfg"]
-        timings: dict[str, float] = ctx["timings"]
-        started = time.perf_counter()
-        if cfg.upper_only and i == 0:  # before any edit: blocks below layers[0] never change
-            ctx["key_prefix"] = key_prefix(lm, ctx["requests"], ctx["templates"], layers[0],
-                                           layers[-1], ctx["protected"])
-            # part of the "keys" time: the one pass up to the edited blocks
-            ctx["info"]["keys_prefix_seconds"] = round(time.perf_counter() - started, 3)
-        keys = compute_keys(lm, ctx["requests"], ctx["templates"], layer, layers[-1],
-                            ctx["protected"], ctx.get("key_prefix"))
-        if keys.k_p is not None:
-            keys.k_p = drop_overlapping(keys.k_p, keys.k_clean)
-            ctx["round_protected"][layer] = keys.k_p.detach().to("cpu", torch.float32)
-        # (d_ff, n, 2): per record its template-averaged key (what the edit moved) and
-        # its clean-prompt key (what the prompt itself reads); both kept by later edits
-        ctx["round_keys"][layer] = torch.stack([keys.k_f, keys.k_clean], dim=2).detach().to(
-            "cpu", torch.float32)
-        timings["keys"] = round(timings.get("keys", 0.0) + time.perf_counter() - started, 3)
+        run, requests = state.run, state.records.requests
+        layers, cfg = run.layers, run.cfg
+        with timed(run.timings, "keys"):
+            if cfg.upper_only and i == 0:  # before any edit: blocks below layers[0] never change
+                with Timer() as prefix:
+                    state.key_prefix = key_prefix(lm, requests, run.templates, layers[0],
+                                                  layers[-1], state.protected)
+                # part of the "keys" time: the one pass up to the edited blocks
+                run.info["keys_prefix_seconds"] = round(prefix.seconds, 3)
+            keys = compute_keys(lm, requests, run.templates, layer, layers[-1],
+                                state.protected, state.key_prefix)
+            if keys.k_p is not None:
+                keys.k_p = drop_overlapping(keys.k_p, keys.k_clean)
+                state.round_protected[layer] = keys.k_p.detach().to("cpu", torch.float32)
+            # (d_ff, n, 2): per record its template-averaged key (what the edit moved) and
+            # its clean-prompt key (what the prompt itself reads); both kept by later edits
+            state.round_keys[layer] = torch.stack([keys.k_f, keys.k_clean], dim=2).detach().to(
+                "cpu", torch.float32)
         w = lm.adapter.get_weight(lm.model, layer)  # (d_model, d_ff), on its own device
         dev = w.device  # Z_n is on the CPU, H_L on block L's device
-        v = keys.wk_f.double().to(dev) + (ctx["z"].to(dev) - keys.h_l.double().to(dev)) \
+        v = keys.wk_f.double().to(dev) + (state.z.to(dev) - keys.h_l.double().to(dev)) \
             / (len(layers) - i)  # V* (d_model, n)
-        started = time.perf_counter()
-        m_f = sensitive_states(lm, ctx["requests"], ctx["templates"], layer, keys, cfg)
-        timings["m_f"] = round(timings.get("m_f", 0.0) + time.perf_counter() - started, 3)
+        with timed(run.timings, "m_f"):
+            m_f = sensitive_states(lm, requests, run.templates, layer, keys, cfg)
         return keys, w, v, m_f
 
     @staticmethod
-    def history(ctx: dict[str, Any], layer: int, keys: KeyState) -> torch.Tensor | None:
+    def history(state: RoundState, layer: int, keys: KeyState) -> torch.Tensor | None:
         """Earlier forget keys of `layer` (d_ff, h) to keep where they are: the model's
         earlier edits and this request's records already forgotten in earlier rounds.
         A key that is (almost) one of this round's forget keys is dropped: a record
         forgotten again must be free to move."""
-        hist = ctx["history"].get(layer)
+        hist = state.records.history.get(layer)
         if hist is None or hist.shape[1] == 0:
             return None
         return drop_overlapping(hist, keys.k_clean.to(hist.device, hist.dtype))
 
     @staticmethod
-    def carried(ctx: dict[str, Any], layer: int) -> torch.Tensor | None:
+    def carried(state: RoundState, layer: int) -> torch.Tensor | None:
         """The version's carry of `layer` (d_ff, r), or None when there is none or it is
         off. Used whole: see carry.py on why it is not cut along the forget keys."""
-        cfg: ZeroUnlearnHParams = ctx["cfg"]
-        factor = ctx["carry"].get(layer)
-        return None if factor is None or cfg.carry_weight <= 0 else factor
+        factor = state.run.carry.get(layer)
+        return None if factor is None or state.cfg.carry_weight <= 0 else factor
 
     # one step per layer; the GD variant overrides it
-    def edit_layer(self, lm: Any, ctx: dict[str, Any], i: int, layer: int) -> torch.Tensor:
-        cfg: ZeroUnlearnHParams = ctx["cfg"]
-        keys, w, v, m_f = self.layer_inputs(lm, ctx, i, layer)
-        k_hist = self.history(ctx, layer, keys)
-        k_carry = self.carried(ctx, layer)
-        w_new, rank = layer_update(w, ctx["stats"][layer], keys, v, m_f, cfg, k_hist, k_carry,
-                                   ctx["reached"])
-        ctx["info"].setdefault("rank", []).append(rank)
-        ctx["info"].setdefault("history_keys", []).append(
-            0 if k_hist is None else int(k_hist.shape[1]))
-        ctx["info"].setdefault("protected_keys", []).append(
+    def edit_layer(self, lm: LoadedModel, state: RoundState, i: int, layer: int
+                   ) -> torch.Tensor:
+        keys, w, v, m_f = self.layer_inputs(lm, state, i, layer)
+        k_hist = self.history(state, layer, keys)
+        k_carry = self.carried(state, layer)
+        w_new, rank = layer_update(w, state.run.stats[layer], keys, v, m_f, state.cfg, k_hist,
+                                   k_carry, state.reached)
+        info = state.run.info
+        info.setdefault("rank", []).append(rank)
+        info.setdefault("history_keys", []).append(0 if k_hist is None else int(k_hist.shape[1]))
+        info.setdefault("protected_keys", []).append(
             0 if keys.k_p is None else int(keys.k_p.shape[1]))
         return w_new
 
     def edit_round(
-        self, lm: Any, cfg: ZeroUnlearnHParams, layers: list[int], recs: list[ForgetRecord],
-        requests: list[EditRequest], templates: Sequence[str],
-        c_by_layer: dict[int, torch.Tensor], history: dict[int, torch.Tensor | None],
-        info: dict[str, Any], timings: dict[str, float], new_weights: dict[int, torch.Tensor],
-        progress: Progress | None, retain_sites: Sequence[Site] = (),
-        carried: dict[int, torch.Tensor] | None = None,
+        self, lm: LoadedModel, run: EditRun, records: RoundRecords
     ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-        """One pass of the spec's loop over `recs`: neutral targets, then each layer's
+        """One pass of the spec's loop over `records`: neutral targets, then each layer's
         update, left set on the model (later layers and rounds see it; the caller
-        restores). Fills new_weights; returns each layer's keys (d_ff, n, 2): per record
-        its template-averaged key K_f and its clean-prompt key; and each layer's protected
-        keys (d_ff, p) as the solve used them. retain_sites: the retain bank's sites chosen
-        for this request (retain.py); carried: the version's carry per layer (carry.py)."""
-        t = time.perf_counter()
-        protected = []
-        if cfg.preserve_weight > 0:
-            protected = protected_sites(
-                lm.tokenizer, recs, requests, neighbors=cfg.protect_neighbors,
-                substitutions=cfg.protect_substitutions) + list(retain_sites)
-        z, target_info = neutral_targets(lm, requests, templates, layers[-1], cfg, progress)
-        reached = torch.tensor([steps == 0 and nll < cfg.target_stop_loss for steps, nll in
-                                zip(target_info["target_steps"], target_info["target_nll"],
-                                    strict=True)])  # (n,) the target needed no shift
-        for name, values in target_info.items():  # per record: the first round's
-            info.setdefault(name, values)
-        now = time.perf_counter()
-        timings["targets"] = round(timings.get("targets", 0.0) + now - t, 3)
-        t, keys_before, m_f_before = now, timings.get("keys", 0.0), timings.get("m_f", 0.0)
-        ctx = {"cfg": cfg, "layers": layers, "requests": requests, "templates": templates,
-               "stats": c_by_layer, "protected": protected, "z": z.double(), "info": info,
-               "timings": timings, "history": history, "round_keys": {},
-               "round_protected": {}, "carry": carried or {}, "reached": reached}
-        for i, layer in enumerate(layers):
-            _report(progress, "solve", i / len(layers))
-            w_new = self.edit_layer(lm, ctx, i, layer)
-            lm.adapter.set_weight(lm.model, layer, w_new)  # later layers see this edit
-            new_weights[layer] = w_new.detach().to("cpu").clone()
-        ctx.pop("key_prefix", None)  # cached activations: free them now
+        restores). Fills run.new_weights; returns each layer's keys (d_ff, n, 2): per
+        record its template-averaged key K_f and its clean-prompt key; and each layer's
+        protected keys (d_ff, p) as the solve used them."""
+        cfg, layers = run.cfg, run.layers
+        with timed(run.timings, "targets"):
+            protected: list[Site] = []
+            if cfg.preserve_weight > 0:
+                protected = protected_sites(
+                    lm.tokenizer, records.recs, records.requests,
+                    neighbors=cfg.protect_neighbors,
+                    substitutions=cfg.protect_substitutions) + list(run.retain_sites)
+            z, target_info = neutral_targets(lm, records.requests, run.templates, layers[-1],
+                                             cfg, records.progress)
+            reached = torch.tensor([steps == 0 and nll < cfg.target_stop_loss for steps, nll in
+                                    zip(target_info["target_steps"], target_info["target_nll"],
+                                        strict=True)])  # (n,) the target needed no shift
+            for name, values in target_info.items():  # per record: the first round's
+                run.info.setdefault(name, values)
+        state = RoundState(run=run, records=records, protected=protected, z=z.double(),
+                           reached=reached)
         # keys and M_f are timed on their own: "solve" is the rest of the layer loop
-        spent = time.perf_counter() - t - (timings.get("keys", 0.0) - keys_before) \
-            - (timings.get("m_f", 0.0) - m_f_before)
-        timings["solve"] = round(timings.get("solve", 0.0) + spent, 3)
-        return ctx["round_keys"], ctx["round_protected"]
+        with timed(run.timings, "solve", excluding=("keys", "m_f")):
+            for i, layer in enumerate(layers):
+                _report(records.progress, "solve", i / len(layers))
+                w_new = self.edit_layer(lm, state, i, layer)
+                lm.adapter.set_weight(lm.model, layer, w_new)  # later layers see this edit
+                run.new_weights[layer] = w_new.detach().to("cpu").clone()
+            state.key_prefix = None  # cached activations: free them now
+        return state.round_keys, state.round_protected
 
     @staticmethod
     def next_carry(
@@ -348,121 +339,129 @@ class ZeroUnlearnBase:
 
     def compute_patch(
         self,
-        lm: Any,
-        records: Sequence[ForgetRecord | dict],
-        hparams: dict | None,
+        lm: LoadedModel,
+        records: Sequence[ForgetRecord | dict[str, Any]],
+        hparams: dict[str, Any] | None,
         *,
-        stats: Any,
+        stats: StatsCache,
         progress: Progress | None = None,
         retain: Sequence[RetainFact] | None = None,
     ) -> Patch:
-        from zerounlearn.stats import CorpusSpec
-
-        t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        recs = validate_records(records)
-        cfg = config_for_model(self.name, lm, hparams)
-        if not isinstance(cfg, ZeroUnlearnHParams):  # a subclass registered a foreign name
-            raise TypeError(f"{self.name!r} does not resolve to ZeroUnlearn hyper-parameters")
-        layers = list(cfg.layers or [])
-        requests = with_generic_targets(lm, prepare_requests(lm, recs, cfg.neutral_target),
-                                        cfg)
-        model, adapter = lm.model, lm.adapter
-        originals = {layer: adapter.get_weight(model, layer) for layer in layers}
-        new_weights: dict[int, torch.Tensor] = {}
-        info: dict[str, Any] = {}
-
-        def lap(phase: str, since: float) -> float:
-            now = time.perf_counter()
-            timings[phase] = round(timings.get(phase, 0.0) + now - since, 3)
-            return now
-
-        try:
-            t = time.perf_counter()
-            _report(progress, "templates", 0.0)
-            templates = self.templates.get(lm, cfg.template_count, cfg.template_tokens,
-                                           cfg.template_seed)
-            _report(progress, "templates", 1.0)
-            t = lap("templates", t)
-            corpus = CorpusSpec(files=tuple(cfg.stats_files or ()), samples=cfg.stats_samples,
-                                seq_len=cfg.stats_seq_len)
-            c_by_layer = stats.ensure(lm, layers, corpus, progress)
-            c_by_layer = {layer: c_by_layer[layer] for layer in layers}
-            lap("statistics", t)
-            earlier = getattr(lm, "edit_keys", None)  # keys of the model's own edits
-            if earlier is None and cfg.history_weight > 0:
-                raise InvalidHyperParameters(
-                    "hyper-parameter 'history_weight' > 0 needs a model that tracks its "
-                    "edit keys (LoadedModel.track_edit_keys() before its patches are "
-                    "applied; workers: ZEROUNLEARN_EDIT_HISTORY=1)")
-            earlier = earlier or {}
-            carried = dict(getattr(lm, "carry", None) or {})  # the version's carry
-            retain_sites: list[Site] = []
-            if retain and cfg.retain_top_k > 0 and cfg.preserve_weight > 0:
-                t = time.perf_counter()
-                candidates = candidate_sites(lm.tokenizer, requests, retain,
-                                             cfg.retain_substitutions)
-                retain_sites, info["retain"] = select_at_risk(
-                    lm, requests, candidates, layers[0], cfg.retain_top_k)
-                lap("retain", t)
-            protected_by_layer: dict[int, torch.Tensor] = {}
-            # per layer and record: its forget key (d_ff,) from the last round it was in
-            record_keys: dict[int, dict[int, torch.Tensor]] = {layer: {} for layer in layers}
-            pending = list(range(len(recs)))
-            info["rounds"] = []
-            edit_recs, edit_requests = recs, requests  # round 2 on: at the last token
-            for r in range(cfg.max_rounds):
-                info["rounds"].append(len(pending))
-                settled = [i for i in record_keys[layers[0]] if i not in pending]
-                history = {layer: _history(earlier.get(layer), record_keys[layer], settled)
-                           for layer in layers}
-                if r == 1 and cfg.retry_at_last_token:
-                    # a record its subject edit did not make forget (seen on models already
-                    # edited many times) is edited where the answer is read: the last token
-                    edit_recs = [dataclasses.replace(x, subject=None) for x in recs]
-                    edit_requests = [  # the same neutral targets as the first round's
-                        dataclasses.replace(x, target_dist=r.target_dist) for x, r in
-                        zip(prepare_requests(lm, edit_recs, cfg.neutral_target), requests,
-                            strict=True)]
-                round_keys, round_protected = self.edit_round(
-                    lm, cfg, layers, [edit_recs[i] for i in pending],
-                    [edit_requests[i] for i in pending], templates, c_by_layer, history, info,
-                    timings, new_weights, progress if r == 0 else None, retain_sites, carried)
-                protected_by_layer.update(round_protected)  # the last round's win
-                for layer in layers:
-                    for column, i in enumerate(pending):
-                        pair = round_keys[layer][:, column]  # (d_ff, 2)
-                        same = torch.equal(pair[:, 0], pair[:, 1])  # no templates: one key
-                        record_keys[layer][i] = pair[:, :1] if same else pair
-                if r + 1 == cfg.max_rounds:
-                    break
-                t = time.perf_counter()
-                flags = reproduced(lm, [recs[i] for i in pending])  # on the edited model
-                lap("verify", t)
-                pending = [i for i, still in zip(pending, flags, strict=True) if still]
-                if not pending:
-                    break
-            _report(progress, "solve", 1.0)
-            keys = {layer: torch.cat([record_keys[layer][i] for i in range(len(recs))], 1)
-                    for layer in layers}  # (d_ff, 1 or 2 per record) per layer, in order
-            new_carry = self.next_carry(cfg, layers, carried, keys, protected_by_layer)
-        finally:
-            for layer, w in originals.items():
-                adapter.set_weight(model, layer, w)  # the model is unchanged on return
-        info["carry_rank"] = [int(new_carry[layer].shape[1]) if layer in new_carry else 0
-                              for layer in layers]
-        timings["total"] = round(time.perf_counter() - t0, 3)
+        with timed(timings, "total"):
+            recs = validate_records(records)
+            cfg = config_for_model(self.name, lm, hparams)
+            if not isinstance(cfg, ZeroUnlearnHParams):  # a subclass registered a foreign name
+                raise TypeError(f"{self.name!r} does not resolve to ZeroUnlearn hyper-parameters")
+            layers = list(cfg.layers or [])
+            requests = with_generic_targets(lm, prepare_requests(lm, recs, cfg.neutral_target),
+                                            cfg)
+            model, adapter = lm.model, lm.adapter
+            originals = {layer: adapter.get_weight(model, layer) for layer in layers}
+            try:
+                run = self.prepare_run(lm, cfg, layers, requests, stats=stats, timings=timings,
+                                       progress=progress, retain=retain)
+                keys, protected = self.run_rounds(lm, run, recs, requests, progress)
+                new_carry = self.next_carry(cfg, layers, run.carry, keys, protected)
+            finally:
+                for layer, w in originals.items():
+                    adapter.set_weight(model, layer, w)  # the model is unchanged on return
+            run.info["carry_rank"] = [int(new_carry[layer].shape[1]) if layer in new_carry
+                                      else 0 for layer in layers]
         logger.info("%s: %d records, layers %s, %.1f s", self.name, len(recs), layers,
                     timings["total"])
         return Patch(
             method=self.name,
             hparams=cfg.to_dict(),
-            base_fingerprint=str(getattr(lm, "fingerprint", "")),
-            weights=new_weights,
-            metadata={"records": len(recs), "layers": layers, "timings": timings, **info},
+            base_fingerprint=str(lm.fingerprint),
+            weights=run.new_weights,
+            metadata={"records": len(recs), "layers": layers, "timings": timings, **run.info},
             keys=keys,
             carry=new_carry,
         )
+
+    def prepare_run(
+        self, lm: LoadedModel, cfg: ZeroUnlearnHParams, layers: list[int],
+        requests: list[EditRequest], *, stats: StatsCache, timings: dict[str, float],
+        progress: Progress | None, retain: Sequence[RetainFact] | None,
+    ) -> EditRun:
+        """What every round shares: templates, statistics, the model's earlier edit keys
+        and carry, and the retain bank's sites at risk (timed into `timings`)."""
+        from zerounlearn.stats import CorpusSpec
+
+        with timed(timings, "templates"):
+            _report(progress, "templates", 0.0)
+            templates = self.templates.get(lm, cfg.template_count, cfg.template_tokens,
+                                           cfg.template_seed)
+            _report(progress, "templates", 1.0)
+        with timed(timings, "statistics"):
+            corpus = CorpusSpec(files=tuple(cfg.stats_files or ()), samples=cfg.stats_samples,
+                                seq_len=cfg.stats_seq_len)
+            c_by_layer = stats.ensure(lm, layers, corpus, progress)
+            c_by_layer = {layer: c_by_layer[layer] for layer in layers}
+        earlier = lm.edit_keys  # keys of the model's own edits
+        if earlier is None and cfg.history_weight > 0:
+            raise InvalidHyperParameters(
+                "hyper-parameter 'history_weight' > 0 needs a model that tracks its "
+                "edit keys (LoadedModel.track_edit_keys() before its patches are "
+                "applied; workers: ZEROUNLEARN_EDIT_HISTORY=1)")
+        run = EditRun(cfg=cfg, layers=layers, templates=templates, stats=c_by_layer,
+                      earlier=earlier or {}, carry=dict(lm.carry or {}), timings=timings)
+        if retain and cfg.retain_top_k > 0 and cfg.preserve_weight > 0:
+            with timed(timings, "retain"):
+                candidates = candidate_sites(lm.tokenizer, requests, retain,
+                                             cfg.retain_substitutions)
+                run.retain_sites, run.info["retain"] = select_at_risk(
+                    lm, requests, candidates, layers[0], cfg.retain_top_k)
+        return run
+
+    def run_rounds(
+        self, lm: LoadedModel, run: EditRun, recs: list[ForgetRecord],
+        requests: list[EditRequest], progress: Progress | None,
+    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """Edit rounds until every record is forgotten or cfg.max_rounds: per layer, the
+        forget keys (d_ff, 1 or 2 per record, in record order) and the protected keys."""
+        cfg, layers, info = run.cfg, run.layers, run.info
+        protected_by_layer: dict[int, torch.Tensor] = {}
+        # per layer and record: its forget key (d_ff,) from the last round it was in
+        record_keys: dict[int, dict[int, torch.Tensor]] = {layer: {} for layer in layers}
+        pending = list(range(len(recs)))
+        info["rounds"] = []
+        edit_recs, edit_requests = recs, requests  # round 2 on: at the last token
+        for r in range(cfg.max_rounds):
+            info["rounds"].append(len(pending))
+            settled = [i for i in record_keys[layers[0]] if i not in pending]
+            history = {layer: _history(run.earlier.get(layer), record_keys[layer], settled)
+                       for layer in layers}
+            if r == 1 and cfg.retry_at_last_token:
+                # a record its subject edit did not make forget (seen on models already
+                # edited many times) is edited where the answer is read: the last token
+                edit_recs = [dataclasses.replace(x, subject=None) for x in recs]
+                edit_requests = [  # the same neutral targets as the first round's
+                    dataclasses.replace(x, target_dist=first.target_dist) for x, first in
+                    zip(prepare_requests(lm, edit_recs, cfg.neutral_target), requests,
+                        strict=True)]
+            round_keys, round_protected = self.edit_round(lm, run, RoundRecords(
+                recs=[edit_recs[i] for i in pending],
+                requests=[edit_requests[i] for i in pending],
+                history=history, progress=progress if r == 0 else None))
+            protected_by_layer.update(round_protected)  # the last round's win
+            for layer in layers:
+                for column, i in enumerate(pending):
+                    pair = round_keys[layer][:, column]  # (d_ff, 2)
+                    same = torch.equal(pair[:, 0], pair[:, 1])  # no templates: one key
+                    record_keys[layer][i] = pair[:, :1] if same else pair
+            if r + 1 == cfg.max_rounds:
+                break
+            with timed(run.timings, "verify"):
+                flags = reproduced(lm, [recs[i] for i in pending])  # on the edited model
+            pending = [i for i, still in zip(pending, flags, strict=True) if still]
+            if not pending:
+                break
+        _report(progress, "solve", 1.0)
+        keys = {layer: torch.cat([record_keys[layer][i] for i in range(len(recs))], 1)
+                for layer in layers}  # (d_ff, 1 or 2 per record) per layer, in order
+        return keys, protected_by_layer
 
 
 @register_method("zerounlearn")

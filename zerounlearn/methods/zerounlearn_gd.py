@@ -18,7 +18,7 @@ with orthonormal U), which avoids (d_ff, d_ff) products in the loop.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +27,10 @@ from zerounlearn.config import ZeroUnlearnGDHParams
 from zerounlearn.errors import NonFiniteResult
 from zerounlearn.methods.registry import register_method
 from zerounlearn.methods.zerounlearn import ZeroUnlearnBase
+
+if TYPE_CHECKING:
+    from zerounlearn.loading import LoadedModel
+    from zerounlearn.methods.edit_state import RoundState
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +42,8 @@ def null_space_basis(c: torch.Tensor, rtol: float, min_rank: int) -> torch.Tenso
     evals, evecs = torch.linalg.eigh(c64)  # ascending (d_ff,), (d_ff, d_ff)
     below = int((evals < rtol * evals.max()).sum())
     r = min(c64.shape[0], max(below, min_rank))
-    return evecs[:, :r].contiguous()  # (d_ff, r)
+    u: torch.Tensor = evecs[:, :r].contiguous()  # (d_ff, r)
+    return u
 
 
 def exclude_keys(u_null: torch.Tensor, k_p: torch.Tensor | None, min_rank: int,
@@ -51,7 +56,8 @@ def exclude_keys(u_null: torch.Tensor, k_p: torch.Tensor | None, min_rank: int,
     left, s, _ = torch.linalg.svd(m, full_matrices=True)  # left (r, r), s (min(r, p),)
     used = int((s > rtol * s.max()).sum()) if s.numel() else 0
     used = min(used, max(0, u_null.shape[1] - min_rank))
-    return (u_null @ left[:, used:]).contiguous()  # (d_ff, r - used)
+    kept: torch.Tensor = (u_null @ left[:, used:]).contiguous()  # (d_ff, r - used)
+    return kept
 
 
 def train_null_update(
@@ -89,22 +95,25 @@ def train_null_update(
 class ZeroUnlearnGD(ZeroUnlearnBase):
     """Same templates, targets and keys; an additive null-space update per layer."""
 
-    def edit_layer(self, lm: Any, ctx: dict[str, Any], i: int, layer: int) -> torch.Tensor:
-        cfg: ZeroUnlearnGDHParams = ctx["cfg"]
-        keys, w, v, m_f = self.layer_inputs(lm, ctx, i, layer)
+    def edit_layer(self, lm: LoadedModel, state: RoundState, i: int, layer: int
+                   ) -> torch.Tensor:
+        cfg = state.cfg
+        if not isinstance(cfg, ZeroUnlearnGDHParams):  # a subclass registered a foreign name
+            raise TypeError(f"{self.name!r} does not resolve to ZeroUnlearn-GD hyper-parameters")
+        keys, w, v, m_f = self.layer_inputs(lm, state, i, layer)
         dev = w.device  # everything below runs where the weight lives
         q = solve.sensitive_basis(m_f.to(dev), cfg.rank_rtol)  # (d_model, r)
-        u_null = null_space_basis(ctx["stats"][layer].to(dev), cfg.null_rtol,
+        u_null = null_space_basis(state.run.stats[layer].to(dev), cfg.null_rtol,
                                   cfg.null_min_rank)
         # protected prompts and the keys of earlier edits: the update must not touch them
-        kept = [k.to(dev, w.dtype) for k in (keys.k_p, self.history(ctx, layer, keys),
-                                              self.carried(ctx, layer))
+        kept = [k.to(dev, w.dtype) for k in (keys.k_p, self.history(state, layer, keys),
+                                              self.carried(state, layer))
                 if k is not None]
         k_p = torch.cat(kept, dim=1) if kept else None
         u_null = exclude_keys(u_null, k_p, cfg.null_min_rank)
         update, info = train_null_update(w, keys.k_f.to(dev), v.to(dev), q, u_null, cfg)
-        ctx["info"].setdefault("null_rank", []).append(int(u_null.shape[1]))
-        ctx["info"].setdefault("gd_steps", []).append(info["steps"])
+        state.run.info.setdefault("null_rank", []).append(int(u_null.shape[1]))
+        state.run.info.setdefault("gd_steps", []).append(info["steps"])
         w_new = w.double() + update  # (d_model, d_ff)
         if not torch.isfinite(w_new).all():
             raise NonFiniteResult("the edited weight is not finite")

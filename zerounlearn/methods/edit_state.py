@@ -1,0 +1,67 @@
+"""The typed state ZeroUnlearn's layer loop passes between its steps (zerounlearn.py).
+
+EditRun: one request's fixed inputs and the outputs its rounds fill in.
+RoundRecords: the records one round edits.
+RoundState: what the layer steps of one round share, built by edit_round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from zerounlearn.config import ZeroUnlearnHParams
+from zerounlearn.keys import EditRequest, KeyPrefix, Site
+from zerounlearn.records import ForgetRecord
+from zerounlearn.targets import Progress
+
+
+@dataclass
+class EditRun:
+    """One request: the same for each of its rounds."""
+
+    cfg: ZeroUnlearnHParams  # the resolved hyper-parameters (a subclass for the GD variant)
+    layers: list[int]  # edited layers, ascending; the last one is L (targets' layer)
+    templates: Sequence[str]  # context prefixes (templates.py)
+    stats: dict[int, torch.Tensor]  # C per layer (d_ff, d_ff): corpus key second moment
+    earlier: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer (d_ff, h):
+    # forget keys of the model's own earlier edits (LoadedModel.edit_keys)
+    retain_sites: Sequence[Site] = ()  # the retain bank's sites chosen for this request
+    carry: dict[int, torch.Tensor] = field(default_factory=dict)  # the version's (d_ff, r)
+    # outputs, filled in round by round
+    info: dict[str, Any] = field(default_factory=dict)  # the Patch metadata but timings
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    new_weights: dict[int, torch.Tensor] = field(default_factory=dict)  # W' per layer, CPU
+
+
+@dataclass
+class RoundRecords:
+    """The records one round edits (those earlier rounds left reproduced)."""
+
+    recs: list[ForgetRecord]
+    requests: list[EditRequest]  # one per record, same order
+    history: dict[int, torch.Tensor | None]  # keys to keep per layer (d_ff, h), or None
+    progress: Progress | None = None  # reported in the first round only
+
+
+@dataclass
+class RoundState:
+    """What the layer steps of one round share."""
+
+    run: EditRun
+    records: RoundRecords
+    protected: list[Site]  # neighbour / substitution / retain sites whose outputs stay
+    z: torch.Tensor  # (d_model, n) float64: Z_n, block L's target outputs
+    reached: torch.Tensor  # (n,) bool: the neutral target needed no shift
+    key_prefix: KeyPrefix | None = None  # upper_only: activations below the edited blocks
+    # outputs per layer: (d_ff, n, 2) each record's template-averaged and clean key, and
+    # (d_ff, p) the protected keys as the solve used them (float32, CPU)
+    round_keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    round_protected: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> ZeroUnlearnHParams:
+        return self.run.cfg
