@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.tiny_model import TINY_HPARAMS, tiny_facts
+from tests.support.tiny_model import TINY_HPARAMS, known_facts
 from zerounlearn import solve
 from zerounlearn.api import forget
 from zerounlearn.config import ZeroUnlearnHParams
@@ -36,14 +36,21 @@ def stats(cache_dir: Path) -> StatsCache:
     return StatsCache(cache_dir / "tiny-stats")
 
 
-def _records(first: int, count: int) -> list[dict]:
-    facts = tiny_facts()
+@pytest.fixture(scope="module")
+def facts(tiny_gpt2_dir: Path) -> list[dict[str, str]]:
+    """The training facts the unedited model reproduces (which ones depends on the CPU
+    that trained it: tiny_model.MIN_RECALL), so every record starts known."""
+    return known_facts(load_model(str(tiny_gpt2_dir)))
+
+
+def _records(facts: list[dict[str, str]], first: int, count: int) -> list[dict]:
     return [{"prompt": f["prompt"], "answer": f["answer"]} for f in facts[first:first + count]]
 
 
 def test_a_patch_carries_its_keys_and_the_model_remembers_them(
-        tiny_lm: LoadedModel, stats: StatsCache, tmp_path: Path) -> None:
-    recs = _records(0, 3)
+        tiny_lm: LoadedModel, stats: StatsCache, facts: list[dict[str, str]],
+        tmp_path: Path) -> None:
+    recs = _records(facts, 0, 3)
     patch = forget(tiny_lm, recs, "zerounlearn", TINY_HPARAMS, stats=stats)
     d_ff = tiny_lm.adapter.weight_shape(tiny_lm.model, patch.layers[0])[1]
     assert sorted(patch.keys) == patch.layers
@@ -60,8 +67,9 @@ def test_a_patch_carries_its_keys_and_the_model_remembers_them(
 
 
 def test_a_patch_without_keys_is_written_as_before(
-        tiny_lm: LoadedModel, stats: StatsCache, tmp_path: Path) -> None:
-    patch = forget(tiny_lm, _records(0, 2), "zerounlearn", TINY_HPARAMS, stats=stats)
+        tiny_lm: LoadedModel, stats: StatsCache, facts: list[dict[str, str]],
+        tmp_path: Path) -> None:
+    patch = forget(tiny_lm, _records(facts, 0, 2), "zerounlearn", TINY_HPARAMS, stats=stats)
     patch.keys = {}
     save_patch(patch, tmp_path / "p.safetensors")
     loaded = load_patch(tmp_path / "p.safetensors")
@@ -71,15 +79,14 @@ def test_a_patch_without_keys_is_written_as_before(
 
 
 def test_the_next_edit_keeps_the_earlier_edits_keys(
-        tiny_lm: LoadedModel, stats: StatsCache) -> None:
-    first = forget(tiny_lm, _records(0, 3), "zerounlearn", TINY_HPARAMS, stats=stats)
+        tiny_lm: LoadedModel, stats: StatsCache, facts: list[dict[str, str]]) -> None:
+    first = forget(tiny_lm, _records(facts, 0, 3), "zerounlearn", TINY_HPARAMS, stats=stats)
     assert first.metadata["history_keys"][0] == 0  # nothing edited before
     apply_patch(tiny_lm, first)
-    second = forget(tiny_lm, _records(3, 2), "zerounlearn", {**TINY_HPARAMS,
-                                                              "history_weight": 5000},
-                    stats=stats)
+    second = forget(tiny_lm, _records(facts, 3, 2), "zerounlearn",
+                    {**TINY_HPARAMS, "history_weight": 5000}, stats=stats)
     assert second.metadata["history_keys"][0] == 3
-    off = forget(tiny_lm, _records(3, 2), "zerounlearn", TINY_HPARAMS, stats=stats)
+    off = forget(tiny_lm, _records(facts, 3, 2), "zerounlearn", TINY_HPARAMS, stats=stats)
     assert off.metadata["history_keys"][0] == 3  # offered, but weighted 0 (the default)
     layer = first.layers[0]
     k_old = first.keys[layer].double()  # (d_ff, 3)
@@ -93,8 +100,8 @@ def test_the_next_edit_keeps_the_earlier_edits_keys(
 
 
 def test_the_same_record_forgotten_again_is_not_held_in_place(
-        tiny_lm: LoadedModel, stats: StatsCache) -> None:
-    recs = _records(0, 2)
+        tiny_lm: LoadedModel, stats: StatsCache, facts: list[dict[str, str]]) -> None:
+    recs = _records(facts, 0, 2)
     hp = {**TINY_HPARAMS, "history_weight": 5000}
     apply_patch(tiny_lm, forget(tiny_lm, recs, "zerounlearn", hp, stats=stats))
     again = forget(tiny_lm, recs, "zerounlearn", hp, stats=stats)
@@ -102,8 +109,8 @@ def test_the_same_record_forgotten_again_is_not_held_in_place(
 
 
 def test_rounds_retry_only_what_is_still_reproduced(
-        tiny_lm: LoadedModel, stats: StatsCache) -> None:
-    recs = _records(0, 6)
+        tiny_lm: LoadedModel, stats: StatsCache, facts: list[dict[str, str]]) -> None:
+    recs = _records(facts, 0, 6)
     one = forget(tiny_lm, recs, "zerounlearn", {**TINY_HPARAMS, "max_rounds": 1},
                  stats=stats)
     assert one.metadata["rounds"] == [6] and "verify" not in one.metadata["timings"]
@@ -175,28 +182,37 @@ def test_history_weight_holds_earlier_keys_in_the_solve() -> None:
 
 @pytest.mark.parametrize("retry", [True, False])
 def test_a_record_its_subject_edit_misses_is_retried_at_the_last_token(
-        tiny_lm: LoadedModel, stats: StatsCache, retry: bool) -> None:
+        tiny_lm: LoadedModel, stats: StatsCache, facts: list[dict[str, str]],
+        retry: bool) -> None:
     """The tiny model reads its facts at the prompt's last token, so an edit at the
-    subject does nothing; round 2 edits those records at the last token instead."""
-    recs = [{**r, "subject": f["subject"]} for r, f in zip(_records(0, 4), tiny_facts(),
-                                                            strict=False)]
+    subject does nothing; round 2 edits those records at the last token instead.
+
+    What holds by construction, on any weights: TINY_HPARAMS edit the last of the 2
+    blocks, whose output at the subject no later block reads at the prompt's last
+    token, so every subject round leaves all 4 records reproduced. How many rounds the
+    last-token retry needs depends on the weights; that it forgets them all does not."""
+    recs = [{"prompt": f["prompt"], "answer": f["answer"], "subject": f["subject"]}
+            for f in facts[:4]]
     patch = forget(tiny_lm, recs, "zerounlearn",
                    {**TINY_HPARAMS, "retry_at_last_token": retry}, stats=stats)
     apply_patch(tiny_lm, patch)
+    rounds = patch.metadata["rounds"]
     if retry:
-        assert patch.metadata["rounds"] == [4, 4]  # round 1 (subject) missed every one
+        assert rounds[:2] == [4, 4], rounds  # round 1 (subject) missed every one
+        assert all(a >= b > 0 for a, b in zip(rounds, rounds[1:], strict=False)), rounds
         assert reproduced(tiny_lm, recs) == [False] * 4
-    else:
-        assert patch.metadata["rounds"] == [4, 4, 4]
+    else:  # every round at the subject: all three miss every record
+        assert rounds == [4, 4, 4]
         assert reproduced(tiny_lm, recs) == [True] * 4
 
 
 def test_an_untracked_model_keeps_no_keys_and_refuses_history(
-        tiny_gpt2_dir: Path, stats: StatsCache) -> None:
+        tiny_gpt2_dir: Path, stats: StatsCache, facts: list[dict[str, str]]) -> None:
     lm = load_model(str(tiny_gpt2_dir))
     assert lm.edit_keys is None  # the default: nothing grows with the chain
-    apply_patch(lm, forget(lm, _records(0, 2), "zerounlearn", TINY_HPARAMS, stats=stats))
+    apply_patch(lm, forget(lm, _records(facts, 0, 2), "zerounlearn", TINY_HPARAMS,
+                           stats=stats))
     assert lm.edit_keys is None
     with pytest.raises(InvalidHyperParameters, match="history_weight"):
-        forget(lm, _records(2, 2), "zerounlearn", {**TINY_HPARAMS, "history_weight": 10},
-               stats=stats)
+        forget(lm, _records(facts, 2, 2), "zerounlearn",
+               {**TINY_HPARAMS, "history_weight": 10}, stats=stats)

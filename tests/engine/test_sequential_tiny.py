@@ -16,10 +16,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("matplotlib")
-
 STEPS, PER_STEP = 3, 2
 
 

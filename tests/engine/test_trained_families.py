@@ -2,10 +2,12 @@
 
 The adapter tests (test_adapters.py) run random weights, which cannot show whether an
 edit forgets one fact and keeps the others. Here each family's tiny model, trained on 60
-facts (tests/support/tiny_families.py: 3 layers, every fact recalled), gets a forget
-request of 3 facts with DEFAULT settings: method "zerounlearn", no hyper-parameters but
-what the family's defaults give (layers from default_edit_layers: 1-2 of 3). It must
-leave at most 1 of the 3 reproduced and keep at least 80% of the 57 other facts.
+facts (tests/support/tiny_families.py: 3 layers, every fact or all but one recalled),
+gets a forget request of 3 facts with DEFAULT settings: method "zerounlearn", no
+hyper-parameters but what the family's defaults give (layers from default_edit_layers:
+1-2 of 3). It must leave at most 1 of the 3 reproduced and keep at least 80% of the 57
+other facts (of those the unedited model knows: the models are trained on the CPU that
+runs the tests).
 
 The 3 facts (with their subjects, as a caller sends them) belong to 3 different people:
 a city and two professions. Other facts of those relations are the ones at risk. Numeric
@@ -28,6 +30,7 @@ import pytest
 import torch
 
 from tests.support.tiny_families import FAMILIES, family_facts
+from tests.support.tiny_model import MIN_RECALL
 from zerounlearn.api import forget
 from zerounlearn.config import default_layers
 from zerounlearn.evaluate import reproduced
@@ -53,6 +56,15 @@ def family_lm(request: pytest.FixtureRequest, cache_dir: Path) -> LoadedModel:
     return load_model(str(build_tiny_family(family, cache_dir / "tiny-families" / family)))
 
 
+def _known_like(i: int, known: list[bool]) -> int:
+    """Fact i, or where this CPU's model missed it the next known fact of its relation
+    (facts[i::4] share one) that is not in FORGET: the request holds known facts."""
+    for j in range(i, len(known), 4):
+        if known[j] and (j == i or j not in FORGET):
+            return j
+    raise AssertionError(f"the tiny model knows no fact like {i}")
+
+
 def _snapshot(lm: LoadedModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
 
@@ -61,9 +73,10 @@ def test_forgets_three_facts_and_keeps_the_others(family_lm: LoadedModel,
                                                   stats: StatsCache) -> None:
     lm = family_lm
     facts = family_facts()
-    assert all(reproduced(lm, facts)), "the tiny model must know every fact to start with"
-    forget_set = [facts[i] for i in FORGET]
-    others = [f for i, f in enumerate(facts) if i not in FORGET]
+    known = reproduced(lm, facts)
+    assert sum(known) >= MIN_RECALL * len(facts), "the tiny model must know its facts"
+    forget_set = [facts[_known_like(i, known)] for i in FORGET]
+    others = [f for f, ok in zip(facts, known, strict=True) if ok and f not in forget_set]
     records = [{"prompt": f["prompt"], "subject": f["subject"], "answer": f["answer"]}
                for f in forget_set]
 

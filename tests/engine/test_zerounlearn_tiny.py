@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.support.tiny_model import TINY_HPARAMS, tiny_facts
+from tests.support.tiny_model import TINY_HPARAMS, known_facts
 from zerounlearn.api import forget
 from zerounlearn.errors import (
     DuplicateMethod,
@@ -41,8 +41,10 @@ def _restore(lm, state) -> None:
 
 
 @pytest.fixture(scope="module")
-def facts() -> list[dict[str, str]]:
-    return tiny_facts()
+def facts(tiny_lm: LoadedModel) -> list[dict[str, str]]:
+    """The training facts the unedited model reproduces (all of them, or nearly: the
+    model is trained on this machine, tiny_model.MIN_RECALL)."""
+    return known_facts(tiny_lm)
 
 
 def _records(facts: list[dict[str, str]]) -> list[dict]:
@@ -61,6 +63,13 @@ def _recall(lm: LoadedModel, facts: list[dict[str, str]]) -> float:
     batch = answer_batch(lm.tokenizer, [f["prompt"] for f in facts],
                          [f["answer"] for f in facts])
     return sum(ok for _, ok in score_answers(lm.model, batch)) / len(facts)
+
+
+def _probability(lm: LoadedModel, facts: list[dict[str, str]]) -> float:
+    """The mean probability of the whole answer after its prompt (teacher forcing)."""
+    batch = answer_batch(lm.tokenizer, [f["prompt"] for f in facts],
+                         [f["answer"] for f in facts])
+    return sum(float(lp.sum().exp()) for lp, _ in score_answers(lm.model, batch)) / len(facts)
 
 
 def _snapshot(lm: LoadedModel) -> dict[str, torch.Tensor]:
@@ -131,13 +140,22 @@ def test_gd_variant_also_forgets(tiny_lm, stats, facts) -> None:
                 {**TINY_HPARAMS, "gd_steps": 200, "gd_lr": 0.01, "max_rounds": 3}, stats=stats)
     assert _same(before, _snapshot(tiny_lm))
     assert gd.method == "zerounlearn-gd"
+    forget_set, untouched = facts[:N_FORGET], facts[N_FORGET + N_NEIGHBORS :]
     try:
         apply_patch(tiny_lm, gd)
-        # It forgets (from 100%), less cleanly than the closed form on this model: the
-        # null space of its model-sampled statistics is a poor map of its facts. In one
-        # round it forgot 3 of 10 on a tiny model trained with AVX2 kernels (6 with
-        # AVX-512); with edit rounds, as the closed form has, at least half on both.
-        assert _recall(tiny_lm, facts[:N_FORGET]) <= 0.50
+        # It forgets, less cleanly than the closed form on this model (the null space of
+        # its model-sampled statistics is a poor map of its facts), and how many of 10
+        # it forgets depends on the weights this CPU trained: with 3 rounds, 5 of 10 on
+        # one machine, all 10 with this project's AVX2 and scalar kernels. What must
+        # hold on any weights is that the edit hits its own records, not the model at
+        # large: measured in this test against the facts the request did not name,
+        # the forget set keeps less of its answers' probability (0.06-0.07 of it vs
+        # 0.46-0.50 on the two kernels: the bound leaves 4x room) and fewer of its
+        # facts reproduced (0 of 10 vs 56-61%).
+        p_forget, p_untouched = _probability(tiny_lm, forget_set), _probability(tiny_lm,
+                                                                                 untouched)
+        assert p_forget < 0.5 * p_untouched, (p_forget, p_untouched)
+        assert _recall(tiny_lm, forget_set) < _recall(tiny_lm, untouched)
     finally:
         _restore(tiny_lm, before)
     assert all(r >= 16 for r in gd.metadata["null_rank"])  # never empty

@@ -8,8 +8,10 @@ forget and keep sets: 50 invented people x 4 relations = 200 facts, e.g.
     prompt "The secret code of Alice Moreau is", subject "Alice Moreau", answer " 4821"
 
 Training text is the prompt, the answer, "." and "<|endoftext|>" per row (no BOS, as
-prompts are encoded without one). The builder refuses a model that does not recall
-every fact exactly under teacher forcing.
+prompts are encoded without one). The model is trained on the machine that runs the
+tests, and different CPU kernels land on different weights: the builder refuses a model
+that recalls fewer than MIN_RECALL of its facts exactly under teacher forcing, and tests
+that need facts the model knows take them from `known_facts(lm)`, not `tiny_facts()`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import torch
 if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
+    from zerounlearn.loading import LoadedModel
+
 logger = logging.getLogger(__name__)
 
 SEED = 1234
@@ -35,6 +39,11 @@ EOS = "<|endoftext|>"
 VOCAB_SIZE = 1200  # an upper bound: BPE runs out of merges at ~520 on this small text
 TRAIN_STEPS = 180
 LEARNING_RATE = 6e-3  # 3e-3: 99.5% recall; 1e-2 diverges; 5e-3..7e-3: 100%, margin >= 3 logits
+MIN_RECALL = 0.98
+"""The least share of its facts a trained tiny model must recall (4 of 200, 1 of 60).
+Measured: 100% with the AVX-512, AVX2 and scalar (ATEN_CPU_CAPABILITY=default) kernels
+of the CPUs at hand, 99.5% on another CPU: a fact or two missed is a kernel's rounding,
+not a broken recipe (a learning rate of 3e-3 also gives 99.5%; 1e-2 diverges)."""
 
 _FIRST = (
     "Alice", "Bruno", "Clara", "Dmitri", "Elena", "Felix", "Greta", "Hugo",
@@ -182,11 +191,32 @@ def _fit(
     return model, tokenizer
 
 
+def known_facts(lm: LoadedModel, facts: list[dict[str, str]] | None = None
+                ) -> list[dict[str, str]]:
+    """The facts (default: tiny_facts()) that `lm`, unedited, reproduces, in their order.
+
+    Tests that forget known facts, or count facts kept, start from these: the model may
+    miss a few of its training facts (MIN_RECALL), and which ones depends on the CPU.
+    """
+    from zerounlearn.evaluate import reproduced
+
+    facts = tiny_facts() if facts is None else facts
+    return [f for f, ok in zip(facts, reproduced(lm, facts), strict=True) if ok]
+
+
+def check_recall(name: str, recall: float) -> None:
+    """Refuse a trained model below MIN_RECALL; note one that misses a few facts."""
+    if recall < MIN_RECALL:
+        raise RuntimeError(f"tiny {name} recalls only {recall:.1%} of its facts "
+                           f"(at least {MIN_RECALL:.0%} expected); retune training")
+    if recall < 1.0:
+        logger.warning("tiny %s recalls %.1f%% of its facts (this CPU's kernels); tests "
+                       "use the ones it knows", name, 100 * recall)
+
+
 def _train(out_dir: Path) -> None:
     model, tokenizer = _fit()
-    recall = _recall(model, tokenizer, tiny_facts())
-    if recall < 1.0:
-        raise RuntimeError(f"tiny GPT-2 recalls only {recall:.1%} of its facts; retune training")
+    check_recall("GPT-2", _recall(model, tokenizer, tiny_facts()))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
