@@ -1,7 +1,7 @@
 """Forget hyper-parameters checked at the door, with the engine's own ranges.
 
 `zerounlearn.config` holds the typed hyper-parameters, their JSON defaults and their
-ranges, and imports no torch (tests/service/test_api_contract.py keeps it so), so the API
+ranges, and imports no torch (tests/api/test_api_contract.py keeps it so), so the API
 applies the very rules the worker applies again before an edit. The statistics settings
 never get here: the request schema refuses them (app.schemas.SERVER_ONLY_HPARAMS).
 """

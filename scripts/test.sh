@@ -29,9 +29,9 @@ fi
 # directory).
 if [ "$#" -eq 0 ]; then
   ZEROUNLEARN_TEST_DATABASE=postgresql python -m pytest -q -m "not slow" \
-    tests/service/test_api_contract.py tests/service/test_end_to_end.py \
-    tests/service/test_worker_units.py tests/service/test_worker_guards.py \
-    tests/service/test_trust_end_to_end.py tests/service/test_coalescing.py \
-    tests/service/test_s3_stack.py tests/service/test_sealing.py \
-    tests/service/test_paging.py tests/service/test_old_data_dir.py
+    tests/api/test_api_contract.py tests/e2e/test_end_to_end.py \
+    tests/worker/test_worker_units.py tests/worker/test_worker_guards.py \
+    tests/e2e/test_trust_end_to_end.py tests/e2e/test_coalescing.py \
+    tests/e2e/test_s3_stack.py tests/e2e/test_sealing.py \
+    tests/api/test_paging.py tests/store/test_old_data_dir.py
 fi

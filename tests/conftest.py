@@ -20,6 +20,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+LAYERS = ("engine", "sql", "store", "worker", "api", "e2e", "ui", "bench")
+"""Test directories, each also a marker (registered in pyproject.toml) that its tests
+carry: `pytest -m "not slow and not e2e and not ui"` is the quick loop."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        parts = item.path.resolve().relative_to(tests_dir).parts
+        if len(parts) > 1 and parts[0] in LAYERS:
+            item.add_marker(parts[0])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread() -> None:
     """With another process busy, two threads ran several times slower than one."""

@@ -1,7 +1,7 @@
 """The configuration table: every variable, rendered from the settings classes.
 
 `python -m store.settings` prints it (Markdown); the README's "Configuration" section
-lists the same variables (tests/service/test_settings.py checks it).
+lists the same variables (tests/store/test_settings.py checks it).
 """
 
 from __future__ import annotations

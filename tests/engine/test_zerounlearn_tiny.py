@@ -232,7 +232,7 @@ def test_method_registry_names() -> None:
                 raise AssertionError
 
     # a name must be in zerounlearn.config.HPARAMS_CLASSES first (one registration;
-    # tests/service/test_method_registry.py)
+    # tests/api/test_method_registry.py)
     with pytest.raises(UnknownMethod):
         @register_method("test-only-method")
         class TestOnly:

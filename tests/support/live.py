@@ -1,8 +1,8 @@
 """A running service with the tiny GPT-2 registered and ready, for client, CLI, metrics
-and browser tests: real Redis (own database), `python -m app`, `python -m worker`.
+and browser tests: real Redis (a database leased by name), `python -m app`, `python -m worker`.
 
-Each test package that needs one starts it once per session (`live_service`), on its
-own Redis database so packages never share queues.
+Each test package that needs one starts it once per session (`live_service`), on a
+Redis database leased to it (tests/support/redis_dbs.py) so packages never share queues.
 """
 
 from __future__ import annotations
@@ -50,10 +50,12 @@ def records(person: int, count: int = 1) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def live_service(root: Path, tiny_dir: Path, db: int, **env: str) -> Iterator[LiveService]:
-    """The stack on Redis database `db` (flushed) with the tiny model ready; `env` goes
+def live_service(
+    root: Path, tiny_dir: Path, db_name: str, **env: str
+) -> Iterator[LiveService]:
+    """The stack on a Redis database leased to `db_name` with the tiny model ready; `env` goes
     to both processes (e.g. ZEROUNLEARN_LOG_FORMAT=json)."""
-    with processes.service_stack(root, api_env=dict(env), db=db, **env) as stack:
+    with processes.service_stack(root, db_name=db_name, api_env=dict(env), **env) as stack:
         created = stack.client.post("/v1/models", json={"name": "tiny", "source": str(tiny_dir)})
         assert created.status_code == 201, created.text
         model = processes.wait_model_ready(stack.client, created.json()["id"], timeout=300)

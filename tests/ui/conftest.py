@@ -1,5 +1,5 @@
 """Browser tests: headless Chromium (Debian's `chromium` + `chromium-driver`) driven by
-Selenium against a live API + worker (Redis database 8) with the tiny model.
+Selenium against a live API + worker (its own Redis database) with the tiny model.
 
 No browser is downloaded: a missing Chromium fails these tests loudly (CI installs it,
 see .ci/run). Screenshots go to ZEROUNLEARN_UI_ARTIFACTS (default .cache/ui-artifacts)
@@ -19,7 +19,6 @@ import pytest
 from tests.support.live import LiveService, live_service
 from tests.support.processes import REPO
 
-UI_REDIS_DB = 8  # 7: the tests/service live stack; 9-14: other service tests
 ARTIFACTS = Path(os.environ.get("ZEROUNLEARN_UI_ARTIFACTS", str(REPO / ".cache" / "ui-artifacts")))
 CHROMIUM_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,7 +38,7 @@ def _find(*names: str) -> str | None:
 
 @pytest.fixture(scope="session")
 def ui_live(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path) -> Iterator[LiveService]:
-    with live_service(tmp_path_factory.mktemp("ui"), tiny_gpt2_dir, UI_REDIS_DB) as svc:
+    with live_service(tmp_path_factory.mktemp("ui"), tiny_gpt2_dir, "ui") as svc:
         yield svc
 
 
