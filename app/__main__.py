@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from app.bind import unauthenticated_bind_refusal
 from app.embedded_valkey import VALKEY_USER, password_path, safe_url, start_embedded_valkey
 from app.settings import Settings, load_settings
 from store.logs import start_logging
@@ -86,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings is None:
         return 2
     workers = settings.api_workers if args.workers is None else args.workers
-    if not settings.auth_enabled and args.host not in ("127.0.0.1", "::1", "localhost"):
-        logger.error("ZEROUNLEARN_AUTH=disabled is for development: refusing to listen on %s "
-                     "(bind 127.0.0.1, or enable authentication)", args.host)
+    refusal = unauthenticated_bind_refusal(settings.auth_enabled, args.host)
+    if refusal is not None:
+        logger.error("%s", refusal)
         return 2
     server = None
     if not settings.redis_url:

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from store import Conflict, NotFound, StoreError
@@ -176,5 +177,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Conflict, _conflict)
     app.add_exception_handler(StoreError, _store_unavailable)
     app.add_exception_handler(OSError, _store_unavailable)
+    # the metadata database refused (full disk, locked, unreachable): a 503, not a 500
+    app.add_exception_handler(OperationalError, _store_unavailable)
     app.add_exception_handler(RedisError, _queue_unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from app.bind import unauthenticated_bind_refusal
 from app.embedded_valkey import password_path, safe_url, start_embedded_valkey
 from store.enums import ModelStatus
 from store.logs import start_logging
@@ -242,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     # the API's settings too: a bad value stops the stack here, before anything starts
     settings = start_logging("api", LocalStackSettings.load)
     if settings is None:
+        return 2
+    refusal = unauthenticated_bind_refusal(settings.auth_enabled, args.host)
+    if refusal is not None:  # the same rule as python -m app
+        logger.error("%s", refusal)
         return 2
     # The worker processes and the API (uvicorn's factory, app.main.create_app) read
     # their settings from the environment: what the stack decides is passed on there.
