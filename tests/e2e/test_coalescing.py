@@ -9,6 +9,8 @@ whose head forgets them all.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,9 @@ from worker.edit_lock import EditLockLost, lock_key, model_edit_lock, release_lo
 from worker.settings import SettingsError, WorkerSettings
 
 pytestmark = pytest.mark.timeout(900)
-WINDOW = {"ZEROUNLEARN_COALESCE_WINDOW_S": "5"}  # generous: submits on a busy machine
+WINDOW = {"ZEROUNLEARN_COALESCE_WINDOW_S": "1"}
+"""Coalescing on. Each test queues all its requests before a worker looks at the queue
+(worker_paused, run_stopped), so how long the submissions take never matters."""
 OFF = {"ZEROUNLEARN_COALESCE_WINDOW_S": "0", "ZEROUNLEARN_COALESCE_MAX_BATCH": "1"}
 CHAIN_PEOPLE = [20, 21, 22]
 OVERRIDE = {"override_seal_reason": "test: coalescing on an older version"}
@@ -67,6 +71,17 @@ def forgotten_by(c: httpx.Client, mid: str, version: str, people: list[int]) -> 
     report = wait_job(c, response.json()["job_id"])
     assert report["status"] == "succeeded", report
     return [r["forgotten"] for r in report["result"]["records"]]
+
+
+@contextlib.contextmanager
+def worker_paused(svc: LiveService) -> Iterator[None]:
+    """The idle worker frozen (SIGSTOP) for the block, resumed (SIGCONT) after it: what is
+    submitted meanwhile all waits in the queue when the worker takes the first job."""
+    svc.stack.worker.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        svc.stack.worker.signal(signal.SIGCONT)
 
 
 def run_stopped(svc: LiveService, submit_all: Any, env: dict[str, str] | None = None) -> Any:
@@ -136,7 +151,8 @@ def test_requests_within_the_window_share_one_version(svc: LiveService) -> None:
     c, mid = svc.stack.client, svc.model["id"]
     head = active(c, mid)
     people = list(range(0, 6))
-    ids = [submit(c, mid, p) for p in people]  # the worker is idle: it takes the first
+    with worker_paused(svc):  # the worker is running: it takes the first, the others join
+        ids = [submit(c, mid, p) for p in people]
     jobs = [wait_job(c, j) for j in ids]
     assert [j["status"] for j in jobs] == ["succeeded"] * 6, jobs
     versions = {j["result"]["version"] for j in jobs}

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis
 
 from tests.support import processes
 from tests.support.processes import ServiceStack
 from tests.support.tiny_model import TINY_REQUEST_HPARAMS, tiny_facts
+from worker.edit_lock import lock_key
 
 FORGET_METHOD = "zerounlearn"
 FORGET_HPARAMS: dict[str, Any] = TINY_REQUEST_HPARAMS  # the toy model needs its own settings
@@ -245,21 +247,27 @@ def test_worker_killed_mid_job_leaves_no_version(
         {"prompt": g[3]["prompt"], "subject": g[3]["subject"], "answer": g[3]["answer"]}
         for g in groups[30:45]
     ]
-    slow = {"target_steps": 400, "target_stop_loss": 0.0}
-    response = c.post(
-        f"/v1/models/{mid}/forget",
-        json={"records": records, "hparams": slow, "base_version": "v0"}, params=SEALED_OK,
-    )
-    assert response.status_code == 202, response.text
-    job_id = response.json()["job_id"]
-    processes.wait_until(
-        lambda: c.get(f"/v1/jobs/{job_id}").json()["status"] != "queued", 60, 0.05, "job running"
-    )
-    stack.worker.signal(signal.SIGKILL)
-    stack.worker.popen.wait(timeout=10)
-    job = c.get(f"/v1/jobs/{job_id}").json()
-    if job["status"] != "running":
-        pytest.skip(f"the job ended ({job['status']}) before the worker could be killed")
+    # the test holds the model's edit lock: the job starts ("running") and then waits
+    # for the lock, so it is still running when the kill lands, however fast the machine
+    conn = Redis.from_url(stack.redis_url)
+    conn.set(lock_key(mid), "test-holder|0")
+    try:
+        response = c.post(
+            f"/v1/models/{mid}/forget",
+            json={"records": records, "base_version": "v0"}, params=SEALED_OK,
+        )
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+        processes.wait_until(
+            lambda: c.get(f"/v1/jobs/{job_id}").json()["status"] != "queued", 60, 0.05,
+            "job started",
+        )
+        stack.worker.signal(signal.SIGKILL)
+        stack.worker.popen.wait(timeout=10)
+        assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+    finally:
+        conn.delete(lock_key(mid))
+        conn.close()
 
     stack.restart_worker()  # its start-up finds the dead worker's job
     job = wait_job(c, job_id, timeout=30)

@@ -12,15 +12,16 @@ import base64
 import hashlib
 import hmac
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from redis import Redis
 
 from store import ArtifactStore
+from store.enums import CallbackState
 from tests.support import processes
 from tests.support.processes import ServiceStack
 from tests.support.receiver import Receiver
@@ -66,6 +67,13 @@ def signature_ok(call: dict[str, Any]) -> bool:
     return hmac.compare_digest(headers["webhook-signature"], expected)
 
 
+def callback_states(c: httpx.Client, job_id: str) -> list[str]:
+    """The callback state after each audited delivery attempt of the job."""
+    entries = c.get("/v1/audit", params={"limit": 1000}).json()["items"]
+    return [e["detail"]["state"] for e in entries
+            if e["action"] == "callback.attempt" and e["ids"].get("job") == job_id]
+
+
 def test_callback_retried_signed_audited_and_receipt_verifies(
     stack: ServiceStack, model: dict[str, Any]
 ) -> None:
@@ -80,8 +88,15 @@ def test_callback_retried_signed_audited_and_receipt_verifies(
         assert response.status_code == 202, response.text
         job = wait_job(c, response.json()["job_id"])
         assert job["status"] == "succeeded", job
-        processes.wait_until(lambda: len(receiver.calls) >= 3, 30, 0.1, "3 deliveries")
-        time.sleep(1.5)  # no fourth delivery after the success
+        # the audit entry is the last step of an attempt, after the callback's new state
+        processes.wait_until(
+            lambda: any(s != CallbackState.PENDING for s in callback_states(c, job["id"])),
+            30, 0.1, "an attempt that left the callback not pending",
+        )
+        # delivered: an attempt is made only after claiming a pending callback in the
+        # store (app.callback_delivery), so the calls received now are all there will be
+        callback = ArtifactStore(stack.data_dir).requests.get(job["id"])["callback"]
+        assert (callback["state"], callback["attempts"]) == (CallbackState.DELIVERED, 3)
         assert len(receiver.calls) == 3
     finally:
         receiver.close()
