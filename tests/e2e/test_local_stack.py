@@ -24,6 +24,12 @@ def _headers(tmp_path: Path) -> dict[str, str]:
     return processes.auth_headers(path.read_text().strip())
 
 
+# The stack's own lines about the demo model (app/local_stack.py). Not just "ready:": the
+# API logs "API ready: store ..." into the same output before the demo is registered.
+DEMO_READY = "ready: forget something with POST"
+DEMO_KNOWN = ") is registered: "
+
+
 def _start_stack(tmp_path: Path, demo: str) -> tuple[processes.ServiceProcess, str]:
     port = processes.free_port()
     env = processes.service_env(None, tmp_path / "data", ZEROUNLEARN_DEMO_MODEL=demo)
@@ -74,7 +80,7 @@ def test_stack_serves_registers_demo_and_stops_cleanly(
             )
 
         processes.wait_until(demo_ready, 120, 0.5, "demo model ready")
-        processes.wait_until(lambda: "ready:" in proc.log_tail(), 10, 0.2, "ready line")
+        processes.wait_until(lambda: DEMO_READY in proc.log_tail(), 10, 0.2, "ready line")
         children = processes.descendants(proc.pid)
         assert len(children) >= 3, children  # the two workers and the Valkey server
         assert (tmp_path / "data" / "redis").is_dir()
@@ -93,7 +99,7 @@ def test_stack_stops_on_ctrl_c_and_does_not_register_twice(
         try:
             processes.wait_http_ok(f"{url}/readyz", proc, timeout=90)
             processes.wait_until(
-                lambda p=proc: "ready:" in p.log_tail() or "is registered" in p.log_tail(),
+                lambda p=proc: DEMO_READY in p.log_tail() or DEMO_KNOWN in p.log_tail(),
                 120, 0.5, "demo registration",
             )
             models = httpx.get(f"{url}/v1/models", headers=_headers(tmp_path)).json()
