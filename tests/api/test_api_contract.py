@@ -73,11 +73,6 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def store(settings: Settings) -> ArtifactStore:
-    return ArtifactStore(settings.data_dir)
-
-
-@pytest.fixture
 def queue(redis: Redis, settings: Settings) -> Queue:
     return Queue(settings.queue_name, connection=redis)
 

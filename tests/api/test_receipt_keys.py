@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +143,6 @@ def make_settings(tmp_path: Path, redis_url: str, **overrides: object) -> Settin
 @pytest.fixture
 def settings(tmp_path: Path, redis: Redis, redis_url: str) -> Settings:
     return make_settings(tmp_path, redis_url)
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
 
 
 def new_key(client: TestClient, role: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,17 +44,6 @@ def make_settings(tmp_path: Path, redis_url: str, **overrides: object) -> Settin
 @pytest.fixture
 def settings(tmp_path: Path, redis: Redis, redis_url: str) -> Settings:
     return make_settings(tmp_path, redis_url)
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture
-def store(settings: Settings) -> ArtifactStore:
-    return ArtifactStore(settings.data_dir)
 
 
 def hf_dir(root: Path, name: str = "tiny") -> Path:

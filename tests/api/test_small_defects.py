@@ -10,14 +10,12 @@ import json
 import os
 import re
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from app.main import create_app
 from app.settings import Settings
 from store import ArtifactStore
 from tests.support import processes
@@ -35,17 +33,6 @@ def bearer(token: str) -> dict[str, str]:
 def settings(tmp_path: Path, redis: Redis, redis_url: str) -> Settings:
     return Settings(redis_url=redis_url, data_dir=tmp_path / "data", admin_token=ADMIN,
                     model_roots=str(tmp_path / "models"), reconcile_interval_s=3600)
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture
-def store(settings: Settings) -> ArtifactStore:
-    return ArtifactStore(settings.data_dir)
 
 
 def hf_dir(path: Path) -> Path:
