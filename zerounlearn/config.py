@@ -151,6 +151,8 @@ class ZeroUnlearnHParams(TargetHParams):
     retain_top_k: int = 64  # retain-bank sites protected per request: those whose keys
     # lie closest to the forget keys (retain.py); 0 ignores the bank
     retain_substitutions: bool = True  # candidates include forget prompts with bank subjects
+    lookalike_count: int = 0  # per record: forget prompts with the subject's nearest
+    # whole words in the model's embeddings substituted in are protected (lookalikes.py)
     carry_weight: float = 1.0  # the version's accumulated preservation (carry.py) joins
     # the solve with this factor; 0 ignores it
     carry_protect_weight: float = 100.0  # per key: this request's protected keys, added
@@ -158,6 +160,9 @@ class ZeroUnlearnHParams(TargetHParams):
     carry_forget_weight: float = 100.0  # per key: this request's forget keys, kept at
     # their edited outputs by later edits
     carry_rank: int = 1024  # the carry's columns at most (capped at d_ff, where it is exact)
+    edit_token: str = "subject"  # round 1 edits at the subject's last token (the spec's
+    # site) or at the prompt's "last" token, where the answer is read (ours: paraphrases
+    # are forgotten with the prompt; README, "Collateral damage")
     max_rounds: int = 3  # records still reproduced after an edit round are edited again
     retry_at_last_token: bool = True  # ... at the prompt's last token, not the subject's
     protect_neighbors: bool = True  # protected keys include the records' neighbours
@@ -182,8 +187,10 @@ class ZeroUnlearnHParams(TargetHParams):
         _range("forget_weight", self.forget_weight, 1.0, 1e5)
         _range("preserve_weight", self.preserve_weight, 0.0, 1e6)
         _range("history_weight", self.history_weight, 0.0, 1e6)
+        _choice("edit_token", self.edit_token, ("subject", "last"))
         _range("max_rounds", self.max_rounds, 1, 10)
         _range("retain_top_k", self.retain_top_k, 0, 4096)
+        _range("lookalike_count", self.lookalike_count, 0, 64)
         _range("carry_weight", self.carry_weight, 0.0, 100.0)
         _range("carry_protect_weight", self.carry_protect_weight, 0.0, 1e6)
         _range("carry_forget_weight", self.carry_forget_weight, 0.0, 1e6)

@@ -68,27 +68,42 @@ def substitution_sites(
     subject to the end. A text already in `seen` is skipped (and added when new)."""
     if subjects is None:
         subjects = sorted({r.prompt[r.span[0] : r.span[1]] for r in requests if r.span})
-    # the text up to (and including) each forget edit token: a site equal to one is a
-    # forget key, not a protected one
-    forget_heads = {r.prompt[: r.span[1]] if r.span else r.prompt for r in requests}
+    heads = forget_heads(requests)
     seen = set() if seen is None else seen
     sites = []
     for req in requests:
-        if req.span is None:
+        sites += substituted(tokenizer, req, subjects, heads, seen)
+    return sites
+
+
+def forget_heads(requests: Sequence[EditRequest]) -> set[str]:
+    """The text up to (and including) each forget edit token: a site equal to one is a
+    forget key, not a protected one."""
+    return {r.prompt[: r.span[1]] if r.span else r.prompt for r in requests}
+
+
+def substituted(
+    tokenizer: Any, req: EditRequest, subjects: Sequence[str], heads: set[str],
+    seen: set[str],
+) -> list[Site]:
+    """One forget prompt with each of `subjects` in its subject's place, from that
+    subject to the end; skips its own subject, forget heads and texts in `seen`."""
+    if req.span is None:
+        return []
+    start, end = req.span
+    own = req.prompt[start:end]
+    sites = []
+    for other in subjects:
+        if other == own:
             continue
-        start, end = req.span
-        own = req.prompt[start:end]
-        for other in subjects:
-            if other == own:
-                continue
-            head = req.prompt[:start] + other
-            text = head + req.prompt[end:]
-            if head in forget_heads or text in seen:
-                continue
-            seen.add(text)
-            indices = token_indices_from(tokenizer, text, start)
-            if indices:
-                sites.append(Site(text, indices))
+        head = req.prompt[:start] + other
+        text = head + req.prompt[end:]
+        if head in heads or text in seen:
+            continue
+        seen.add(text)
+        indices = token_indices_from(tokenizer, text, start)
+        if indices:
+            sites.append(Site(text, indices))
     return sites
 
 

@@ -180,15 +180,23 @@ def test_probe_results_hold_no_record_text(tiny_lm, records) -> None:
 
 
 # ------------------------------------------------------------ SmolLM2 (slow)
+# one round at the subject's last token, no context templates, end-of-text target, and
+# SmolLM2's protection and corpus weight before issue 10's last-token default (which
+# this weak form was measured on: the last-token edit leaves the probes nothing to find)
+WEAK_EDIT = {"template_count": 0, "max_rounds": 1, "edit_token": "subject",
+             "neutral_target": "endoftext", "lookalike_count": 0, "corpus_weight": 300_000,
+             "preserve_weight": 100}
+
+
 @pytest.mark.slow
 def test_smollm2_probes_catch_a_weak_edit_and_not_the_default_one(
     smollm2_dir: Path, cache_dir: Path
 ) -> None:
     """The tuning request's 10 world facts, no neighbours. Before: found by every probe
     (the chat probe finds fewer: the 135M model often answers a chat turn without the
-    fact). An edit without context templates and with one round looks complete
-    (efficacy 0) but the facts come back after other sentences (context: 4 of 10 on our
-    machine) and through the chat template (3 of 10); the default forget leaves none.
+    fact). A weak edit (WEAK_EDIT) looks complete (efficacy 0) but the facts come back
+    after other sentences (context: 4 of 10 on our machine) and through the chat
+    template (3 of 10); the default forget leaves none.
     Statistics as in test_zerounlearn_smollm2 (same cache)."""
     from zerounlearn.datasets import tuning_records
     from zerounlearn.evaluate import evaluate
@@ -212,7 +220,7 @@ def test_smollm2_probes_catch_a_weak_edit_and_not_the_default_one(
         finally:
             lm.model.load_state_dict(base)
 
-    efficacy, weak = edited({"template_count": 0, "max_rounds": 1})
+    efficacy, weak = edited(WEAK_EDIT)
     assert efficacy <= 10.0  # forgotten, as far as the efficacy test can tell
     assert max(weak["context"], weak["chat"]) >= 20.0, weak  # ... but the probes say not
     efficacy, after = edited({})

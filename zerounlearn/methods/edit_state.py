@@ -29,7 +29,8 @@ class EditRun:
     stats: dict[int, torch.Tensor]  # C per layer (d_ff, d_ff): corpus key second moment
     earlier: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer (d_ff, h):
     # forget keys of the model's own earlier edits (LoadedModel.edit_keys)
-    retain_sites: Sequence[Site] = ()  # the retain bank's sites chosen for this request
+    protected_sites: Sequence[Site] = ()  # kept by every round: neighbours, substitutions,
+    # lookalikes and the retain bank's sites at risk (ZeroUnlearnBase.protected)
     carry: dict[int, torch.Tensor] = field(default_factory=dict)  # the version's (d_ff, r)
     # outputs, filled in round by round
     info: dict[str, Any] = field(default_factory=dict)  # the Patch metadata but timings

@@ -40,6 +40,7 @@ from zerounlearn.keys import (
     key_prefix,
     prepare_requests,
 )
+from zerounlearn.lookalikes import lookalike_sites
 from zerounlearn.methods.edit_state import EditRun, RoundRecords, RoundState
 from zerounlearn.methods.registry import register_method
 from zerounlearn.neutral import generic_distributions
@@ -290,12 +291,7 @@ class ZeroUnlearnBase:
         protected keys (d_ff, p) as the solve used them."""
         cfg, layers = run.cfg, run.layers
         with timed(run.timings, "targets"):
-            protected: list[Site] = []
-            if cfg.preserve_weight > 0:
-                protected = protected_sites(
-                    lm.tokenizer, records.recs, records.requests,
-                    neighbors=cfg.protect_neighbors,
-                    substitutions=cfg.protect_substitutions) + list(run.retain_sites)
+            protected = list(run.protected_sites)
             z, target_info = neutral_targets(lm, records.requests, run.templates, layers[-1],
                                              cfg, records.progress)
             reached = torch.tensor([steps == 0 and nll < cfg.target_stop_loss for steps, nll in
@@ -359,8 +355,8 @@ class ZeroUnlearnBase:
             model, adapter = lm.model, lm.adapter
             originals = {layer: adapter.get_weight(model, layer) for layer in layers}
             try:
-                run = self.prepare_run(lm, cfg, layers, requests, stats=stats, timings=timings,
-                                       progress=progress, retain=retain)
+                run = self.prepare_run(lm, cfg, layers, recs, requests, stats=stats,
+                                       timings=timings, progress=progress, retain=retain)
                 keys, protected = self.run_rounds(lm, run, recs, requests, progress)
                 new_carry = self.next_carry(cfg, layers, run.carry, keys, protected)
             finally:
@@ -382,11 +378,12 @@ class ZeroUnlearnBase:
 
     def prepare_run(
         self, lm: LoadedModel, cfg: ZeroUnlearnHParams, layers: list[int],
-        requests: list[EditRequest], *, stats: StatsCache, timings: dict[str, float],
-        progress: Progress | None, retain: Sequence[RetainFact] | None,
+        recs: list[ForgetRecord], requests: list[EditRequest], *, stats: StatsCache,
+        timings: dict[str, float], progress: Progress | None,
+        retain: Sequence[RetainFact] | None,
     ) -> EditRun:
         """What every round shares: templates, statistics, the model's earlier edit keys
-        and carry, and the retain bank's sites at risk (timed into `timings`)."""
+        and carry, and the sites to protect (timed into `timings`)."""
         from zerounlearn.stats import CorpusSpec
 
         with timed(timings, "templates"):
@@ -407,13 +404,36 @@ class ZeroUnlearnBase:
                 "applied; workers: ZEROUNLEARN_EDIT_HISTORY=1)")
         run = EditRun(cfg=cfg, layers=layers, templates=templates, stats=c_by_layer,
                       earlier=earlier or {}, carry=dict(lm.carry or {}), timings=timings)
-        if retain and cfg.retain_top_k > 0 and cfg.preserve_weight > 0:
+        if cfg.preserve_weight > 0:
+            run.protected_sites = self.protected(lm, cfg, recs, requests, layers[0], timings,
+                                                 run.info, retain)
+        return run
+
+    @staticmethod
+    def protected(
+        lm: LoadedModel, cfg: ZeroUnlearnHParams, recs: Sequence[ForgetRecord],
+        requests: list[EditRequest], first_layer: int, timings: dict[str, float],
+        info: dict[str, Any], retain: Sequence[RetainFact] | None,
+    ) -> list[Site]:
+        """Every site whose outputs the request's rounds keep (protect.py): neighbours,
+        the forget prompts with the other records' subjects, with lookalike subjects
+        (lookalikes.py), and the retain bank's sites at risk (retain.py). Built once from
+        the records' subjects, so rounds that edit at the last token keep them too."""
+        sites = protected_sites(lm.tokenizer, recs, requests, neighbors=cfg.protect_neighbors,
+                                substitutions=cfg.protect_substitutions)
+        if cfg.lookalike_count > 0:
+            with timed(timings, "lookalikes"):
+                found, info["lookalikes"] = lookalike_sites(lm, requests, cfg.lookalike_count,
+                                                            seen={s.text for s in sites})
+                sites += found
+        if retain and cfg.retain_top_k > 0:
             with timed(timings, "retain"):
                 candidates = candidate_sites(lm.tokenizer, requests, retain,
                                              cfg.retain_substitutions)
-                run.retain_sites, run.info["retain"] = select_at_risk(
-                    lm, requests, candidates, layers[0], cfg.retain_top_k)
-        return run
+                chosen, info["retain"] = select_at_risk(lm, requests, candidates, first_layer,
+                                                        cfg.retain_top_k)
+                sites += chosen
+        return sites
 
     def run_rounds(
         self, lm: LoadedModel, run: EditRun, recs: list[ForgetRecord],
@@ -433,9 +453,10 @@ class ZeroUnlearnBase:
             settled = [i for i in record_keys[layers[0]] if i not in pending]
             history = {layer: _history(run.earlier.get(layer), record_keys[layer], settled)
                        for layer in layers}
-            if r == 1 and cfg.retry_at_last_token:
-                # a record its subject edit did not make forget (seen on models already
-                # edited many times) is edited where the answer is read: the last token
+            if (r == 0 and cfg.edit_token == "last") or (r == 1 and cfg.retry_at_last_token):
+                # where the answer is read: the prompt's last token. From round 1 by
+                # default (edit_token "last"; see config); in round 2 also for records a
+                # subject edit did not make forget (seen on models already edited often)
                 edit_recs = [dataclasses.replace(x, subject=None) for x in recs]
                 edit_requests = [  # the same neutral targets as the first round's
                     dataclasses.replace(x, target_dist=first.target_dist) for x, first in
