@@ -41,6 +41,15 @@ def test_paper_settings_are_the_papers() -> None:
     assert hp["layers"] == [16, 17, 18]
 
 
+def test_smollm2_edits_at_the_last_token_and_the_paper_at_the_subject() -> None:
+    ours = resolve_hparams("zerounlearn", "smollm2", None)
+    assert ours["edit_token"] == "last" and ours["lookalike_count"] == 32
+    assert ours["neutral_target"] == "generic"
+    assert resolve_hparams("zerounlearn", None, None)["edit_token"] == "subject"
+    paper = resolve_hparams("zerounlearn-paper", "smollm2", None)
+    assert paper["edit_token"] == "subject" and paper["lookalike_count"] == 0
+
+
 def test_overrides_win_and_are_typed() -> None:
     hp = resolve_hparams("zerounlearn", "smollm2", {"eps": 0, "layers": [3, 4]})
     assert hp["eps"] == 0.0 and isinstance(hp["eps"], float)
@@ -58,6 +67,8 @@ def test_overrides_win_and_are_typed() -> None:
         ({"layers": []}, "layers"),
         ({"sensitive_state": "both"}, "sensitive_state"),
         ({"update": "sideways"}, "update"),
+        ({"edit_token": "middle"}, "edit_token"),
+        ({"lookalike_count": 65}, "lookalike_count"),
         ({"epsilon": 0.1}, "epsilon"),
         ({"reg_lambda": float("nan")}, "reg_lambda"),
     ],
