@@ -109,6 +109,7 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
     lm.model.load_state_dict(base)
     lm.carry.clear()
     seconds, rounds, timings, retain_info = 0.0, [], {}, []
+    left: list[int] = []
     for k in range(steps):
         batch = forgotten[k * per:(k + 1) * per]
         t = time.perf_counter()
@@ -122,6 +123,9 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
             timings[phase] = round(timings.get(phase, 0.0) + value, 2)
         nll = patch.metadata.get("target_nll") or []
         target_nll = [round(sum(nll) / len(nll), 3)] if nll else []
+        # how many of the records forgotten so far still answer: an in-request miss
+        # shows as this request's count, a record that comes back as a later one
+        left.append(sum(reproduced(lm, [as_record(f) for f in forgotten[:(k + 1) * per]])))
         print(f"  {case} request {k + 1}/{steps}: {time.perf_counter() - t:.0f} s", flush=True)
     held_flags = reproduced(lm, [as_record(f) for f in heldout])
     per_relation: dict[str, list[bool]] = {}
@@ -139,7 +143,8 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
         "perplexity": round(ppl, 3),
         "perplexity_increase_pct": round(100.0 * (ppl - base_ppl) / base_ppl, 2),
         "seconds_per_record": round(seconds / len(forgotten), 2),
-        "rounds": rounds, "timings": timings, "retain": retain_info[-1],
+        "rounds": rounds, "reproduced_after_each": left, "timings": timings,
+        "retain": retain_info[-1],
         "target_nll_mean_last": target_nll,
     }
     if args.probes:  # % of the forgotten facts each probe brings back (zerounlearn.probes)

@@ -165,6 +165,8 @@ class ZeroUnlearnHParams(TargetHParams):
     # are forgotten with the prompt; README, "Collateral damage")
     max_rounds: int = 3  # records still reproduced after an edit round are edited again
     retry_at_last_token: bool = True  # ... at the prompt's last token, not the subject's
+    retry_at_subject: bool = False  # edit_token "last": rounds 2 on edit at the subject's
+    # last token instead (answers copied from the subject's name, "Russia" -> " Russian")
     protect_neighbors: bool = True  # protected keys include the records' neighbours
     protect_substitutions: bool = True  # ... and forget prompts with other subjects
     reg_lambda: float = 1.0  # lam: ridge towards the old W; keeps B invertible

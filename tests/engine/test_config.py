@@ -44,10 +44,11 @@ def test_paper_settings_are_the_papers() -> None:
 def test_smollm2_edits_at_the_last_token_and_the_paper_at_the_subject() -> None:
     ours = resolve_hparams("zerounlearn", "smollm2", None)
     assert ours["edit_token"] == "last" and ours["lookalike_count"] == 32
-    assert ours["neutral_target"] == "generic"
+    assert ours["neutral_target"] == "generic" and ours["retry_at_subject"] is True
     assert resolve_hparams("zerounlearn", None, None)["edit_token"] == "subject"
     paper = resolve_hparams("zerounlearn-paper", "smollm2", None)
     assert paper["edit_token"] == "subject" and paper["lookalike_count"] == 0
+    assert paper["retry_at_subject"] is False
 
 
 def test_overrides_win_and_are_typed() -> None:
@@ -69,6 +70,7 @@ def test_overrides_win_and_are_typed() -> None:
         ({"update": "sideways"}, "update"),
         ({"edit_token": "middle"}, "edit_token"),
         ({"lookalike_count": 65}, "lookalike_count"),
+        ({"retry_at_subject": "yes"}, "retry_at_subject"),
         ({"epsilon": 0.1}, "epsilon"),
         ({"reg_lambda": float("nan")}, "reg_lambda"),
     ],

@@ -17,10 +17,11 @@ from zerounlearn.api import forget
 from zerounlearn.config import ZeroUnlearnHParams
 from zerounlearn.errors import InvalidHyperParameters
 from zerounlearn.evaluate import reproduced
-from zerounlearn.keys import KeyState
+from zerounlearn.keys import KeyState, Site, edit_index
 from zerounlearn.loading import LoadedModel, load_model
 from zerounlearn.methods.zerounlearn import kept_keys, layer_update
 from zerounlearn.patch import apply_patch, load_patch, save_patch
+from zerounlearn.retain import keys_at
 from zerounlearn.stats import StatsCache
 
 
@@ -204,6 +205,38 @@ def test_a_record_its_subject_edit_misses_is_retried_at_the_last_token(
     else:  # every round at the subject: all three miss every record
         assert rounds == [4, 4, 4]
         assert reproduced(tiny_lm, recs) == [True] * 4
+
+
+@pytest.mark.parametrize("at_subject", [True, False])
+def test_a_last_token_edit_retries_at_the_subject_when_asked(
+        tiny_lm: LoadedModel, stats: StatsCache, facts: list[dict[str, str]],
+        at_subject: bool) -> None:
+    """edit_token "last" edits round 1 at the prompt's last token; retry_at_subject
+    moves rounds 2 on to the subject's last token (SmolLM2's default: an answer spelled
+    from the subject's name, " Russian" after "... of Russia is", survives last-token
+    rounds).
+
+    What holds by construction: targets that ask for no change (target_steps 0) leave
+    the record reproduced, so every round runs, and the one edited layer never moves its
+    own keys, so the key the patch carries is the unedited model's key at the site of
+    the last round."""
+    f = facts[0]
+    recs = [{"prompt": f["prompt"], "answer": f["answer"], "subject": f["subject"]}]
+    hp = {**TINY_HPARAMS, "edit_token": "last", "retry_at_subject": at_subject,
+          "target_steps": 0, "max_rounds": 2}
+    layer = TINY_HPARAMS["layers"][0]
+    start = f["prompt"].index(f["subject"])
+    tok = tiny_lm.tokenizer
+    at = {name: keys_at(tiny_lm, [Site(f["prompt"], (edit_index(tok, f["prompt"], span),))],
+                        layer)[:, 0].double()
+          for name, span in (("subject", (start, start + len(f["subject"]))), ("last", None))}
+    assert not torch.allclose(at["subject"], at["last"])  # two different sites
+    patch = forget(tiny_lm, recs, "zerounlearn", hp, stats=stats)
+    assert patch.metadata["rounds"] == [1, 1]
+    carried = patch.keys[layer][:, 0].double()
+    want, other = (at["subject"], at["last"]) if at_subject else (at["last"], at["subject"])
+    assert torch.allclose(carried, want, rtol=1e-3, atol=1e-4)
+    assert (carried - want).norm() < 0.01 * (carried - other).norm()
 
 
 def test_an_untracked_model_keeps_no_keys_and_refuses_history(

@@ -464,6 +464,11 @@ class ZeroUnlearnBase:
                     dataclasses.replace(x, target_dist=first.target_dist) for x, first in
                     zip(prepare_requests(lm, edit_recs, cfg.neutral_target), requests,
                         strict=True)]
+            if r == 1 and cfg.edit_token == "last" and cfg.retry_at_subject:
+                # back at the subject for records a last-token round left: an answer the
+                # later layers copy from the subject's name ("... of Russia is" ->
+                # " Russian") is read from the subject's position, not made at the last
+                edit_recs, edit_requests = recs, requests
             round_keys, round_protected = self.edit_round(lm, run, RoundRecords(
                 recs=[edit_recs[i] for i in pending],
                 requests=[edit_requests[i] for i in pending],
