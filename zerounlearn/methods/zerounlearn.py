@@ -455,7 +455,14 @@ class ZeroUnlearnBase:
             settled = [i for i in record_keys[layers[0]] if i not in pending]
             history = {layer: _history(run.earlier.get(layer), record_keys[layer], settled)
                        for layer in layers}
-            if (r == 0 and cfg.edit_token == "last") or (r == 1 and cfg.retry_at_last_token):
+            first_last = r == 0 and cfg.edit_token == "last"
+            if r == 1 and cfg.edit_token == "last" and cfg.retry_at_subject:
+                # back at the subject for records a last-token round left: an answer the
+                # later layers copy from the subject's name ("... of Russia is" ->
+                # " Russian") is read from the subject's position, not made at the last
+                edit_recs, edit_requests = recs, requests
+            elif first_last or (r == 1 and cfg.edit_token == "subject"
+                                and cfg.retry_at_last_token):
                 # where the answer is read: the prompt's last token. From round 1 by
                 # default (edit_token "last"; see config); in round 2 also for records a
                 # subject edit did not make forget (seen on models already edited often)
@@ -464,11 +471,6 @@ class ZeroUnlearnBase:
                     dataclasses.replace(x, target_dist=first.target_dist) for x, first in
                     zip(prepare_requests(lm, edit_recs, cfg.neutral_target), requests,
                         strict=True)]
-            if r == 1 and cfg.edit_token == "last" and cfg.retry_at_subject:
-                # back at the subject for records a last-token round left: an answer the
-                # later layers copy from the subject's name ("... of Russia is" ->
-                # " Russian") is read from the subject's position, not made at the last
-                edit_recs, edit_requests = recs, requests
             round_keys, round_protected = self.edit_round(lm, run, RoundRecords(
                 recs=[edit_recs[i] for i in pending],
                 requests=[edit_requests[i] for i in pending],
