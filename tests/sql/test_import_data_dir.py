@@ -6,7 +6,6 @@ text still opens, a second run (the operator's command line) changes nothing."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +19,9 @@ from store.sql import SqlMetadata
 from store.sql.import_data_dir import ImportFailed, import_data_dir
 from store.sql.legacy import LegacyDataDir, has_documents
 from store.sql.schema import metadata
+from tests.support.datadir_v1 import copy_datadir_v1
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURE = REPO / "tests" / "fixtures" / "datadir-v1"
 MARKER = "zu-fixture-marker-7f3a9c"  # make_datadir_v1.MARKER: the pending request's text
 MODEL = "m-00000000f1a0"
 PENDING = ("j-0000000000000002", "j-0000000000000003")
@@ -31,7 +30,7 @@ PENDING = ("j-0000000000000002", "j-0000000000000003")
 @pytest.fixture
 def old_dir(tmp_path: Path) -> Path:
     target = tmp_path / "data"
-    shutil.copytree(FIXTURE, target)
+    copy_datadir_v1(target)
     return target
 
 

@@ -5,7 +5,6 @@ old data is served. No Redis traffic: the refusal comes before any."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,19 +15,19 @@ from app.main import create_app
 from app.settings import Settings
 from store import ArtifactStore
 from store.sql.startup import NotImported
+from tests.support.datadir_v1 import copy_datadir_v1
 from tests.support.redis_dbs import NEVER_CONTACTED
 from worker.context import WorkerContext
 from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURE = REPO / "tests" / "fixtures" / "datadir-v1"
 MODEL = "m-00000000f1a0"
 UNUSED_REDIS = NEVER_CONTACTED  # create_app connects lazily
 
 
 def test_old_data_dir_is_refused_until_imported(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    shutil.copytree(FIXTURE, data_dir)
+    copy_datadir_v1(data_dir)
     settings = Settings(redis_url=UNUSED_REDIS, data_dir=data_dir, auth="disabled")
     with pytest.raises(NotImported, match=r"python -m cli\.admin import-data-dir"):
         create_app(settings)
