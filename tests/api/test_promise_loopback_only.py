@@ -64,7 +64,7 @@ def test_auth_disabled_refuses_a_non_loopback_host(
     finally:
         proc.stop(kill=True)
     assert code == 2, proc.log_tail()
-    log = proc.log_tail()
+    log = proc.log_text()
     assert REFUSAL in log and host in log, log
     assert "Uvicorn running" not in log
 
@@ -75,7 +75,7 @@ def test_auth_enabled_serves_the_same_host(tmp_path: Path) -> None:
         processes.wait_http_ok(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
     finally:
         proc.stop()
-    assert REFUSAL not in proc.log_tail()
+    assert REFUSAL not in proc.log_text()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
@@ -105,6 +105,6 @@ def test_local_stack_with_auth_disabled_refuses_a_non_loopback_host(tmp_path: Pa
                                  EXIT_TIMEOUT_S, 0.2, "exit or listen")
             assert not _listening(port), "an unauthenticated API listens on 0.0.0.0"
             assert proc.popen.wait(timeout=10) == 2, proc.log_tail()
-            assert REFUSAL in proc.log_tail()
+            assert REFUSAL in proc.log_text()
         finally:
             proc.stop()

@@ -69,7 +69,7 @@ def test_stack_serves_registers_demo_and_stops_cleanly(
             == {"alive": 1, "interactive": 2}, 60, 0.5, "both workers")
 
         assert httpx.get(f"{url}/v1/models").status_code == 401
-        assert "export TOKEN=zu_admin_" in proc.log_tail()  # shown once, at generation
+        assert "export TOKEN=zu_admin_" in proc.log_text()  # shown once, at generation
         headers = _headers(tmp_path)
 
         def demo_ready() -> bool:
@@ -80,7 +80,7 @@ def test_stack_serves_registers_demo_and_stops_cleanly(
             )
 
         processes.wait_until(demo_ready, 120, 0.5, "demo model ready")
-        processes.wait_until(lambda: DEMO_READY in proc.log_tail(), 10, 0.2, "ready line")
+        processes.wait_until(lambda: DEMO_READY in proc.log_text(), 10, 0.2, "ready line")
         children = processes.descendants(proc.pid)
         assert len(children) >= 3, children  # the two workers and the Valkey server
         assert (tmp_path / "data" / "redis").is_dir()
@@ -99,13 +99,13 @@ def test_stack_stops_on_ctrl_c_and_does_not_register_twice(
         try:
             processes.wait_http_ok(f"{url}/readyz", proc, timeout=90)
             processes.wait_until(
-                lambda p=proc: DEMO_READY in p.log_tail() or DEMO_KNOWN in p.log_tail(),
+                lambda p=proc: DEMO_READY in p.log_text() or DEMO_KNOWN in p.log_text(),
                 120, 0.5, "demo registration",
             )
             models = httpx.get(f"{url}/v1/models", headers=_headers(tmp_path)).json()
             assert len(models) == 1, models
             if run == 1:  # the saved key was reused, not shown again
-                assert "export TOKEN=zu_admin_" not in proc.log_tail()
+                assert "export TOKEN=zu_admin_" not in proc.log_text()
             children = processes.descendants(proc.pid)
         except BaseException:
             proc.stop(kill=True)

@@ -100,11 +100,16 @@ class ServiceProcess:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def log_tail(self, chars: int = 4000) -> str:
+    def log_text(self) -> str:
+        """The whole log so far: for asserting a line is (or is not) there, which a tail
+        cannot do once a busy process has logged past it."""
         try:
-            return self.log_path.read_text(errors="replace")[-chars:]
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_text()[-chars:]
 
     def check_alive(self) -> None:
         if not self.alive():
