@@ -26,10 +26,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from bench.bench_collateral import as_record, pick  # noqa: E402
+from bench.bench_collateral import as_record  # noqa: E402
+from bench.collateral_variants import add_case_arguments, one_case  # noqa: E402
 from bench.common import machine_info, write_results  # noqa: E402
 from zerounlearn.api import forget  # noqa: E402
-from zerounlearn.datasets import builtin_retain_bank, split_facts  # noqa: E402
+from zerounlearn.datasets import builtin_retain_bank  # noqa: E402
 from zerounlearn.evaluate import reproduced  # noqa: E402
 from zerounlearn.loading import BUILTIN_SMOLLM2, load_model  # noqa: E402
 from zerounlearn.methods.registry import get_method  # noqa: E402
@@ -55,20 +56,13 @@ def answer_tokens(lm: Any, prompt: str, answer: str) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--split", choices=("tune", "test"), default="tune")
-    p.add_argument("--n", type=int, default=20, help="facts forgotten in the one request")
     p.add_argument("--hparams", default="{}", help="JSON overrides of the model's file")
-    p.add_argument("--stats-samples", type=int, default=20_000)
-    p.add_argument("--cache", default=str(REPO / ".cache"))
-    p.add_argument("--out-name", default=None, help="bench/results/<name>.json and .md")
+    add_case_arguments(p)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cache = Path(args.cache)
     lm = load_model(BUILTIN_SMOLLM2, cache_dir=cache / "engine")
-    facts = split_facts(args.split)
-    forgotten = pick(facts, args.n)
-    chosen = {f["prompt"] for f in forgotten}
-    heldout = [f for f in facts if f["prompt"] not in chosen]
+    forgotten, heldout = one_case(args.split, args.n)
     before = [answer_tokens(lm, f["prompt"], f["answer"]) for f in heldout]
     overrides = {"stats_samples": args.stats_samples, **json.loads(args.hparams)}
     patch = forget(lm, [as_record(f) for f in forgotten], get_method("zerounlearn"),

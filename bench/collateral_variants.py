@@ -74,15 +74,29 @@ def run_variant(lm: Any, base: dict[str, torch.Tensor], overrides: dict[str, Any
     }
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("variants", nargs="+", help="JSON objects of hparams overrides")
+def add_case_arguments(p: argparse.ArgumentParser) -> None:
+    """The one:N case on a split, the caches and the output name (shared with
+    bench/collateral_margins.py)."""
     p.add_argument("--split", choices=("tune", "test"), default="tune")
     p.add_argument("--n", type=int, default=20, help="facts forgotten in the one request")
-    p.add_argument("--method", default="zerounlearn")
     p.add_argument("--stats-samples", type=int, default=20_000)
     p.add_argument("--cache", default=str(REPO / ".cache"))
     p.add_argument("--out-name", default=None, help="bench/results/<name>.json and .md")
+
+
+def one_case(split: str, n: int) -> tuple[list[dict], list[dict]]:
+    """The split's facts forgotten by `one:n` (bench_collateral.pick) and the rest."""
+    facts = split_facts(split)
+    forgotten = pick(facts, n)
+    chosen = {f["prompt"] for f in forgotten}
+    return forgotten, [f for f in facts if f["prompt"] not in chosen]
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("variants", nargs="+", help="JSON objects of hparams overrides")
+    p.add_argument("--method", default="zerounlearn")
+    add_case_arguments(p)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cache = Path(args.cache)
@@ -91,10 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     base = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
     texts = reference_texts()
     base_ppl = perplexity(lm, texts)
-    facts = split_facts(args.split)
-    forgotten = pick(facts, args.n)
-    chosen = {f["prompt"] for f in forgotten}
-    heldout = [f for f in facts if f["prompt"] not in chosen]
+    forgotten, heldout = one_case(args.split, args.n)
     method = get_method(args.method)
     rows = []
     for text in args.variants:

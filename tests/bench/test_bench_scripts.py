@@ -94,3 +94,21 @@ def test_collateral_benchmark_splits_and_cases() -> None:
     assert len({f["relation"] for f in chosen}) == 8  # the test part has >= 8 relations
     with pytest.raises(SystemExit):
         pick(parts["test"], 1000)
+
+
+def test_collateral_margins_scores_every_answer_token(tiny_gpt2_dir: Path) -> None:
+    """One:N splits the part into what is forgotten and the rest; the margin script's
+    per-token scores match the answer, with ranks and probabilities that can be read."""
+    from bench.collateral_margins import answer_tokens
+    from bench.collateral_variants import one_case
+    from zerounlearn.datasets import split_facts
+    from zerounlearn.loading import load_model
+
+    forgotten, heldout = one_case("tune", 8)
+    assert len(forgotten) == 8 and len(forgotten) + len(heldout) == len(split_facts("tune"))
+    assert not {f["prompt"] for f in forgotten} & {f["prompt"] for f in heldout}
+    lm = load_model(str(tiny_gpt2_dir))
+    rows = answer_tokens(lm, "Alice lives in the city of", " Paris is big")
+    assert "".join(r["token"] for r in rows) == " Paris is big"
+    assert all(r["rank"] >= 0 and 0.0 <= r["p"] <= 1.0 for r in rows)
+    assert all(r["rank"] > 0 or r["first"] == r["token"] for r in rows)  # rank 0 = first
