@@ -122,6 +122,7 @@ def test_rounds_retry_only_what_is_still_reproduced(
     for layer, w in originals.items():  # back to the unedited model
         tiny_lm.adapter.set_weight(tiny_lm.model, layer, w)
     tiny_lm.edit_keys.clear()
+    tiny_lm.carry.clear()
     three = forget(tiny_lm, recs, "zerounlearn", {**TINY_HPARAMS, "max_rounds": 3},
                    stats=stats)
     rounds = three.metadata["rounds"]
