@@ -36,6 +36,7 @@ from zerounlearn.loading import BUILTIN_SMOLLM2, load_model  # noqa: E402
 from zerounlearn.methods.registry import get_method  # noqa: E402
 from zerounlearn.patch import apply_patch  # noqa: E402
 from zerounlearn.stats import StatsCache  # noqa: E402
+from zerounlearn.tokens import encode_continuation, encode_prompt  # noqa: E402
 
 
 @torch.no_grad()
@@ -43,8 +44,8 @@ def answer_tokens(lm: Any, prompt: str, answer: str) -> list[dict[str, Any]]:
     """Per answer token under teacher forcing: the token, its rank and probability, and
     the token the model puts first there."""
     tok = lm.tokenizer
-    p = tok(prompt, add_special_tokens=False)["input_ids"]
-    a = tok(answer, add_special_tokens=False)["input_ids"]
+    p = encode_prompt(tok, prompt)  # as evaluate.reproduced encodes them (BOS where any)
+    a = encode_continuation(tok, answer)
     logits = lm.model(torch.tensor([p + a])).logits[0].float()  # (T, V)
     out = []
     for j, t in enumerate(a):
