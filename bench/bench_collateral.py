@@ -45,7 +45,12 @@ import torch  # noqa: E402
 
 from bench.common import machine_info, md_table, write_results  # noqa: E402
 from zerounlearn.api import forget  # noqa: E402
-from zerounlearn.datasets import builtin_retain_bank, reference_texts, split_facts  # noqa: E402
+from zerounlearn.datasets import (  # noqa: E402
+    builtin_retain_bank,
+    reference_texts,
+    split_facts,
+    unseen_facts,
+)
 from zerounlearn.evaluate import perplexity, reproduced  # noqa: E402
 from zerounlearn.loading import BUILTIN_SMOLLM2, load_model  # noqa: E402
 from zerounlearn.methods.registry import get_method  # noqa: E402
@@ -83,6 +88,18 @@ def paraphrase_pairs(facts: Sequence[Fact]) -> list[dict[str, str]]:
 
 def pct(flags: Sequence[bool]) -> float | None:
     return round(100.0 * sum(flags) / len(flags), 1) if flags else None
+
+
+def kept(lm: Any, facts: Sequence[Fact]) -> dict[str, Any]:
+    """How many of `facts` the model still reproduces: % overall, n, % per relation and
+    the prompts lost."""
+    flags = reproduced(lm, [as_record(f) for f in facts]) if facts else []
+    per_relation: dict[str, list[bool]] = {}
+    for f, ok in zip(facts, flags, strict=True):
+        per_relation.setdefault(f["relation"], []).append(ok)
+    return {"pct": pct(flags), "n": len(facts),
+            "per_relation": {r: pct(v) for r, v in sorted(per_relation.items())},
+            "lost": [f["prompt"] for f, ok in zip(facts, flags, strict=True) if not ok]}
 
 
 def parse_case(text: str) -> tuple[str, int, int]:
@@ -127,18 +144,18 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
         # shows as this request's count, a record that comes back as a later one
         left.append(sum(reproduced(lm, [as_record(f) for f in forgotten[:(k + 1) * per]])))
         print(f"  {case} request {k + 1}/{steps}: {time.perf_counter() - t:.0f} s", flush=True)
-    held_flags = reproduced(lm, [as_record(f) for f in heldout])
-    per_relation: dict[str, list[bool]] = {}
-    for f, ok in zip(heldout, held_flags, strict=True):
-        per_relation.setdefault(f["relation"], []).append(ok)
+    held = kept(lm, heldout)
+    unseen = kept(lm, unseen_facts(args.split))  # never forgotten, never tuned on
     ppl = perplexity(lm, texts)
     row = {
         "case": case, "records": len(forgotten),
         "efficacy": pct(reproduced(lm, [as_record(f) for f in forgotten])),
         "paraphrases": pct(reproduced(lm, paraphrase_pairs(forgotten)) if
                            paraphrase_pairs(forgotten) else []),
-        "heldout_specificity": pct(held_flags), "heldout": len(heldout),
-        "heldout_per_relation": {r: pct(v) for r, v in sorted(per_relation.items())},
+        "heldout_specificity": held["pct"], "heldout": held["n"],
+        "heldout_per_relation": held["per_relation"],
+        "unseen_specificity": unseen["pct"], "unseen": unseen["n"],
+        "unseen_per_relation": unseen["per_relation"], "unseen_lost": unseen["lost"],
         "bank_specificity": pct(reproduced(lm, bank)) if bank else None,
         "perplexity": round(ppl, 3),
         "perplexity_increase_pct": round(100.0 * (ppl - base_ppl) / base_ppl, 2),
@@ -159,13 +176,17 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
 
 def markdown(doc: dict[str, Any]) -> str:
     head = ["case", "Eff %", "paraphrases %", "held-out Spe %", "held-out n",
-            "bank Spe %", "PPL", "PPL +%", "s/record"]
+            "unseen Spe %", "unseen n", "bank Spe %", "PPL", "PPL +%", "s/record"]
     rows = [[r["case"], r["efficacy"], r["paraphrases"], r["heldout_specificity"],
-             r["heldout"], r["bank_specificity"], r["perplexity"],
+             r["heldout"], r.get("unseen_specificity"), r.get("unseen"),
+             r["bank_specificity"], r["perplexity"],
              r["perplexity_increase_pct"], r["seconds_per_record"]] for r in doc["rows"]]
     relations = sorted({k for r in doc["rows"] for k in r["heldout_per_relation"]})
     rel_rows = [[r["case"], *[r["heldout_per_relation"].get(k) for k in relations]]
                 for r in doc["rows"]]
+    unseen_relations = sorted({k for r in doc["rows"] for k in r.get("unseen_per_relation", {})})
+    unseen_rows = [[r["case"], *[r.get("unseen_per_relation", {}).get(k)
+                                 for k in unseen_relations]] for r in doc["rows"]]
     return "\n\n".join([
         f"# Collateral damage: {doc['method']} on the {doc['split']} split "
         f"({'with' if doc['bank'] else 'without'} the retain bank)",
@@ -175,6 +196,9 @@ def markdown(doc: dict[str, Any]) -> str:
         md_table(head, rows, 1),
         "Held-out specificity per relation (%):",
         md_table(["case", *relations], rel_rows, 0),
+        "Unseen facts kept per relation (%; zerounlearn.datasets.unseen_facts, the split's "
+        "half: known facts no tuning run saw, never forgotten):",
+        md_table(["case", *unseen_relations], unseen_rows, 0),
     ])
 
 
@@ -213,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for case in cases:
         row = run_case(lm, base, case, args, stats, base_ppl, texts)
         doc["rows"].append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "heldout_per_relation"}),
+        print(json.dumps({k: v for k, v in row.items()
+                          if k not in ("heldout_per_relation", "unseen_per_relation")}),
               flush=True)
         if args.out_name:
             write_results(args.out_name, doc, markdown(doc))

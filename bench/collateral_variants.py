@@ -30,10 +30,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from bench.bench_collateral import as_record, paraphrase_pairs, pct, pick  # noqa: E402
+from bench.bench_collateral import as_record, kept, paraphrase_pairs, pct, pick  # noqa: E402
 from bench.common import machine_info, md_table, write_results  # noqa: E402
 from zerounlearn.api import forget  # noqa: E402
-from zerounlearn.datasets import builtin_retain_bank, reference_texts, split_facts  # noqa: E402
+from zerounlearn.datasets import (  # noqa: E402
+    builtin_retain_bank,
+    reference_texts,
+    split_facts,
+    unseen_facts,
+)
 from zerounlearn.evaluate import perplexity, reproduced  # noqa: E402
 from zerounlearn.loading import BUILTIN_SMOLLM2, load_model  # noqa: E402
 from zerounlearn.methods.registry import get_method  # noqa: E402
@@ -43,7 +48,8 @@ from zerounlearn.stats import StatsCache  # noqa: E402
 
 def run_variant(lm: Any, base: dict[str, torch.Tensor], overrides: dict[str, Any],
                 forgotten: Sequence[dict], heldout: Sequence[dict], method: Any,
-                stats: StatsCache, base_ppl: float, texts: Sequence[str]) -> dict[str, Any]:
+                stats: StatsCache, base_ppl: float, texts: Sequence[str],
+                unseen: Sequence[dict] = ()) -> dict[str, Any]:
     lm.model.load_state_dict(base)
     lm.carry.clear()
     bank = builtin_retain_bank()
@@ -54,23 +60,22 @@ def run_variant(lm: Any, base: dict[str, torch.Tensor], overrides: dict[str, Any
     apply_patch(lm, patch)
     pairs = paraphrase_pairs(forgotten)
     para_flags = reproduced(lm, pairs)
-    held_flags = reproduced(lm, [as_record(f) for f in heldout])
-    per_relation: dict[str, list[bool]] = {}
-    for f, ok in zip(heldout, held_flags, strict=True):
-        per_relation.setdefault(f["relation"], []).append(ok)
+    held = kept(lm, heldout)
+    unseen_kept = kept(lm, unseen)
     ppl = perplexity(lm, texts)
     return {
         "hparams": overrides,
         "efficacy": pct(reproduced(lm, [as_record(f) for f in forgotten])),
-        "paraphrases": pct(para_flags), "heldout_specificity": pct(held_flags),
+        "paraphrases": pct(para_flags), "heldout_specificity": held["pct"],
+        "unseen_specificity": unseen_kept["pct"], "unseen": unseen_kept["n"],
         "bank_specificity": pct(reproduced(lm, bank)),
         "perplexity_increase_pct": round(100.0 * (ppl - base_ppl) / base_ppl, 2),
         "seconds_per_record": round(seconds / len(forgotten), 2),
         "rounds": patch.metadata.get("rounds"),
-        "heldout_per_relation": {r: pct(v) for r, v in sorted(per_relation.items())},
+        "heldout_per_relation": held["per_relation"],
+        "unseen_per_relation": unseen_kept["per_relation"],
         "paraphrases_left": [p["prompt"] for p, ok in zip(pairs, para_flags, strict=True) if ok],
-        "heldout_lost": [f["prompt"] for f, ok in zip(heldout, held_flags, strict=True)
-                         if not ok],
+        "heldout_lost": held["lost"], "unseen_lost": unseen_kept["lost"],
     }
 
 
@@ -112,17 +117,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         overrides = json.loads(text)
         overrides.setdefault("stats_samples", args.stats_samples)
         row = run_variant(lm, base, overrides, forgotten, heldout, method, stats, base_ppl,
-                          texts)
+                          texts, unseen_facts(args.split))
         print(json.dumps(row), flush=True)
         rows.append(row)
     doc = {"split": args.split, "facts": args.n, "method": args.method,
            "base_perplexity": round(base_ppl, 3), "rows": rows, "machine": machine_info()}
     if args.out_name:
         table = md_table(
-            ["hparams", "Eff %", "paraphrases %", "held-out Spe %", "bank Spe %", "PPL +%",
-             "s/record"],
+            ["hparams", "Eff %", "paraphrases %", "held-out Spe %", "unseen Spe %",
+             "bank Spe %", "PPL +%", "s/record"],
             [[json.dumps(r["hparams"]), r["efficacy"], r["paraphrases"],
-              r["heldout_specificity"], r["bank_specificity"], r["perplexity_increase_pct"],
+              r["heldout_specificity"], r["unseen_specificity"], r["bank_specificity"],
+              r["perplexity_increase_pct"],
               r["seconds_per_record"]] for r in rows], 1)
         write_results(args.out_name, doc, f"# Variants, {args.split} split, one:{args.n}\n\n"
                       + table)

@@ -7,6 +7,7 @@ Paraphrases are scored the same way and kept with a flag saying whether they pas
     python scripts/check_world_facts.py            # print the table
     python scripts/check_world_facts.py --write    # also rewrite zerounlearn/data/world_facts.json
     python scripts/check_world_facts.py --extra --write  # EXTRA_CANDIDATES -> more_facts.json
+    python scripts/check_world_facts.py --unseen --write  # -> unseen_facts.json (held-out only)
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from scripts.unseen_fact_candidates import UNSEEN_CANDIDATES  # noqa: E402
 from zerounlearn.loading import BUILTIN_SMOLLM2, load_model  # noqa: E402
 from zerounlearn.tokens import answer_batch, score_answers  # noqa: E402
 
 OUT = REPO / "zerounlearn" / "data" / "world_facts.json"
 EXTRA_OUT = REPO / "zerounlearn" / "data" / "more_facts.json"
+UNSEEN_OUT = REPO / "zerounlearn" / "data" / "unseen_facts.json"
 
 # relation -> (prompt template, paraphrase templates, [(subject, answer), ...])
 CANDIDATES: dict[str, tuple[str, tuple[str, ...], list[tuple[str, str]]]] = {
@@ -264,13 +267,18 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help=f"write known facts to {OUT}")
     parser.add_argument("--extra", action="store_true",
                         help=f"check EXTRA_CANDIDATES instead; --write then writes {EXTRA_OUT}")
+    parser.add_argument("--unseen", action="store_true",
+                        help=f"check UNSEEN_CANDIDATES; --write then writes {UNSEEN_OUT}")
     args = parser.parse_args()
     torch.set_num_threads(1)
     lm = load_model(args.source)
-    facts = check(lm, EXTRA_CANDIDATES if args.extra else CANDIDATES)
-    if args.extra:  # only facts that world_facts.json does not hold already
-        old = {json.dumps([f["relation"], f["prompt"]]) for f in
-               json.loads(OUT.read_text(encoding="utf-8"))["facts"]}
+    candidates = (UNSEEN_CANDIDATES if args.unseen else
+                  EXTRA_CANDIDATES if args.extra else CANDIDATES)
+    facts = check(lm, candidates)
+    if args.extra or args.unseen:  # only facts that the earlier files do not hold
+        earlier = [OUT] + ([EXTRA_OUT] if args.unseen else [])
+        old = {json.dumps([f["relation"], f["prompt"]]) for path in earlier for f in
+               json.loads(path.read_text(encoding="utf-8"))["facts"]}
         facts = [f for f in facts if json.dumps([f["relation"], f["prompt"]]) not in old]
     print(f"{'relation':<16} {'known':<6} {'paras':<6} prompt -> answer")
     for f in facts:
@@ -289,9 +297,13 @@ def main() -> None:
             "model": args.source,
             "facts": kept,
         }
-        out = EXTRA_OUT if args.extra else OUT
+        out = UNSEEN_OUT if args.unseen else EXTRA_OUT if args.extra else OUT
         if args.extra:
             doc["description"] += " More facts beyond world_facts.json (EXTRA_CANDIDATES)."
+        if args.unseen:
+            doc["description"] += (
+                " Facts no tuning run saw (scripts/unseen_fact_candidates.py, written after"
+                " the defaults were chosen): benchmarks score them as held-out facts only.")
         out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"wrote {len(kept)} facts to {out}")
 

@@ -113,6 +113,27 @@ def split_facts(part: str) -> list[dict[str, Any]]:
     return out
 
 
+def unseen_facts(part: str) -> list[dict[str, Any]]:
+    """Known facts no tuning run saw, as extra held-out facts for the "tune" or "test"
+    part (zerounlearn/data/unseen_facts.json, written after the defaults were chosen).
+
+    Benchmarks never forget them; they only score whether an edit kept them, so the
+    packaged bank / tune / test parts stay as they were. Within each relation, in hash
+    order, they alternate tune, test. Tune on the "tune" half only.
+    """
+    if part not in ("tune", "test"):
+        raise ValueError(f"unseen facts have a tune and a test half, not {part!r}")
+    facts = json.loads(json.dumps(_load("unseen_facts.json")["facts"]))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for fact in facts:
+        groups.setdefault(fact["relation"], []).append(fact)
+    out = []
+    for relation in sorted(groups):
+        ordered = sorted(groups[relation], key=_fact_hash)
+        out += [f for i, f in enumerate(ordered) if ("tune", "test")[i % 2] == part]
+    return out
+
+
 def builtin_retain_bank() -> list[dict[str, Any]]:
     """The built-in SmolLM2 model's retain bank: the "bank" part, as retain facts
     ({"prompt", "answer", "subject", "relation"}), all reproduced by the base model."""

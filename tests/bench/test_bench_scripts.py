@@ -96,6 +96,29 @@ def test_collateral_benchmark_splits_and_cases() -> None:
         pick(parts["test"], 1000)
 
 
+def test_unseen_facts_are_apart_from_the_parts_and_halved() -> None:
+    """The unseen facts (extra held-out facts) share no prompt with the packaged parts,
+    their tune and test halves are disjoint and cover them, and every relation of 2+
+    unseen facts is in both halves."""
+    from zerounlearn.datasets import more_facts, unseen_facts, world_facts
+
+    tune, test = unseen_facts("tune"), unseen_facts("test")
+    tune_prompts, test_prompts = {f["prompt"] for f in tune}, {f["prompt"] for f in test}
+    assert len(tune) >= 60 and len(test) >= 60
+    assert not tune_prompts & test_prompts
+    assert not (tune_prompts | test_prompts) & {f["prompt"] for f in world_facts() + more_facts()}
+    relations: dict[str, int] = {}
+    for f in tune + test:
+        relations[f["relation"]] = relations.get(f["relation"], 0) + 1
+        assert f["answer"].startswith(" ") and f["subject"] in f["prompt"]
+    for relation, count in relations.items():
+        if count >= 2:
+            assert any(f["relation"] == relation for f in tune)
+            assert any(f["relation"] == relation for f in test)
+    with pytest.raises(ValueError, match="tune and a test half"):
+        unseen_facts("bank")
+
+
 def test_collateral_margins_scores_every_answer_token(tiny_gpt2_dir: Path) -> None:
     """One:N splits the part into what is forgotten and the rest; the margin script's
     per-token scores match the answer, with ranks and probabilities that can be read."""
