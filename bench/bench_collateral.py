@@ -13,10 +13,12 @@ Cases (each starts from the unedited model):
 Per case, on the final model (with --probes also the four probes): efficacy (% of
 forgotten prompts still reproduced under teacher forcing), paraphrases (the same on
 their known paraphrases), held-out specificity (% of the split's OTHER facts still
-reproduced; all are known to the base model) overall and per relation, bank
-specificity, perplexity on the packaged reference texts against the base, and seconds
-per record. A case needs as many facts as it forgets: the test split has 67, so 20 x 5
-sequential requests do not fit it (10 x 5 do).
+reproduced; all are known to the base model) overall and per relation, unseen
+specificity (the same on the split's half of zerounlearn.datasets.unseen_facts: known
+facts written after the defaults were chosen, never forgotten), bank specificity,
+perplexity on the packaged reference texts against the base, and seconds per record.
+A case needs as many facts as it forgets: the test split has 67, so 20 x 5 sequential
+requests do not fit it (10 x 5 do).
 
     python bench/bench_collateral.py --split test --case one:20 --case one:50 \\
         --case seq:10x5 --out-name collateral-test-ours

@@ -60,12 +60,13 @@ def run_variant(lm: Any, base: dict[str, torch.Tensor], overrides: dict[str, Any
     apply_patch(lm, patch)
     pairs = paraphrase_pairs(forgotten)
     para_flags = reproduced(lm, pairs)
+    left_flags = reproduced(lm, [as_record(f) for f in forgotten])
     held = kept(lm, heldout)
     unseen_kept = kept(lm, unseen)
     ppl = perplexity(lm, texts)
     return {
         "hparams": overrides,
-        "efficacy": pct(reproduced(lm, [as_record(f) for f in forgotten])),
+        "efficacy": pct(left_flags),
         "paraphrases": pct(para_flags), "heldout_specificity": held["pct"],
         "unseen_specificity": unseen_kept["pct"], "unseen": unseen_kept["n"],
         "bank_specificity": pct(reproduced(lm, bank)),
@@ -76,6 +77,8 @@ def run_variant(lm: Any, base: dict[str, torch.Tensor], overrides: dict[str, Any
         "unseen_per_relation": unseen_kept["per_relation"],
         "paraphrases_left": [p["prompt"] for p, ok in zip(pairs, para_flags, strict=True) if ok],
         "heldout_lost": held["lost"], "unseen_lost": unseen_kept["lost"],
+        "forgotten_left": [f["prompt"] for f, ok in zip(forgotten, left_flags, strict=True)
+                           if ok],
     }
 
 

@@ -135,3 +135,21 @@ def test_collateral_margins_scores_every_answer_token(tiny_gpt2_dir: Path) -> No
     assert "".join(r["token"] for r in rows) == " Paris is big"
     assert all(r["rank"] >= 0 and 0.0 <= r["p"] <= 1.0 for r in rows)
     assert all(r["rank"] > 0 or r["first"] == r["token"] for r in rows)  # rank 0 = first
+
+
+
+def test_collateral_kept_counts_and_names_lost_facts(tiny_gpt2_dir: Path) -> None:
+    """`kept` (the held-out and unseen columns): % reproduced, per relation, and the
+    prompts lost, on the tiny GPT-2's known facts and the same facts given wrong answers."""
+    from bench.bench_collateral import kept
+    from tests.support.tiny_model import known_facts
+    from zerounlearn.loading import load_model
+
+    lm = load_model(str(tiny_gpt2_dir))
+    known = [f for f in known_facts(lm) if f["relation"] in ("city", "profession")][:4]
+    wrong = [dict(f, answer=" zzzz qqqq") for f in known[:2]]
+    result = kept(lm, known + wrong)
+    assert result["pct"] == round(100.0 * 4 / 6, 1) and result["n"] == 6
+    assert result["lost"] == [f["prompt"] for f in wrong]
+    assert set(result["per_relation"]) == {f["relation"] for f in known}
+    assert kept(lm, []) == {"pct": None, "n": 0, "per_relation": {}, "lost": []}
