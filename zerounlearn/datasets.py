@@ -103,13 +103,20 @@ def split_facts(part: str) -> list[dict[str, Any]]:
     """The packaged facts of one part ("bank", "tune" or "test"), relation by relation."""
     if part not in SPLITS:
         raise ValueError(f"unknown split {part!r}; known: {', '.join(SPLITS)}")
+    return _deal(world_facts() + more_facts(), _DEAL, part)
+
+
+def _deal(facts: list[dict[str, Any]], deal: tuple[str, ...], part: str
+          ) -> list[dict[str, Any]]:
+    """The facts dealt to `part`: relation by relation (sorted), each relation's facts in
+    hash order dealt out along `deal`, cyclically."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    for fact in world_facts() + more_facts():
+    for fact in facts:
         groups.setdefault(fact["relation"], []).append(fact)
     out = []
     for relation in sorted(groups):
         ordered = sorted(groups[relation], key=_fact_hash)
-        out += [f for i, f in enumerate(ordered) if _DEAL[i % len(_DEAL)] == part]
+        out += [f for i, f in enumerate(ordered) if deal[i % len(deal)] == part]
     return out
 
 
@@ -123,15 +130,8 @@ def unseen_facts(part: str) -> list[dict[str, Any]]:
     """
     if part not in ("tune", "test"):
         raise ValueError(f"unseen facts have a tune and a test half, not {part!r}")
-    facts = json.loads(json.dumps(_load("unseen_facts.json")["facts"]))
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for fact in facts:
-        groups.setdefault(fact["relation"], []).append(fact)
-    out = []
-    for relation in sorted(groups):
-        ordered = sorted(groups[relation], key=_fact_hash)
-        out += [f for i, f in enumerate(ordered) if ("tune", "test")[i % 2] == part]
-    return out
+    return _deal(json.loads(json.dumps(_load("unseen_facts.json")["facts"])), ("tune", "test"),
+                 part)
 
 
 def builtin_retain_bank() -> list[dict[str, Any]]:
