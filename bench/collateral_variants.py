@@ -49,7 +49,7 @@ from zerounlearn.stats import StatsCache  # noqa: E402
 def run_variant(lm: Any, base: dict[str, torch.Tensor], overrides: dict[str, Any],
                 forgotten: Sequence[dict], heldout: Sequence[dict], method: Any,
                 stats: StatsCache, base_ppl: float, texts: Sequence[str],
-                unseen: Sequence[dict] = ()) -> dict[str, Any]:
+                unseen: Sequence[dict]) -> dict[str, Any]:
     lm.model.load_state_dict(base)
     lm.carry.clear()
     bank = builtin_retain_bank()
@@ -114,13 +114,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     texts = reference_texts()
     base_ppl = perplexity(lm, texts)
     forgotten, heldout = one_case(args.split, args.n)
+    unseen = unseen_facts(args.split)  # scored as held-out, never forgotten
     method = get_method(args.method)
     rows = []
     for text in args.variants:
         overrides = json.loads(text)
         overrides.setdefault("stats_samples", args.stats_samples)
         row = run_variant(lm, base, overrides, forgotten, heldout, method, stats, base_ppl,
-                          texts, unseen_facts(args.split))
+                          texts, unseen)
         print(json.dumps(row), flush=True)
         rows.append(row)
     doc = {"split": args.split, "facts": args.n, "method": args.method,

@@ -137,7 +137,6 @@ def test_collateral_margins_scores_every_answer_token(tiny_gpt2_dir: Path) -> No
     assert all(r["rank"] > 0 or r["first"] == r["token"] for r in rows)  # rank 0 = first
 
 
-
 def test_collateral_kept_counts_and_names_lost_facts(tiny_gpt2_dir: Path) -> None:
     """`kept` (the held-out and unseen columns): % reproduced, per relation, and the
     prompts lost, on the tiny GPT-2's known facts and the same facts given wrong answers."""
