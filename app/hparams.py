@@ -39,3 +39,5 @@ def check_hparams(model: dict[str, Any], method: str, hparams: dict[str, Any]) -
     if problems:
         raise InvalidInput("; ".join(problems), code=code)
     check_edit_layers(hparams.get("layers"), model.get("num_layers"), "hparams.layers")
+    check_edit_layers(hparams.get("retry_layers"), model.get("num_layers"),
+                      "hparams.retry_layers")

@@ -53,7 +53,7 @@ from zerounlearn import (
 )
 from zerounlearn import forget as engine_forget
 from zerounlearn.api import check_patch_finite, check_records
-from zerounlearn.config import default_layers, hparams_class
+from zerounlearn.config import default_layers, hparams_class, statistics_layers
 from zerounlearn.errors import NonFiniteResult
 
 # from the submodule: the package attribute `zerounlearn.evaluate` is the module itself
@@ -98,8 +98,9 @@ def prepare_model(job_id: str, model_id: str) -> dict[str, Any]:
             fingerprint=lm.fingerprint,
         )
         run.progress("statistics", 0.05)
+        stats_layers = statistics_layers(lm, list(layers))  # + the retry rounds' layers
         _stats(store).ensure(
-            lm, list(layers), _corpus(ctx), progress=run.scaled(0.05, 1.0)
+            lm, stats_layers, _corpus(ctx), progress=run.scaled(0.05, 1.0)
         )
         store.push_stats()  # a shared store: other workers reuse them
         measured = bank.prepare_bank(ctx, model_id)["measured"]  # seed, measure the bank
@@ -109,7 +110,7 @@ def prepare_model(job_id: str, model_id: str) -> dict[str, Any]:
             "architecture": info["architecture"],
             "num_layers": info["num_layers"],
             "edit_layers": list(layers),
-            "statistics": {"samples": ctx.settings.stats_samples, "layers": list(layers)},
+            "statistics": {"samples": ctx.settings.stats_samples, "layers": stats_layers},
             "retain": {**retain, "measured": measured + retain["measured"]},
         }
 

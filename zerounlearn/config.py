@@ -71,6 +71,20 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
     )
 
 
+def _layer_list(name: str, layers: list[int] | None) -> None:
+    """A layer list is None, or non-empty, non-negative, ascending and unique."""
+    if layers is None:
+        return
+    if not layers:
+        raise InvalidHyperParameters(f"hyper-parameter {name!r} is empty")
+    if any(x < 0 for x in layers):
+        raise LayerOutOfRange(f"hyper-parameter {name!r} = {layers} has a negative")
+    if sorted(set(layers)) != list(layers):
+        raise InvalidHyperParameters(
+            f"hyper-parameter {name!r} = {layers} must be ascending and unique"
+        )
+
+
 # ----------------------------------------------------------------------------- classes
 
 
@@ -83,15 +97,7 @@ class BaseHParams:
 
     def validate(self) -> None:
         _range("relative_depth", self.relative_depth, 0.0, 1.0)
-        if self.layers is not None:
-            if not self.layers:
-                raise InvalidHyperParameters("hyper-parameter 'layers' is empty")
-            if any(x < 0 for x in self.layers):
-                raise LayerOutOfRange(f"hyper-parameter 'layers' = {self.layers} has a negative")
-            if sorted(set(self.layers)) != list(self.layers):
-                raise InvalidHyperParameters(
-                    f"hyper-parameter 'layers' = {self.layers} must be ascending and unique"
-                )
+        _layer_list("layers", self.layers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +173,10 @@ class ZeroUnlearnHParams(TargetHParams):
     retry_at_last_token: bool = True  # ... at the prompt's last token, not the subject's
     retry_at_subject: bool = False  # edit_token "last": rounds 2 on edit at the subject's
     # last token instead (answers copied from the subject's name, "Russia" -> " Russian")
+    retry_layers: list[int] | None = None  # rounds 2 on edit these layers (ascending)
+    # instead of `layers`; None = `layers`. Records whose answer the late layers no longer
+    # decide (SmolLM2 at 25-27: "Germany is located in the continent of") are forgotten
+    # lower down. Dropped when the caller sets `layers` alone or the model lacks them
     protect_neighbors: bool = True  # protected keys include the records' neighbours
     protect_substitutions: bool = True  # ... and forget prompts with other subjects
     reg_lambda: float = 1.0  # lam: ridge towards the old W; keeps B invertible
@@ -191,6 +201,7 @@ class ZeroUnlearnHParams(TargetHParams):
         _range("history_weight", self.history_weight, 0.0, 1e6)
         _choice("edit_token", self.edit_token, ("subject", "last"))
         _range("max_rounds", self.max_rounds, 1, 10)
+        _layer_list("retry_layers", self.retry_layers)
         _range("retain_top_k", self.retain_top_k, 0, 4096)
         _range("lookalike_count", self.lookalike_count, 0, 64)
         _range("carry_weight", self.carry_weight, 0.0, 100.0)
@@ -351,7 +362,8 @@ def config_for_model(method: str, lm: Any, overrides: dict[str, Any] | None) -> 
     cfg = resolve_config(method, lm.family, overrides)
     n = lm.num_layers
     explicit = bool(overrides) and overrides.get("layers") is not None  # type: ignore[union-attr]
-    if cfg.layers is None or (not explicit and not _fits(cfg.layers, n)):
+    fallback = cfg.layers is None or (not explicit and not _fits(cfg.layers, n))
+    if fallback:
         cfg.layers = default_edit_layers(n, cfg.relative_depth)
     if not _fits(cfg.layers, n):
         bad = [x for x in cfg.layers if not 0 <= x < n]
@@ -359,9 +371,38 @@ def config_for_model(method: str, lm: Any, overrides: dict[str, Any] | None) -> 
             f"hyper-parameter 'layers' = {cfg.layers}: {bad} out of range, the model has "
             f"{n} layers"
         )
+    file_layers = None if fallback else resolve_config(method, lm.family, None).layers
+    _fit_retry_layers(cfg, cfg.layers == file_layers, overrides or {}, n)
     return cfg
+
+
+def _fit_retry_layers(cfg: BaseHParams, file_layers: bool, overrides: dict[str, Any],
+                      num_layers: int) -> None:
+    """retry_layers given by the caller must exist. A family file's were chosen with the
+    file's layers: they stay when round 1 edits those (`file_layers`; also when a caller,
+    such as the worker with a model's edit layers, names them) and the model has them."""
+    retry = getattr(cfg, "retry_layers", None)
+    if retry is None:
+        return
+    if overrides.get("retry_layers") is None:
+        if not file_layers or not _fits(retry, num_layers):
+            cfg.retry_layers = None  # type: ignore[attr-defined]
+        return
+    if not _fits(retry, num_layers):
+        bad = [x for x in retry if not 0 <= x < num_layers]
+        raise LayerOutOfRange(
+            f"hyper-parameter 'retry_layers' = {retry}: {bad} out of range, the model has "
+            f"{num_layers} layers"
+        )
 
 
 def default_layers(lm: Any, method: str = "zerounlearn") -> list[int]:
     """The family file's layers when they exist in this model, else 3 at relative depth."""
     return list(config_for_model(method, lm, None).layers or [])
+
+
+def statistics_layers(lm: Any, layers: list[int], method: str = "zerounlearn") -> list[int]:
+    """The layers an edit of `layers` may need statistics for: those and the retry
+    layers the family file pairs with them (what a prepare job computes ahead)."""
+    cfg = config_for_model(method, lm, {"layers": list(layers)})
+    return sorted(set(layers) | set(getattr(cfg, "retry_layers", None) or ()))

@@ -253,6 +253,10 @@ def test_layers_the_model_lacks_are_refused(
     body = {"records": records(0), "hparams": {**TINY_REQUEST_HPARAMS, "layers": [1, 2]}}
     error = error_of(stack.client.post(url, json=body), 422)
     assert error["code"] == "layer_out_of_range" and "hparams.layers[1]" in error["message"]
+    body = {"records": records(0), "hparams": {**TINY_REQUEST_HPARAMS, "retry_layers": [0, 2]}}
+    error = error_of(stack.client.post(url, json=body), 422)
+    assert error["code"] == "layer_out_of_range"
+    assert "hparams.retry_layers[1]" in error["message"]
     assert forget_jobs(stack) == 0
     for source, layers in (("builtin:smollm2-135m-instruct", [29, 30]),
                            (str(tiny_gpt2_dir), [0, 2])):

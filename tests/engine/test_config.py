@@ -71,6 +71,8 @@ def test_overrides_win_and_are_typed() -> None:
         ({"edit_token": "middle"}, "edit_token"),
         ({"lookalike_count": 65}, "lookalike_count"),
         ({"retry_at_subject": "yes"}, "retry_at_subject"),
+        ({"retry_layers": [2, 1]}, "retry_layers"),
+        ({"retry_layers": []}, "retry_layers"),
         ({"epsilon": 0.1}, "epsilon"),
         ({"reg_lambda": float("nan")}, "reg_lambda"),
     ],
@@ -96,6 +98,17 @@ def test_layers_against_the_model(tiny_lm: LoadedModel) -> None:
     assert config_for_model("zerounlearn", tiny_lm, {"layers": [1]}).layers == [1]
     with pytest.raises(LayerOutOfRange, match="layers"):
         config_for_model("zerounlearn", tiny_lm, {"layers": [1, 2]})
+
+
+def test_retry_layers_against_the_model_and_the_callers_layers(tiny_lm: LoadedModel) -> None:
+    """A caller's retry_layers must exist; a family file's stay paired with the file's
+    layers: they go when round 1 edits other layers and when the model lacks them."""
+    chosen = config_for_model("zerounlearn", tiny_lm, {"retry_layers": [0]})
+    assert chosen.retry_layers == [0]  # type: ignore[attr-defined]
+    with pytest.raises(LayerOutOfRange, match="retry_layers"):
+        config_for_model("zerounlearn", tiny_lm, {"retry_layers": [0, 2]})
+    with pytest.raises(LayerOutOfRange, match="retry_layers"):
+        resolve_config("zerounlearn", None, {"retry_layers": [-1]})
 
 
 @pytest.mark.parametrize("method", ["zerounlearn", "zerounlearn-paper", "zerounlearn-gd"])

@@ -250,3 +250,31 @@ def test_an_untracked_model_keeps_no_keys_and_refuses_history(
     with pytest.raises(InvalidHyperParameters, match="history_weight"):
         forget(lm, _records(facts, 2, 2), "zerounlearn",
                {**TINY_HPARAMS, "history_weight": 10}, stats=stats)
+
+
+def test_rounds_after_the_first_edit_the_retry_layers(
+        tiny_lm: LoadedModel, stats: StatsCache, facts: list[dict[str, str]],
+        tmp_path: Path) -> None:
+    """Two target steps leave every record known after round 1 at layer 1 (8 of 8 on
+    our machine), so rounds 2 on run; with retry_layers [0] they edit layer 0 only. The
+    patch holds both layers, keys for every record at layer 1 and for the retried ones
+    at layer 0, a carry for each, survives a save, and the model is unchanged on
+    return. Without retry_layers every round edits layer 1."""
+    recs = _records(facts, 0, 4)
+    hp = {**TINY_HPARAMS, "target_steps": 2, "max_rounds": 3}
+    base = {layer: tiny_lm.adapter.get_weight(tiny_lm.model, layer).clone() for layer in (0, 1)}
+    same = forget(tiny_lm, recs, "zerounlearn", hp, stats=stats)
+    assert same.layers == [1] and len(same.metadata["rounds"]) >= 2
+
+    retried = forget(tiny_lm, recs, "zerounlearn", {**hp, "retry_layers": [0]}, stats=stats)
+    for layer, w in base.items():
+        assert torch.equal(tiny_lm.adapter.get_weight(tiny_lm.model, layer), w)
+    rounds = retried.metadata["rounds"]
+    assert rounds[0] == 4 and len(rounds) >= 2, rounds
+    assert retried.layers == [0, 1] and sorted(retried.carry) == [0, 1]
+    assert retried.keys[1].shape[1] == 4 and retried.keys[0].shape[1] == rounds[1]
+    assert retried.metadata["carry_rank"] == [int(retried.carry[x].shape[1]) for x in (0, 1)]
+    save_patch(retried, tmp_path / "p.safetensors")
+    apply_patch(tiny_lm, load_patch(tmp_path / "p.safetensors"))
+    assert torch.equal(tiny_lm.adapter.get_weight(tiny_lm.model, 0), retried.weights[0])
+    assert tiny_lm.edit_keys[0].shape[1] == rounds[1]

@@ -24,9 +24,11 @@ class EditRun:
     """One request: the same for each of its rounds."""
 
     cfg: ZeroUnlearnHParams  # the resolved hyper-parameters (a subclass for the GD variant)
-    layers: list[int]  # edited layers, ascending; the last one is L (targets' layer)
+    layers: list[int]  # round 1's edited layers, ascending; the last one is L (targets')
+    retry_layers: list[int]  # rounds 2 on: cfg.retry_layers, or `layers` when None
     templates: Sequence[str]  # context prefixes (templates.py)
-    stats: dict[int, torch.Tensor]  # C per layer (d_ff, d_ff): corpus key second moment
+    stats: dict[int, torch.Tensor]  # C per layer of both lists (d_ff, d_ff): corpus keys'
+    # second moment
     earlier: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer (d_ff, h):
     # forget keys of the model's own earlier edits (LoadedModel.edit_keys)
     protected_sites: Sequence[Site] = ()  # kept by every round: neighbours, substitutions,
@@ -45,6 +47,7 @@ class RoundRecords:
     recs: list[ForgetRecord]
     requests: list[EditRequest]  # one per record, same order
     history: dict[int, torch.Tensor | None]  # keys to keep per layer (d_ff, h), or None
+    layers: list[int]  # the layers this round edits, ascending; targets at the last
     progress: Progress | None = None  # reported in the first round only
 
 
@@ -66,3 +69,7 @@ class RoundState:
     @property
     def cfg(self) -> ZeroUnlearnHParams:
         return self.run.cfg
+
+    @property
+    def layers(self) -> list[int]:
+        return self.records.layers

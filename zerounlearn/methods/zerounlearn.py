@@ -13,8 +13,9 @@ The layer loop of the spec, for edited layers l_0 < ... < l_{m-1} = L:
        and could not tell same-relation keys apart; see solve.direct_update)
 Rounds (max_rounds): after the loop, records the edited model still reproduces are
 edited again on top (from round 2 at the prompt's last token, retry_at_last_token;
-with edit_token "last" round 1 edits there too). The protected sites are built once
-per request (ZeroUnlearnBase.protected) and kept by every round.
+with edit_token "last" round 1 edits there too), at cfg.retry_layers when set. The
+patch holds every layer some round edited. The protected sites are built once per
+request (ZeroUnlearnBase.protected) and kept by every round.
 The model is unchanged on return: edits are made on the model's own weights for the
 forward passes of later layers, and every edited weight is restored in a `finally`,
 also when an error interrupts the loop. The new weights travel in the returned Patch.
@@ -204,10 +205,9 @@ def _history(
     earlier: torch.Tensor | None, record_keys: dict[int, torch.Tensor], settled: list[int]
 ) -> torch.Tensor | None:
     """Keys to keep for one layer (d_ff, h): the model's earlier edits, then this
-    request's records that earlier rounds already made forget."""
+    request's records that earlier rounds already made forget (those edited there)."""
     parts = [] if earlier is None else [earlier]
-    if settled:
-        parts.extend(record_keys[i] for i in settled)
+    parts.extend(record_keys[i] for i in settled if i in record_keys)
     return torch.cat(parts, dim=1) if parts else None
 
 
@@ -225,7 +225,7 @@ class ZeroUnlearnBase:
         """Spec steps 1-2 and M_f for layer i of the loop, on the partly edited model:
         (keys, W (d_model, d_ff), V* (d_model, n) float64, M_f (d_model, n))."""
         run, requests = state.run, state.records.requests
-        layers, cfg = run.layers, run.cfg
+        layers, cfg = state.layers, run.cfg
         with timed(run.timings, "keys"):
             if cfg.upper_only and i == 0:  # before any edit: blocks below layers[0] never change
                 with Timer() as prefix:
@@ -291,7 +291,7 @@ class ZeroUnlearnBase:
         restores). Fills run.new_weights; returns each layer's keys (d_ff, n, 2): per
         record its template-averaged key K_f and its clean-prompt key; and each layer's
         protected keys (d_ff, p) as the solve used them."""
-        cfg, layers = run.cfg, run.layers
+        cfg, layers = run.cfg, records.layers
         with timed(run.timings, "targets"):
             protected = list(run.protected_sites)
             z, target_info = neutral_targets(lm, records.requests, run.templates, layers[-1],
@@ -355,15 +355,17 @@ class ZeroUnlearnBase:
             requests = with_generic_targets(lm, prepare_requests(lm, recs, cfg.neutral_target),
                                             cfg)
             model, adapter = lm.model, lm.adapter
-            originals = {layer: adapter.get_weight(model, layer) for layer in layers}
+            edit_layers = sorted(set(layers) | set(cfg.retry_layers or ()))
+            originals = {layer: adapter.get_weight(model, layer) for layer in edit_layers}
             try:
                 run = self.prepare_run(lm, cfg, layers, recs, requests, stats=stats,
                                        timings=timings, progress=progress, retain=retain)
                 keys, protected = self.run_rounds(lm, run, recs, requests, progress)
-                new_carry = self.next_carry(cfg, layers, run.carry, keys, protected)
+                new_carry = self.next_carry(cfg, sorted(keys), run.carry, keys, protected)
             finally:
                 for layer, w in originals.items():
                     adapter.set_weight(model, layer, w)  # the model is unchanged on return
+            layers = sorted(run.new_weights)  # the layers some round edited
             run.info["carry_rank"] = [int(new_carry[layer].shape[1]) if layer in new_carry
                                       else 0 for layer in layers]
         logger.info("%s: %d records, layers %s, %.1f s", self.name, len(recs), layers,
@@ -396,15 +398,16 @@ class ZeroUnlearnBase:
         with timed(timings, "statistics"):
             corpus = CorpusSpec(files=tuple(cfg.stats_files or ()), samples=cfg.stats_samples,
                                 seq_len=cfg.stats_seq_len)
-            c_by_layer = stats.ensure(lm, layers, corpus, progress)
-            c_by_layer = {layer: c_by_layer[layer] for layer in layers}
+            retry = list(cfg.retry_layers or layers)
+            c_by_layer = stats.ensure(lm, set(layers) | set(retry), corpus, progress)
         earlier = lm.edit_keys  # keys of the model's own edits
         if earlier is None and cfg.history_weight > 0:
             raise InvalidHyperParameters(
                 "hyper-parameter 'history_weight' > 0 needs a model that tracks its "
                 "edit keys (LoadedModel.track_edit_keys() before its patches are "
                 "applied; workers: ZEROUNLEARN_EDIT_HISTORY=1)")
-        run = EditRun(cfg=cfg, layers=layers, templates=templates, stats=c_by_layer,
+        run = EditRun(cfg=cfg, layers=layers, retry_layers=retry, templates=templates,
+                      stats=c_by_layer,
                       earlier=earlier or {}, carry=dict(lm.carry or {}), timings=timings)
         if cfg.preserve_weight > 0:
             run.protected_sites = self.protected(lm, cfg, recs, requests, layers[0], timings,
@@ -441,20 +444,24 @@ class ZeroUnlearnBase:
         self, lm: LoadedModel, run: EditRun, recs: list[ForgetRecord],
         requests: list[EditRequest], progress: Progress | None,
     ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-        """Edit rounds until every record is forgotten or cfg.max_rounds: per layer, the
-        forget keys (d_ff, 1 or 2 per record, in record order) and the protected keys."""
-        cfg, layers, info = run.cfg, run.layers, run.info
+        """Edit rounds until every record is forgotten or cfg.max_rounds: per edited layer,
+        the forget keys (d_ff, 1 or 2 per record edited there, in record order) and the
+        protected keys. Round 1 edits run.layers, later rounds run.retry_layers."""
+        cfg, info = run.cfg, run.info
         protected_by_layer: dict[int, torch.Tensor] = {}
-        # per layer and record: its forget key (d_ff,) from the last round it was in
-        record_keys: dict[int, dict[int, torch.Tensor]] = {layer: {} for layer in layers}
+        # per layer and record: its forget key (d_ff, 1 or 2) from the last round that
+        # edited the record at that layer
+        record_keys: dict[int, dict[int, torch.Tensor]] = {}
         pending = list(range(len(recs)))
+        edited: set[int] = set()  # records some round has edited
         info["rounds"] = []
         edit_recs, edit_requests = recs, requests  # round 2 on: at the last token
         for r in range(cfg.max_rounds):
             info["rounds"].append(len(pending))
-            settled = [i for i in record_keys[layers[0]] if i not in pending]
-            history = {layer: _history(run.earlier.get(layer), record_keys[layer], settled)
-                       for layer in layers}
+            layers = run.layers if r == 0 else run.retry_layers
+            settled = sorted(edited - set(pending))
+            history = {layer: _history(run.earlier.get(layer), record_keys.get(layer, {}),
+                                       settled) for layer in layers}
             first_last = r == 0 and cfg.edit_token == "last"
             if r == 1 and cfg.edit_token == "last" and cfg.retry_at_subject:
                 # back at the subject for records a last-token round left: an answer the
@@ -474,13 +481,14 @@ class ZeroUnlearnBase:
             round_keys, round_protected = self.edit_round(lm, run, RoundRecords(
                 recs=[edit_recs[i] for i in pending],
                 requests=[edit_requests[i] for i in pending],
-                history=history, progress=progress if r == 0 else None))
+                history=history, layers=layers, progress=progress if r == 0 else None))
             protected_by_layer.update(round_protected)  # the last round's win
+            edited.update(pending)
             for layer in layers:
                 for column, i in enumerate(pending):
                     pair = round_keys[layer][:, column]  # (d_ff, 2)
                     same = torch.equal(pair[:, 0], pair[:, 1])  # no templates: one key
-                    record_keys[layer][i] = pair[:, :1] if same else pair
+                    record_keys.setdefault(layer, {})[i] = pair[:, :1] if same else pair
             if r + 1 == cfg.max_rounds:
                 break
             with timed(run.timings, "verify"):
@@ -489,8 +497,8 @@ class ZeroUnlearnBase:
             if not pending:
                 break
         _report(progress, "solve", 1.0)
-        keys = {layer: torch.cat([record_keys[layer][i] for i in range(len(recs))], 1)
-                for layer in layers}  # (d_ff, 1 or 2 per record) per layer, in order
+        keys = {layer: torch.cat([by_record[i] for i in sorted(by_record)], 1)
+                for layer, by_record in sorted(record_keys.items())}
         return keys, protected_by_layer
 
 
