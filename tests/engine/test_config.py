@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,6 +14,7 @@ from zerounlearn.config import (
     default_layers,
     resolve_config,
     resolve_hparams,
+    statistics_layers,
 )
 from zerounlearn.errors import InvalidHyperParameters, LayerOutOfRange, UnknownMethod
 from zerounlearn.loading import LoadedModel, load_model
@@ -109,6 +111,21 @@ def test_retry_layers_against_the_model_and_the_callers_layers(tiny_lm: LoadedMo
         config_for_model("zerounlearn", tiny_lm, {"retry_layers": [0, 2]})
     with pytest.raises(LayerOutOfRange, match="retry_layers"):
         resolve_config("zerounlearn", None, {"retry_layers": [-1]})
+    # what config_for_model reads of a model: its family and depth
+    smol = SimpleNamespace(family="smollm2", num_layers=30)
+    file_cfg = config_for_model("zerounlearn", smol, None)
+    assert file_cfg.layers == [25, 26, 27] and file_cfg.retry_layers == [22, 23, 24]  # type: ignore[attr-defined]
+    assert config_for_model("zerounlearn", smol, {"layers": [10]}).retry_layers is None  # type: ignore[attr-defined]
+    # the worker names a model's edit layers: the file's stay paired with the file's
+    named = config_for_model("zerounlearn", smol, {"layers": [25, 26, 27]})
+    assert named.retry_layers == [22, 23, 24]  # type: ignore[attr-defined]
+    assert statistics_layers(smol, [25, 26, 27]) == [22, 23, 24, 25, 26, 27]
+    assert statistics_layers(smol, [10]) == [10]
+    both = config_for_model("zerounlearn", smol, {"layers": [10], "retry_layers": [8, 9]})
+    assert both.retry_layers == [8, 9]  # type: ignore[attr-defined]
+    for depth in (27, 23):  # lacks the file's layers (27 and up, or 23 and up)
+        shallow = SimpleNamespace(family="smollm2", num_layers=depth)
+        assert config_for_model("zerounlearn", shallow, None).retry_layers is None  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("method", ["zerounlearn", "zerounlearn-paper", "zerounlearn-gd"])
