@@ -173,6 +173,10 @@ class ZeroUnlearnHParams(TargetHParams):
     retry_at_last_token: bool = True  # ... at the prompt's last token, not the subject's
     retry_at_subject: bool = False  # edit_token "last": rounds 2 on edit at the subject's
     # last token instead (answers copied from the subject's name, "Russia" -> " Russian")
+    retry_generated: bool = False  # a record also counts as left, and is edited again,
+    # when greedy generation from its prompt names the answer in the first sentence
+    # (the greedy probe, probes.py): SmolLM2 at 25-27 said "The capital of Germany is a
+    # city ... like Berlin's ..." with the first answer token gone
     retry_layers: list[int] | None = None  # rounds 2 on edit these layers (ascending)
     # instead of `layers`; None = `layers`. Records whose answer the late layers no longer
     # decide (SmolLM2 at 25-27: "Germany is located in the continent of") are forgotten

@@ -226,3 +226,38 @@ def test_smollm2_probes_catch_a_weak_edit_and_not_the_default_one(
     efficacy, after = edited({})
     assert efficacy == 0.0
     assert all(after[p] <= 10.0 for p in PROBES), after
+
+
+@pytest.mark.slow
+def test_smollm2_rounds_retry_what_greedy_generation_still_names(
+    smollm2_dir: Path, cache_dir: Path
+) -> None:
+    """Four capitals (France, Germany, Italy, Spain), edited at layers 25-27 in one round:
+    every first answer token is gone (efficacy 0), but greedy generation names Berlin
+    later in the first sentence ("... a city of breathtaking beauty, with iconic
+    landmarks like Berlin's ..."). With retry_generated the greedy probe joins the
+    rounds' check, so that record is edited again (at retry_layers 22-24) and the probe
+    finds nothing."""
+    from zerounlearn.datasets import world_facts
+
+    lm = load_model(str(smollm2_dir))
+    recs = [{k: f[k] for k in ("prompt", "subject", "answer")}
+            for f in world_facts() if f["relation"] == "capital"][:4]
+    stats = StatsCache(cache_dir / "stats")
+    base = _snapshot(lm)
+    late = {"stats_samples": 10_000, "layers": [25, 26, 27], "retry_layers": [22, 23, 24]}
+
+    def greedy_found(hparams: dict[str, Any]) -> tuple[list[int], int]:
+        patch = forget(lm, recs, "zerounlearn", {**late, **hparams}, stats=stats)
+        try:
+            apply_patch(lm, patch)
+            return patch.metadata["rounds"], probe(lm, recs, probes=["greedy"])[
+                "summary"]["found"]["greedy"]
+        finally:
+            lm.model.load_state_dict(base)
+            lm.carry.clear()
+
+    rounds, found = greedy_found({})
+    assert rounds == [4] and found >= 1
+    rounds, found = greedy_found({"retry_generated": True})
+    assert rounds[0] == 4 and len(rounds) >= 2 and found == 0, (rounds, found)

@@ -48,6 +48,7 @@ from zerounlearn.methods.edit_state import EditRun, RoundRecords, RoundState
 from zerounlearn.methods.registry import register_method
 from zerounlearn.neutral import generic_distributions
 from zerounlearn.patch import Patch
+from zerounlearn.probes import probe
 from zerounlearn.protect import drop_overlapping, protected_sites
 from zerounlearn.records import ForgetRecord, RetainFact, validate_records
 from zerounlearn.retain import candidate_sites, select_at_risk
@@ -199,6 +200,17 @@ def kept_keys(
         if k is not None and weight > 0 and k.shape[1] > 0
     ]
     return torch.cat(parts, dim=1) if parts else None
+
+
+def still_known(lm: LoadedModel, recs: list[ForgetRecord], cfg: ZeroUnlearnHParams
+                ) -> list[bool]:
+    """Per record: does the edited model still reproduce its answer, or (with
+    cfg.retry_generated) name it in the first sentence of its greedy continuation?"""
+    flags = reproduced(lm, recs)
+    if not cfg.retry_generated:
+        return flags
+    found = probe(lm, recs, probes=("greedy",))["records"]
+    return [bool(known or f["found"]["greedy"]) for known, f in zip(flags, found, strict=True)]
 
 
 def _history(
@@ -492,7 +504,7 @@ class ZeroUnlearnBase:
             if r + 1 == cfg.max_rounds:
                 break
             with timed(run.timings, "verify"):
-                flags = reproduced(lm, [recs[i] for i in pending])  # on the edited model
+                flags = still_known(lm, [recs[i] for i in pending], cfg)  # edited model
             pending = [i for i, still in zip(pending, flags, strict=True) if still]
             if not pending:
                 break
