@@ -11,10 +11,11 @@ The layer loop of the spec, for edited layers l_0 < ... < l_{m-1} = L:
     6. W <- D W (the paper, update="multiplicative"), or W <- W' solved in key space
        (ours, update="additive": W' = D W can only act through W k, d_model numbers,
        and could not tell same-relation keys apart; see solve.direct_update)
-Rounds (max_rounds): after the loop, records the edited model still reproduces are
-edited again on top (from round 2 at the prompt's last token, retry_at_last_token;
-with edit_token "last" round 1 edits there too), at cfg.retry_layers when set. The
-patch holds every layer some round edited. The protected sites are built once per
+Rounds (max_rounds): after the loop, records the edited model still reproduces (with
+retry_generated: or whose greedy continuation names the answer) are edited again on
+top (from round 2 at the prompt's last token, retry_at_last_token; with edit_token
+"last" round 1 edits there too), at cfg.retry_layers when set. The patch holds every
+layer some round edited. The protected sites are built once per
 request (ZeroUnlearnBase.protected) and kept by every round.
 The model is unchanged on return: edits are made on the model's own weights for the
 forward passes of later layers, and every edited weight is restored in a `finally`,
