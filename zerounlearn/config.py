@@ -179,8 +179,8 @@ class ZeroUnlearnHParams(TargetHParams):
     # city ... like Berlin's ..." with the first answer token gone
     retry_layers: list[int] | None = None  # rounds 2 on edit these layers (ascending)
     # instead of `layers`; None = `layers`. Records whose answer the late layers no longer
-    # decide (SmolLM2 at 25-27: "Germany is located in the continent of") are forgotten
-    # lower down. Dropped when the caller sets `layers` alone or the model lacks them
+    # decide (SmolLM2 at 25-27: "Germany is a country on the continent of") are forgotten
+    # lower down. A family file's go when round 1 edits other layers or the model lacks them
     protect_neighbors: bool = True  # protected keys include the records' neighbours
     protect_substitutions: bool = True  # ... and forget prompts with other subjects
     reg_lambda: float = 1.0  # lam: ridge towards the old W; keeps B invertible
@@ -369,12 +369,7 @@ def config_for_model(method: str, lm: Any, overrides: dict[str, Any] | None) -> 
     fallback = cfg.layers is None or (not explicit and not _fits(cfg.layers, n))
     if fallback:
         cfg.layers = default_edit_layers(n, cfg.relative_depth)
-    if not _fits(cfg.layers, n):
-        bad = [x for x in cfg.layers if not 0 <= x < n]
-        raise LayerOutOfRange(
-            f"hyper-parameter 'layers' = {cfg.layers}: {bad} out of range, the model has "
-            f"{n} layers"
-        )
+    _require_fit("layers", cfg.layers, n)
     file_layers = None if fallback else resolve_config(method, lm.family, None).layers
     _fit_retry_layers(cfg, cfg.layers == file_layers, overrides or {}, n)
     return cfg
@@ -392,10 +387,14 @@ def _fit_retry_layers(cfg: BaseHParams, file_layers: bool, overrides: dict[str, 
         if not file_layers or not _fits(retry, num_layers):
             cfg.retry_layers = None  # type: ignore[attr-defined]
         return
-    if not _fits(retry, num_layers):
-        bad = [x for x in retry if not 0 <= x < num_layers]
+    _require_fit("retry_layers", retry, num_layers)
+
+
+def _require_fit(name: str, layers: list[int], num_layers: int) -> None:
+    if not _fits(layers, num_layers):
+        bad = [x for x in layers if not 0 <= x < num_layers]
         raise LayerOutOfRange(
-            f"hyper-parameter 'retry_layers' = {retry}: {bad} out of range, the model has "
+            f"hyper-parameter {name!r} = {layers}: {bad} out of range, the model has "
             f"{num_layers} layers"
         )
 
