@@ -15,8 +15,8 @@ Rounds (max_rounds): after the loop, records the edited model still reproduces (
 retry_generated: or whose greedy continuation names the answer) are edited again on
 top (from round 2 at the prompt's last token, retry_at_last_token; with edit_token
 "last" round 1 edits there too), at cfg.retry_layers when set. The patch holds every
-layer some round edited. The protected sites are built once per
-request (ZeroUnlearnBase.protected) and kept by every round.
+layer some round edited. The protected sites are built once per request
+(ZeroUnlearnBase.protected) and kept by every round.
 The model is unchanged on return: edits are made on the model's own weights for the
 forward passes of later layers, and every edited weight is restored in a `finally`,
 also when an error interrupts the loop. The new weights travel in the returned Patch.
