@@ -404,8 +404,12 @@ def default_layers(lm: Any, method: str = "zerounlearn") -> list[int]:
     return list(config_for_model(method, lm, None).layers or [])
 
 
+def edited_layers(cfg: BaseHParams) -> list[int]:
+    """Every layer an edit with `cfg` may change: its layers and its retry layers."""
+    return sorted(set(cfg.layers or ()) | set(getattr(cfg, "retry_layers", None) or ()))
+
+
 def statistics_layers(lm: Any, layers: list[int], method: str = "zerounlearn") -> list[int]:
     """The layers an edit of `layers` may need statistics for: those and the retry
     layers the family file pairs with them (what a prepare job computes ahead)."""
-    cfg = config_for_model(method, lm, {"layers": list(layers)})
-    return sorted(set(layers) | set(getattr(cfg, "retry_layers", None) or ()))
+    return edited_layers(config_for_model(method, lm, {"layers": list(layers)}))

@@ -255,11 +255,11 @@ def test_an_untracked_model_keeps_no_keys_and_refuses_history(
 def test_rounds_after_the_first_edit_the_retry_layers(
         tiny_lm: LoadedModel, stats: StatsCache, facts: list[dict[str, str]],
         tmp_path: Path) -> None:
-    """Two target steps leave every record known after round 1 at layer 1 (8 of 8 on
-    our machine), so rounds 2 on run; with retry_layers [0] they edit layer 0 only. The
-    patch holds both layers, keys for every record at layer 1 and for the retried ones
-    at layer 0, a carry for each, survives a save, and the model is unchanged on
-    return. Without retry_layers every round edits layer 1."""
+    """Two target steps leave records known after round 1 at layer 1 (8 of 8 in a trial
+    of 8 records on our machine), so rounds 2 on run; with retry_layers [0] they edit
+    layer 0 only. The patch holds both layers, keys for every record at layer 1 and for
+    the retried ones at layer 0, a carry for each, survives a save, and the model is
+    unchanged on return. Without retry_layers every round edits layer 1."""
     recs = _records(facts, 0, 4)
     hp = {**TINY_HPARAMS, "target_steps": 2, "max_rounds": 3}
     base = {layer: tiny_lm.adapter.get_weight(tiny_lm.model, layer).clone() for layer in (0, 1)}

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from zerounlearn import carry, solve
-from zerounlearn.config import ZeroUnlearnHParams, config_for_model
+from zerounlearn.config import ZeroUnlearnHParams, config_for_model, edited_layers
 from zerounlearn.errors import InvalidHyperParameters
 from zerounlearn.evaluate import reproduced
 from zerounlearn.keys import (
@@ -368,8 +368,8 @@ class ZeroUnlearnBase:
             requests = with_generic_targets(lm, prepare_requests(lm, recs, cfg.neutral_target),
                                             cfg)
             model, adapter = lm.model, lm.adapter
-            edit_layers = sorted(set(layers) | set(cfg.retry_layers or ()))
-            originals = {layer: adapter.get_weight(model, layer) for layer in edit_layers}
+            originals = {layer: adapter.get_weight(model, layer)
+                         for layer in edited_layers(cfg)}
             try:
                 run = self.prepare_run(lm, cfg, layers, recs, requests, stats=stats,
                                        timings=timings, progress=progress, retain=retain)
@@ -411,15 +411,15 @@ class ZeroUnlearnBase:
         with timed(timings, "statistics"):
             corpus = CorpusSpec(files=tuple(cfg.stats_files or ()), samples=cfg.stats_samples,
                                 seq_len=cfg.stats_seq_len)
-            retry = list(cfg.retry_layers or layers)
-            c_by_layer = stats.ensure(lm, set(layers) | set(retry), corpus, progress)
+            c_by_layer = stats.ensure(lm, edited_layers(cfg), corpus, progress)
         earlier = lm.edit_keys  # keys of the model's own edits
         if earlier is None and cfg.history_weight > 0:
             raise InvalidHyperParameters(
                 "hyper-parameter 'history_weight' > 0 needs a model that tracks its "
                 "edit keys (LoadedModel.track_edit_keys() before its patches are "
                 "applied; workers: ZEROUNLEARN_EDIT_HISTORY=1)")
-        run = EditRun(cfg=cfg, layers=layers, retry_layers=retry, templates=templates,
+        run = EditRun(cfg=cfg, layers=layers, retry_layers=list(cfg.retry_layers or layers),
+                      templates=templates,
                       stats=c_by_layer,
                       earlier=earlier or {}, carry=dict(lm.carry or {}), timings=timings)
         if cfg.preserve_weight > 0:
