@@ -181,10 +181,6 @@ class ZeroUnlearnHParams(TargetHParams):
     # instead of `layers`; None = `layers`. Records whose answer the late layers no longer
     # decide (SmolLM2 at 25-27: "Germany is a country on the continent of") are forgotten
     # lower down. A family file's go when round 1 edits other layers or the model lacks them
-    guard_boost: float = 0.0  # > 0: after round 1, protected sites whose next-token
-    # argmax the edit changed get their weight multiplied by this, and round 1 is solved
-    # again from the same weights (guard.py); 0 turns the guard off
-    guard_passes: int = 1  # how many times the guard may redo round 1
     protect_neighbors: bool = True  # protected keys include the records' neighbours
     protect_substitutions: bool = True  # ... and forget prompts with other subjects
     reg_lambda: float = 1.0  # lam: ridge towards the old W; keeps B invertible

@@ -17,7 +17,6 @@ made so far) instead of the whole model and its output head.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,7 +59,6 @@ class Site:
 
     text: str
     indices: tuple[int, ...]
-    weight: float = 1.0  # a protected site's factor on the preservation weight (guard.py)
 
 
 def edit_index(tokenizer: Any, text: str, span: Span | None) -> int:
@@ -304,9 +302,4 @@ def compute_keys(
     w = lm.adapter.get_weight(lm.model, layer)  # (d_model, d_ff)
     wk_f = w @ k_f  # (d_model, d_ff) @ (d_ff, n)
     k_p = k_all[:, n * t :] if protected else None  # (d_ff, p)
-    if k_p is not None and any(s.weight != 1.0 for s in protected):
-        # a site's weight rides on its columns (the preservation terms are quadratic)
-        scale = torch.tensor([math.sqrt(s.weight) for s in protected for _ in s.indices],
-                             dtype=k_p.dtype, device=k_p.device)  # (p,)
-        k_p = k_p * scale
     return KeyState(k_f=k_f, k_clean=k_clean, wk_f=wk_f, h_l=h_l, k_p=k_p)

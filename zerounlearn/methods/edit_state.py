@@ -49,8 +49,6 @@ class RoundRecords:
     history: dict[int, torch.Tensor | None]  # keys to keep per layer (d_ff, h), or None
     layers: list[int]  # the layers this round edits, ascending; targets at the last
     progress: Progress | None = None  # reported in the first round only
-    targets: tuple[torch.Tensor, dict[str, Any]] | None = None  # (Z_n, its info) once
-    # computed: a guarded round solves twice on the same model and targets
 
 
 @dataclass

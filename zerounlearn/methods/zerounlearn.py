@@ -36,7 +36,6 @@ from zerounlearn import carry, solve
 from zerounlearn.config import ZeroUnlearnHParams, config_for_model, edited_layers
 from zerounlearn.errors import InvalidHyperParameters
 from zerounlearn.evaluate import reproduced
-from zerounlearn.guard import boosted, damaged, site_argmax
 from zerounlearn.keys import (
     EditRequest,
     KeyState,
@@ -308,10 +307,8 @@ class ZeroUnlearnBase:
         cfg, layers = run.cfg, records.layers
         with timed(run.timings, "targets"):
             protected = list(run.protected_sites)
-            if records.targets is None:
-                records.targets = neutral_targets(lm, records.requests, run.templates,
-                                                  layers[-1], cfg, records.progress)
-            z, target_info = records.targets
+            z, target_info = neutral_targets(lm, records.requests, run.templates, layers[-1],
+                                             cfg, records.progress)
             reached = torch.tensor([steps == 0 and nll < cfg.target_stop_loss for steps, nll in
                                     zip(target_info["target_steps"], target_info["target_nll"],
                                         strict=True)])  # (n,) the target needed no shift
@@ -328,32 +325,6 @@ class ZeroUnlearnBase:
                 run.new_weights[layer] = w_new.detach().to("cpu").clone()
             state.key_prefix = None  # cached activations: free them now
         return state.round_keys, state.round_protected
-
-    def guarded_round(
-        self, lm: LoadedModel, run: EditRun, records: RoundRecords
-    ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-        """edit_round, then (up to cfg.guard_passes times) again from the same weights
-        with the protected sites it damaged weighted cfg.guard_boost times more
-        (guard.py). run.protected_sites keeps the weights for later rounds."""
-        cfg, adapter = run.cfg, lm.adapter
-        sites = list(run.protected_sites)
-        with timed(run.timings, "guard"):
-            before = site_argmax(lm, sites)  # the model as the round finds it
-            saved = {layer: adapter.get_weight(lm.model, layer) for layer in records.layers}
-        result = self.edit_round(lm, run, records)
-        counts = run.info.setdefault("guard_damaged", [])
-        for _ in range(cfg.guard_passes):
-            with timed(run.timings, "guard"):
-                hurt = damaged(before, site_argmax(lm, sites))
-            counts.append(sum(hurt))
-            if not any(hurt):
-                break
-            for layer, w in saved.items():
-                adapter.set_weight(lm.model, layer, w)
-            sites = boosted(sites, hurt, cfg.guard_boost)
-            run.protected_sites = sites
-            result = self.edit_round(lm, run, records)
-        return result
 
     @staticmethod
     def next_carry(
@@ -520,14 +491,10 @@ class ZeroUnlearnBase:
                     dataclasses.replace(x, target_dist=first.target_dist) for x, first in
                     zip(prepare_requests(lm, edit_recs, cfg.neutral_target), requests,
                         strict=True)]
-            round_records = RoundRecords(
+            round_keys, round_protected = self.edit_round(lm, run, RoundRecords(
                 recs=[edit_recs[i] for i in pending],
                 requests=[edit_requests[i] for i in pending],
-                history=history, layers=layers, progress=progress if r == 0 else None)
-            if r == 0 and cfg.guard_boost > 0 and run.protected_sites:
-                round_keys, round_protected = self.guarded_round(lm, run, round_records)
-            else:
-                round_keys, round_protected = self.edit_round(lm, run, round_records)
+                history=history, layers=layers, progress=progress if r == 0 else None))
             protected_by_layer.update(round_protected)  # the last round's win
             edited.update(pending)
             for layer in layers:
