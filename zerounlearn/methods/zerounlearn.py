@@ -419,9 +419,8 @@ class ZeroUnlearnBase:
                 "edit keys (LoadedModel.track_edit_keys() before its patches are "
                 "applied; workers: ZEROUNLEARN_EDIT_HISTORY=1)")
         run = EditRun(cfg=cfg, layers=layers, retry_layers=list(cfg.retry_layers or layers),
-                      templates=templates,
-                      stats=c_by_layer,
-                      earlier=earlier or {}, carry=dict(lm.carry or {}), timings=timings)
+                      templates=templates, stats=c_by_layer, earlier=earlier or {},
+                      carry=dict(lm.carry or {}), timings=timings)
         if cfg.preserve_weight > 0:
             run.protected_sites = self.protected(lm, cfg, recs, requests, layers[0], timings,
                                                  run.info, retain)
