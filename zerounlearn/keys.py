@@ -3,9 +3,9 @@
 K_f at layer l: the input of layer l's down projection at the edit token (the subject's
 last token, else the prompt's last), averaged over context templates as MEMIT does:
 1/2 (clean key) + 1/2 mean(prefixed keys). H_L: the residual output of block L at the
-edit token on the clean prompts. Everything comes from ONE batched forward pass over
-all records x templates (plus any protected sites), right-padded so positions match
-the unpadded sequences.
+edit token on the clean prompts. Everything comes from one forward pass over all
+records x templates (plus any protected sites), run in chunks of texts of similar
+length (site_chunks.py), right-padded so positions match the unpadded sequences.
 
 With a KeyPrefix (ours, upper_only): the blocks below the first edited layer never
 change during an edit, so one forward of the unedited model, stopped at the last edited
@@ -26,6 +26,7 @@ import torch
 from zerounlearn.adapters import block_hidden, token_grid
 from zerounlearn.errors import InvalidRecord
 from zerounlearn.records import ForgetRecord
+from zerounlearn.site_chunks import SiteChunk, in_site_order, site_chunks
 from zerounlearn.tokens import encode_continuation, encode_prompt, max_positions
 from zerounlearn.upper import UpperStack, capture_stack
 
@@ -166,41 +167,23 @@ def record_sites(
     return sites
 
 
-def pad_rows(
-    rows: Sequence[list[int]], pad_id: int, device: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids (B, T), attention_mask (B, T))."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[b, : len(row)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def pad_id(tokenizer: Any) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
-def site_batch(lm: LoadedModel, sites: Sequence[Site]
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids (B, T), attention_mask (B, T), row (S,), position (S,)) of the sites."""
-    rows = [encode_prompt(lm.tokenizer, s.text) for s in sites]
-    ids, mask = pad_rows(rows, pad_id(lm.tokenizer), lm.device)
-    row_idx = torch.tensor([r for r, s in enumerate(sites) for _ in s.indices],
-                           device=lm.device)  # (S,)
-    pos_idx = torch.tensor([i for s in sites for i in s.indices], device=lm.device)  # (S,)
-    return ids, mask, row_idx, pos_idx
-
-
 @dataclass
 class KeyPrefix:
     """Blocks first..last ready to run on all sites of a request (record sites, then
-    protected ones), recorded on the model before any of them is edited."""
+    protected ones), recorded on the model before any of them is edited: one stack per
+    chunk of sites of similar length (site_chunks.py)."""
 
-    stack: UpperStack
+    chunks: list[SiteChunk]
+    stacks: list[UpperStack]  # one per chunk
     sites: int  # number of sites it was built for
+
+    @property
+    def start(self) -> int:
+        return self.stacks[0].start
+
+    @property
+    def stop(self) -> int:
+        return self.stacks[0].stop
 
 
 @torch.no_grad()
@@ -208,14 +191,18 @@ def key_prefix(
     lm: LoadedModel, requests: Sequence[EditRequest], templates: Sequence[str], first_layer: int,
     last_layer: int, protected: Sequence[Site] = (),
 ) -> KeyPrefix:
-    """One forward of the (still unedited) model over compute_keys' sites, stopped as
-    block last_layer is entered. Valid while no block below first_layer changes."""
+    """One forward per chunk of the (still unedited) model over compute_keys' sites,
+    stopped as block last_layer is entered. Valid while no block below first_layer
+    changes."""
     sites = record_sites(lm.tokenizer, requests, templates) + list(protected)
-    ids, mask, _, _ = site_batch(lm, sites)
-    stack, _ = capture_stack(
-        lm, lambda: lm.model(input_ids=ids, attention_mask=mask, use_cache=False),
-        first_layer, last_layer, halt=True)
-    return KeyPrefix(stack, len(sites))
+    chunks = site_chunks(lm, sites)
+    stacks = []
+    for c in chunks:
+        stack, _ = capture_stack(
+            lm, lambda c=c: lm.model(input_ids=c.ids, attention_mask=c.mask, use_cache=False),
+            first_layer, last_layer, halt=True)
+        stacks.append(stack)
+    return KeyPrefix(chunks, stacks, len(sites))
 
 
 @torch.no_grad()
@@ -223,44 +210,62 @@ def capture(
     lm: LoadedModel, sites: Sequence[Site], layer: int, block_layer: int,
     prefix: KeyPrefix | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward: keys at layer `layer` and block outputs of `block_layer` at each site.
+    """Keys at layer `layer` and block outputs of `block_layer` at each site, one
+    forward per chunk of sites of similar length.
 
     With a prefix (built for these sites, block_layer its last block): only its blocks
     run. Returns K (d_ff, S) and H (d_model, S), in the model's dtype, S = all sites'
     indices in order.
     """
+    if prefix is not None and (prefix.sites != len(sites) or prefix.stop != block_layer
+                               or not prefix.start <= layer <= block_layer):
+        raise ValueError("the key prefix was built for other sites or layers")
+    chunks = prefix.chunks if prefix is not None else site_chunks(lm, sites)
+    keys, hiddens = [], []
+    for i, chunk in enumerate(chunks):
+        stack = prefix.stacks[i] if prefix is not None else None
+        k, h = _capture_chunk(lm, chunk, layer, block_layer, stack)
+        keys.append(k)
+        hiddens.append(h)
+    k_all = in_site_order(sites, chunks, keys).T.contiguous()  # (S, d_ff) -> (d_ff, S)
+    h_all = in_site_order(sites, chunks, hiddens).T.contiguous()  # (d_model, S)
+    return k_all, h_all
+
+
+def _capture_chunk(
+    lm: LoadedModel, chunk: SiteChunk, layer: int, block_layer: int,
+    stack: UpperStack | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over a chunk (the whole model, or the stack's blocks): its keys
+    (S_c, d_ff) and block outputs (S_c, d_model)."""
     model, adapter = lm.model, lm.adapter
-    ids, mask, row_idx, pos_idx = site_batch(lm, sites)
+    row_idx, pos_idx = chunk.row_idx, chunk.pos_idx
     got: dict[str, torch.Tensor] = {}
 
     def grab_key(_module, args):
-        k = token_grid(args[0], *ids.shape)  # (B, T, d_ff), also from OPT's (B*T, d_ff)
+        k = token_grid(args[0], *chunk.shape)  # (B, T, d_ff), also from OPT's (B*T, d_ff)
         dev = k.device  # the layer's own device under a device map
-        got["k"] = k[row_idx.to(dev), pos_idx.to(dev)].detach()  # (B, T, d_ff) -> (S, d_ff)
+        got["k"] = k[row_idx.to(dev), pos_idx.to(dev)].detach()  # (B, T, d_ff) -> (S_c, d_ff)
 
     def grab_hidden(_module, _args, output):
         h = block_hidden(output)
-        got["h"] = h[row_idx.to(h.device), pos_idx.to(h.device)].detach()  # (S, d_model)
+        got["h"] = h[row_idx.to(h.device), pos_idx.to(h.device)].detach()  # (S_c, d_model)
 
     handles = [
         adapter.down_proj(model, layer).register_forward_pre_hook(grab_key),
         adapter.block(model, block_layer).register_forward_hook(grab_hidden),
     ]
     try:
-        if prefix is None:
-            model(input_ids=ids, attention_mask=mask, use_cache=False)
+        if stack is None:
+            model(input_ids=chunk.ids, attention_mask=chunk.mask, use_cache=False)
         else:
-            if prefix.sites != len(sites) or prefix.stack.stop != block_layer \
-                    or not prefix.stack.start <= layer <= block_layer \
-                    or prefix.stack.hidden is None:
-                raise ValueError("the key prefix was built for other sites or layers")
-            prefix.stack.run(prefix.stack.hidden)  # (B, T, d_model) entering block first
+            if stack.hidden is None:
+                raise ValueError("the key prefix holds no hidden state")
+            stack.run(stack.hidden)  # (B, T, d_model) entering block first
     finally:
         for handle in handles:
             handle.remove()
-    k = got["k"].T.contiguous()  # (S, d_ff) -> (d_ff, S)
-    h = got["h"].T.contiguous()  # (S, d_model) -> (d_model, S)
-    return k, h
+    return got["k"], got["h"]
 
 
 def template_mean(k_sites: torch.Tensor, n: int, t: int) -> torch.Tensor:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from zerounlearn.keys import EditRequest, pad_id, pad_rows
-from zerounlearn.tokens import encode_prompt
+from zerounlearn.keys import EditRequest
+from zerounlearn.tokens import encode_prompt, pad_id, pad_rows
 
 if TYPE_CHECKING:
     from zerounlearn.loading import LoadedModel

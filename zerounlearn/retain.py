@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from zerounlearn.adapters import token_grid
-from zerounlearn.keys import EditRequest, Site, record_sites, site_batch
+from zerounlearn.keys import EditRequest, Site, record_sites
 from zerounlearn.protect import fact_site, substitution_sites
 from zerounlearn.records import RetainFact
+from zerounlearn.site_chunks import SiteChunk, in_site_order, site_chunks
 
 if TYPE_CHECKING:
     from zerounlearn.loading import LoadedModel
@@ -72,30 +73,37 @@ class _Enough(Exception):
 
 @torch.no_grad()
 def keys_at(lm: LoadedModel, sites: Sequence[Site], layer: int) -> torch.Tensor:
-    """Down-projection inputs of `layer` at every site index, (d_ff, S); the forward
-    stops there (the blocks above and the output head never run)."""
-    ids, mask, row_idx, pos_idx = site_batch(lm, sites)
+    """Down-projection inputs of `layer` at every site index, (d_ff, S), one forward
+    per chunk of sites of similar length (site_chunks.py); each stops there (the blocks
+    above and the output head never run)."""
+    chunks = site_chunks(lm, sites)
+    return in_site_order(sites, chunks, [_keys_in(lm, c, layer) for c in chunks]).T.contiguous()
+
+
+def _keys_in(lm: LoadedModel, chunk: SiteChunk, layer: int) -> torch.Tensor:
+    """One chunk's keys at `layer`, (S_c, d_ff)."""
     got: dict[str, torch.Tensor] = {}
 
     def grab(_module: Any, args: tuple) -> None:
-        k = token_grid(args[0], *ids.shape)  # (B, T, d_ff)
-        got["k"] = k[row_idx.to(k.device), pos_idx.to(k.device)].detach()  # (S, d_ff)
+        k = token_grid(args[0], *chunk.shape)  # (B, T, d_ff)
+        rows, pos = chunk.row_idx.to(k.device), chunk.pos_idx.to(k.device)
+        got["k"] = k[rows, pos].detach()  # (S_c, d_ff)
         raise _Enough
 
     handle = lm.adapter.down_proj(lm.model, layer).register_forward_pre_hook(grab)
     try:
-        lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        lm.model(input_ids=chunk.ids, attention_mask=chunk.mask, use_cache=False)
     except _Enough:
         pass
     finally:
         handle.remove()
-    return got["k"].T.contiguous()  # (S, d_ff) -> (d_ff, S)
+    return got["k"]
 
 
 @torch.no_grad()
 def select_at_risk(
     lm: LoadedModel, requests: Sequence[EditRequest], candidates: Sequence[Candidate], layer: int,
-    top_k: int, batch_sites: int = 256,
+    top_k: int, batch_sites: int = 2048,
 ) -> tuple[list[Site], dict[str, Any]]:
     """The top_k candidates whose keys at `layer` lie closest to the forget keys, and
     a text-free summary (counts per kind, the score range kept)."""

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from zerounlearn.adapters import block_hidden, replace_block_hidden, token_grid
-from zerounlearn.keys import EditRequest, edit_index, pad_id, pad_rows, templated
-from zerounlearn.tokens import encode_prompt
+from zerounlearn.keys import EditRequest, edit_index, templated
+from zerounlearn.tokens import encode_prompt, pad_id, pad_rows
 from zerounlearn.upper import UpperStack, capture_stack
 
 if TYPE_CHECKING:

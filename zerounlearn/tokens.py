@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -29,6 +30,23 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
 def encode_continuation(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of an answer/target, leading space kept, no special tokens."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def pad_rows(
+    rows: Sequence[list[int]], pad_id: int, device: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids (B, T), attention_mask (B, T))."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[b, : len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def max_positions(model: torch.nn.Module) -> int:
@@ -122,16 +140,8 @@ def answer_batch(
         rows.append(p_ids + a_ids)
         prompt_lengths.append(len(p_ids))
         answer_ids.append(a_ids)
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        input_ids[b, : len(row)] = torch.tensor(row)
-        attention_mask[b, : len(row)] = 1
-    return AnswerBatch(
-        input_ids.to(device), attention_mask.to(device), prompt_lengths, answer_ids
-    )
+    input_ids, attention_mask = pad_rows(rows, pad_id(tokenizer), device)
+    return AnswerBatch(input_ids, attention_mask, prompt_lengths, answer_ids)
 
 
 def prompt_batch(
@@ -142,14 +152,8 @@ def prompt_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Right-padded prompts: (input_ids (B, T), attention_mask (B, T), lengths)."""
     rows = [encode_prompt(tokenizer, p) for p in prompts]
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        input_ids[b, : len(row)] = torch.tensor(row)
-        mask[b, : len(row)] = 1
-    return input_ids.to(device), mask.to(device), [len(r) for r in rows]
+    input_ids, mask = pad_rows(rows, pad_id(tokenizer), device)
+    return input_ids, mask, [len(r) for r in rows]
 
 
 @torch.no_grad()
@@ -171,3 +175,4 @@ def score_answers(
         reproduced = bool((logprobs[b, pos].argmax(-1) == target).all())
         out.append((lp.cpu(), reproduced))
     return out
+
