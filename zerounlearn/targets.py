@@ -150,7 +150,9 @@ def _build_batch(
                 s_ids.append(token)
                 s_rec.append(b)
                 s_w.append(1.0 / (len(tgt) * len(templates)))
-            rows.append(p_ids + list(tgt))
+            # the last target token is never an input whose logits are read: scored
+            # positions end at len(p_ids) + len(tgt) - 2, so the row stops there
+            rows.append(p_ids + list(tgt[:-1]))
             rec.append(b)
             pos.append(edit_index(tok, text, span))
     kl_row: list[int] = []
