@@ -30,6 +30,7 @@ from zerounlearn.tokens import (
     encode_continuation,
     encode_prompt,
     max_positions,
+    pad_id,
     score_answers,
 )
 
@@ -93,7 +94,7 @@ def greedy_continuations(
     """
     device = _device(lm)
     limit = max_positions(lm.model)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_id(lm.tokenizer)
     out: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         rows = [encode_prompt(lm.tokenizer, p) for p in prompts[start : start + batch_size]]
