@@ -56,14 +56,21 @@ def site_chunks(
     its own)."""
     max_tokens = CHUNK_TOKENS if max_tokens is None else max_tokens
     rows = [encode_prompt(lm.tokenizer, s.text) for s in sites]
+    groups = length_groups([len(r) for r in rows], max_tokens)
+    return [_chunk(lm, sites, rows, members) for members in groups]
+
+
+def length_groups(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices of `lengths` sorted by length (stable), cut into groups whose padded size
+    (members x the longest) stays within max_tokens; a longer single one is alone."""
     groups: list[list[int]] = []
-    for i in sorted(range(len(sites)), key=lambda i: len(rows[i])):
-        # sorted ascending: the newcomer is the chunk's longest text
-        if groups and (len(groups[-1]) + 1) * len(rows[i]) <= max_tokens:
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        # sorted ascending: the newcomer is the group's longest
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= max_tokens:
             groups[-1].append(i)
         else:
             groups.append([i])
-    return [_chunk(lm, sites, rows, members) for members in groups]
+    return groups
 
 
 def _chunk(

@@ -22,13 +22,19 @@ threshold stops changing, and its rows leave the batch.
 Adam is element-wise and the loss is a sum over records, so every record follows the
 same path it would follow alone: batched and one-at-a-time agree up to float rounding.
 
+Rows run in chunks of similar length (target_chunks.py), each its own batch; the
+logits at the scored positions are gathered back into one order, so losses and steps
+are those of one batch. A clean pass (u = 0, no gradient) reads h_b at every record's
+template-0 row.
+
 Upper blocks only (settings.upper_only, ours): nothing below the hook point changes
-during the loop. The first pass is an ordinary forward that also records, for every
-block above the point, its input and arguments (upper.py); later passes run only those
-blocks (for the block point: L+1 .. last, on the clean block-L output plus delta; for
-the down_proj point: l .. last, the hook adding delta inside block l) and the head at
-the scored positions. The first pass checks that the recorded stack reproduces the
-model's logits and falls back to full forward passes if it does not.
+during the loop. The clean pass is an ordinary forward that also records, per chunk,
+for every block above the point, its input and arguments (upper.py); the passes of the
+loop run only those blocks (for the block point: L+1 .. last, on the clean block-L
+output plus delta; for the down_proj point: l .. last, the hook adding delta inside
+block l) and the head at the scored positions. The loop's first pass checks that the
+recorded stacks reproduce the clean pass's logits and falls back to full forward
+passes if they do not.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +50,14 @@ import torch
 
 from zerounlearn.adapters import block_hidden, replace_block_hidden, token_grid
 from zerounlearn.keys import EditRequest, edit_index, templated
+from zerounlearn.target_chunks import (
+    TARGET_CHUNK_TOKENS,
+    RowChunk,
+    SitePlan,
+    in_caller_order,
+    plan_sites,
+    row_chunks,
+)
 from zerounlearn.tokens import encode_prompt, pad_id, pad_rows
 from zerounlearn.upper import UpperStack, capture_stack
 
@@ -127,10 +141,10 @@ class _Batch:
 
 def _build_batch(
     lm: LoadedModel, requests: Sequence[EditRequest], templates: Sequence[str],
-    targets: Sequence[list[int]], widen: bool = False,
+    targets: Sequence[list[int]],
 ) -> _Batch:
-    """widen: one more pad column when the width equals the number of rows, so that an
-    UpperStack can tell batch dimensions from sequence dimensions."""
+    """Every row of the records, right-padded to the longest (target_chunks.py cuts it
+    into chunks of similar length for the passes)."""
     tok, device = lm.tokenizer, lm.device
     rows: list[list[int]] = []
     rec: list[int] = []
@@ -165,9 +179,6 @@ def _build_batch(
         rec.append(b)
         pos.append(edit_index(tok, req.kl_text, req.kl_span))
     ids, mask = pad_rows(rows, pad_id(tok), device)
-    if widen and ids.shape[0] == ids.shape[1]:
-        ids = torch.cat([ids, ids.new_full((len(rows), 1), pad_id(tok))], dim=1)
-        mask = torch.cat([mask, mask.new_zeros((len(rows), 1))], dim=1)
 
     def as_tensor(x: list[int] | list[float], dtype: torch.dtype = torch.long) -> torch.Tensor:
         return torch.tensor(x, dtype=dtype, device=device)
@@ -199,62 +210,67 @@ def _subset(batch: _Batch, keep: torch.Tensor) -> _Batch:
 
 @dataclass
 class _CleanPass:
-    """What the first pass (u = 0, all rows) reads at the hook point."""
+    """What the clean pass (u = 0, all rows) reads at the hook point."""
 
     h: torch.Tensor  # (n, d_model) each record's clean value at its edit token
     scale: torch.Tensor  # (n,) delta_b = scale_b u_b: ||h_b|| / sqrt(d_model), or 1
-    hidden: torch.Tensor  # (R, T, d_model) the whole clean output: the upper stack's input
+
+
+@dataclass
+class _RowView:
+    """The rows the model is running now: what the forward hook needs to place deltas."""
+
+    rec: torch.Tensor  # (r,) record of each row
+    pos: torch.Tensor  # (r,) its edit position
+    shape: tuple[int, int]  # (r, T) the batch's ids shape
 
 
 @dataclass
 class _OptState:
     """What the forward hook and the passes of one _optimize call share."""
 
-    batch: _Batch  # the rows of this pass (records that stopped have left)
+    view: _RowView | None = None  # set before every forward
     soft: tuple[torch.Tensor, torch.Tensor] | None = None  # q (n, V) and -H(q) (n,)
-    first: _CleanPass | None = None  # set by the hook in the first pass
-    stack: UpperStack | None = None  # the upper blocks, when they reproduce the model
+    first: _CleanPass | None = None  # set after the clean pass
+    seen: torch.Tensor | None = None  # (r, T, d_model) the hook's clean reading of a chunk
     kl_init: torch.Tensor | None = None  # (n, V) "is a" log-probs of the first pass
 
     @property
     def clean(self) -> _CleanPass:
         if self.first is None:
-            raise RuntimeError("the first pass has not run yet")
+            raise RuntimeError("the clean pass has not run yet")
         return self.first
 
     @property
-    def upper(self) -> UpperStack:
-        if self.stack is None:
-            raise RuntimeError("no upper stack was captured")
-        return self.stack
+    def rows(self) -> _RowView:
+        if self.view is None:
+            raise RuntimeError("no rows are being run")
+        return self.view
 
 
-def _shifted(hidden: torch.Tensor, batch: _Batch, delta: torch.Tensor) -> torch.Tensor:
-    """hidden (R, T, d_model) + delta (n, d_model) of each row's record at its edit token."""
+def _shifted(hidden: torch.Tensor, rec: torch.Tensor, pos: torch.Tensor,
+             delta: torch.Tensor) -> torch.Tensor:
+    """hidden (r, T, d_model) + delta (n, d_model) of each row's record rec (r,) at its
+    edit position pos (r,)."""
     dev = hidden.device  # with a device map, block L's device
-    shift = torch.zeros_like(hidden)  # (R, T, d_model)
+    shift = torch.zeros_like(hidden)  # (r, T, d_model)
     rows = torch.arange(hidden.shape[0], device=dev)
-    shift[rows, batch.pos.to(dev)] = delta.to(dev)[batch.rec.to(dev)].to(hidden.dtype)
+    shift[rows, pos.to(dev)] = delta.to(dev)[rec.to(dev)].to(hidden.dtype)
     return hidden + shift
 
 
-def _logits_at(lm: LoadedModel, batch: _Batch, rows: torch.Tensor, pos: torch.Tensor,
-               upper: Callable[[], torch.Tensor] | None = None,
-               stack: UpperStack | None = None) -> torch.Tensor:
-    """Logits (k, V) at (rows, pos) only: the output head runs on k positions, not R * T.
-
-    With a stack: only its blocks, on upper() (R, T, d_model), the input of its first block.
-    """
-    if stack is not None and upper is not None:
-        return stack.logits_at(stack.run(upper()), rows, pos).to(rows.device)
+def _forward_logits(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor,
+                    rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Logits (k, V) float32 at (rows, pos) of a full forward on ids, mask (r, T): the
+    output head runs on k positions, not r * T."""
     model = lm.model
     head = model.get_output_embeddings()  # type: ignore[no-untyped-call]
     if head is None:  # no separate head: full forward
-        every = model(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits
+        every = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         picked: torch.Tensor = every[rows.to(every.device), pos.to(every.device)]  # (k, V)
         return picked.float().to(rows.device)
-    hidden = model.base_model(input_ids=batch.ids, attention_mask=batch.mask,
-                              use_cache=False).last_hidden_state  # (R, T, d_model), normed
+    hidden = model.base_model(input_ids=ids, attention_mask=mask,
+                              use_cache=False).last_hidden_state  # (r, T, d_model), normed
     dev = hidden.device
     logits: torch.Tensor = head(hidden[rows.to(dev), pos.to(dev)])  # (k, V)
     logits = logits.float().to(rows.device)
@@ -283,16 +299,20 @@ def optimize_deltas(
     settings: TargetSettings,
     progress: Progress | None = None,
     soft: torch.Tensor | None = None,
+    max_tokens: int | None = None,
 ) -> DeltaResult:
     """Deltas at (point, layer) that make each record's prompts emit its target tokens
     (or, with soft (n, V), reach that next-token distribution; targets then hold one
     token per record, which only places the scored position).
 
     With settings.batch_records False the records run one at a time (the paper's way).
+    max_tokens: padded tokens per chunk of rows (target_chunks.py; default
+    TARGET_CHUNK_TOKENS); the result does not depend on it beyond float rounding.
     """
+    budget = TARGET_CHUNK_TOKENS if max_tokens is None else max_tokens
     if settings.batch_records:
         return _optimize(lm, requests, templates, targets, point, layer, settings, progress,
-                         soft)
+                         soft, budget)
     parts = []
     for i in range(len(requests)):
         def sub(phase: str, f: float, i: int = i) -> None:
@@ -300,9 +320,137 @@ def optimize_deltas(
                 progress(phase, (i + f) / len(requests))
         parts.append(_optimize(lm, requests[i : i + 1], templates, targets[i : i + 1],
                                point, layer, settings, sub,
-                               None if soft is None else soft[i : i + 1]))
+                               None if soft is None else soft[i : i + 1], budget))
     return DeltaResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
                          ("delta", "h", "nll", "steps")))
+
+
+@dataclass
+class _Passes:
+    """Runs the rows of the still-active records, chunk by chunk, at the current delta."""
+
+    lm: LoadedModel
+    full: _Batch
+    chunks: list[RowChunk]
+    point: str
+    state: _OptState
+    u: torch.Tensor  # (n, d_model) the optimised variable
+    stacks: bool  # run only the recorded upper blocks (else full forwards)
+    subsets: dict[int, UpperStack] = field(default_factory=dict)  # chunk -> its stack, cut
+
+    def delta(self) -> torch.Tensor:
+        return self.u * self.state.clean.scale[:, None]  # (n, d_model)
+
+    def logits(self, plans: list[SitePlan]) -> torch.Tensor:
+        """(S, V) at the sites the plans were made for, in their order."""
+        return in_caller_order(plans, [self.chunk_logits(p) for p in plans])
+
+    def chunk_logits(self, plan: SitePlan) -> torch.Tensor:
+        chunk = self.chunks[plan.chunk]
+        rows = chunk.rows[plan.kept]  # (r',) full-batch rows
+        rec, pos = self.full.rec[rows], self.full.pos[rows]
+        self.state.view = _RowView(rec, pos, (len(rows), int(chunk.ids.shape[1])))
+        if self.stacks and chunk.stack is not None:
+            stack = self._stack(plan, chunk.stack)
+            if stack.hidden is None:
+                raise RuntimeError("the upper stack has no recorded input")
+            start = (_shifted(stack.hidden, rec, pos, self.delta()) if self.point == "block"
+                     else stack.hidden)  # down_proj: the hook adds delta inside block l
+            return stack.logits_at(stack.run(start), plan.rows, plan.pos).to(self.lm.device)
+        every = len(rows) == len(chunk.rows)
+        ids = chunk.ids if every else chunk.ids[plan.kept]
+        mask = chunk.mask if every else chunk.mask[plan.kept]
+        return _forward_logits(self.lm, ids, mask, plan.rows, plan.pos)
+
+    def _stack(self, plan: SitePlan, whole: UpperStack) -> UpperStack:
+        """The chunk's stack for its kept rows (cut again only when records left)."""
+        if len(plan.kept) == whole.rows:
+            return whole
+        cut = self.subsets.get(plan.chunk)
+        if cut is None or cut.rows != len(plan.kept):
+            cut = self.subsets[plan.chunk] = whole.subset(plan.kept)
+        return cut
+
+
+def _global_sites(full: _Batch, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, pos) of the active records' scored sites, full-batch rows, in the order of
+    _scored_sites(_subset(full, active)): target tokens, then the KL rows."""
+    scored = active[full.score_rec]  # (P,)
+    return (torch.cat([full.score_row[scored], full.kl_row[active]]),
+            torch.cat([full.score_pos[scored], full.kl_pos[active]]))
+
+
+def _clean_pass(passes: _Passes, plans: list[SitePlan], layer: int, n_tpl: int,
+                record_stacks: bool, relative: bool) -> None:
+    """u = 0 on every chunk: each record's clean value h at its edit token (from its
+    template-0 row), and (record_stacks) each chunk's upper stack and its logits."""
+    lm, full, state, point = passes.lm, passes.full, passes.state, passes.point
+    n = len(full.kl_row)
+    h: torch.Tensor | None = None
+    for plan in plans:
+        chunk = passes.chunks[plan.chunk]
+        state.view = _RowView(full.rec[chunk.rows], full.pos[chunk.rows],
+                              (len(chunk.rows), int(chunk.ids.shape[1])))
+        run = partial(_forward_logits, lm, chunk.ids, chunk.mask, plan.rows, plan.pos)
+        if record_stacks:
+            start = layer + 1 if point == "block" else layer
+            chunk.stack, chunk.ref = capture_stack(lm, run, start)
+        else:
+            run()
+        seen = state.seen  # (r, T, d_model) the hook's reading
+        if seen is None:
+            raise RuntimeError("the hook point did not run")
+        if record_stacks and point == "block" and chunk.stack is not None:
+            # the stack's input is block L's clean output (also with no block above)
+            chunk.stack.hidden, chunk.stack.rows = seen, int(seen.shape[0])
+        first = (chunk.rows % n_tpl == 0) & (chunk.rows < n * n_tpl)  # template-0 rows
+        local = first.nonzero().squeeze(1)  # (k,)
+        picked = seen[local.to(seen.device), full.pos[chunk.rows[local]].to(seen.device)]
+        if h is None:
+            h = torch.zeros(n, seen.shape[-1], device=lm.device)
+        h[chunk.rows[local] // n_tpl] = picked.float().to(lm.device)  # (k, d_model)
+        state.seen = None
+    if h is None:
+        raise RuntimeError("no rows to optimise")
+    d_model = h.shape[1]
+    rel = h.norm(dim=-1) / d_model ** 0.5  # Adam moves coordinates by ~lr
+    state.first = _CleanPass(h=h, scale=rel if relative else torch.ones_like(rel))
+
+
+def _stacks_agree(passes: _Passes, plans: list[SitePlan], logits: torch.Tensor) -> bool:
+    """Whether the stacks' first logits (S, V) reproduce the clean pass's full forwards."""
+    for plan in plans:
+        chunk = passes.chunks[plan.chunk]
+        ref = chunk.ref
+        if ref is None or chunk.stack is None:
+            return False
+        ref = ref.detach()
+        mine = logits[plan.sites.to(logits.device)].detach()  # (s, V)
+        hidden = chunk.stack.hidden
+        tol = 1e-3 if hidden is not None and hidden.dtype == torch.float32 else 5e-2
+        err = float((mine - ref).abs().max()) if ref.numel() else 0.0
+        if err > tol * max(1.0, float(ref.abs().max())):
+            logger.warning("upper-block pass differs from the full forward (%.2e): using full "
+                           "forward passes (%s)", err, passes.lm.adapter.name)
+            return False
+    return True
+
+
+def _first_logits(passes: _Passes, plans: list[SitePlan]) -> torch.Tensor:
+    """The first pass's logits (S, V): through the recorded stacks when they reproduce
+    the model, else (and from then on) through full forwards."""
+    if passes.stacks:
+        try:
+            logits = passes.logits(plans)
+        except Exception as exc:  # a family whose blocks cannot be called this way
+            logger.warning("upper-block pass failed (%s: %s): using full forward passes (%s)",
+                           type(exc).__name__, exc, passes.lm.adapter.name)
+            passes.stacks = False
+        else:
+            if _stacks_agree(passes, plans, logits):
+                return logits
+            passes.stacks = False
+    return passes.logits(plans)
 
 
 def _optimize(
@@ -314,92 +462,82 @@ def _optimize(
     layer: int,
     st: TargetSettings,
     progress: Progress | None,
-    soft: torch.Tensor | None = None,
+    soft: torch.Tensor | None,
+    max_tokens: int,
 ) -> DeltaResult:
     n, n_tpl = len(requests), len(templates)
-    full = _build_batch(lm, requests, templates, targets, widen=st.upper_only)
+    full = _build_batch(lm, requests, templates, targets)
+    chunks = row_chunks(full.ids, full.mask, pad_id(lm.tokenizer), max_tokens,
+                        widen=st.upper_only)
     d_model = lm.adapter.d_model(lm.model)
     u = torch.zeros(n, d_model, device=lm.device, requires_grad=True)  # (n, d_model)
     opt = torch.optim.Adam([u], lr=st.lr)
-    state = _OptState(batch=full)
+    state = _OptState()
     if soft is not None:
         q = soft.to(lm.device, torch.float32)  # (n, V)
         state.soft = (q, (q * q.clamp_min(1e-30).log()).sum(-1))  # q and -H(q) (n,)
+    passes = _Passes(lm, full, chunks, point, state, u, stacks=st.upper_only)
 
     def add_delta(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
-        batch = state.batch
+        view = state.rows
         if point == "block":
-            hidden = block_hidden(output)  # (R, T, d_model)
-        else:  # OPT's MLP output is (R*T, d_model): seen as (R, T, d_model), returned flat
-            hidden = token_grid(output, *batch.ids.shape)  # (R, T, d_model)
-        if state.first is None:  # first pass (u = 0, all rows): read the clean values
-            clean = torch.arange(n, device=hidden.device) * n_tpl  # template 0 rows
-            at = batch.pos.to(hidden.device)[clean]  # (n,) edit positions
-            h = hidden[clean, at].detach().float().to(u.device)  # (n, d_model)
-            rel = h.norm(dim=-1) / d_model ** 0.5  # Adam moves coordinates by ~lr
-            state.first = _CleanPass(
-                h=h, scale=rel if st.step_units == "relative" else torch.ones_like(rel),
-                hidden=hidden.detach())
-        hidden = _shifted(hidden, batch, u * state.clean.scale[:, None])
+            hidden = block_hidden(output)  # (r, T, d_model)
+        else:  # OPT's MLP output is (r*T, d_model): seen as (r, T, d_model), returned flat
+            hidden = token_grid(output, *view.shape)  # (r, T, d_model)
+        if state.first is None:  # the clean pass (u = 0): read, change nothing
+            state.seen = hidden.detach()
+            return output
+        hidden = _shifted(hidden, view.rec, view.pos, passes.delta())
         if point == "block":
             return replace_block_hidden(output, hidden)
         return hidden.view(output.shape)  # the MLP output's own shape
 
-    def upper_input() -> torch.Tensor:
-        """The stack's first input: block L's output + delta, or block l's input."""
-        stack = state.upper
-        if stack.hidden is None:
-            raise RuntimeError("the upper stack has no recorded input")
-        if point == "block":
-            return _shifted(stack.hidden, state.batch, u * state.clean.scale[:, None])
-        return stack.hidden
-
     active = torch.ones(n, dtype=torch.bool, device=lm.device)
+    all_rows = torch.arange(len(full.rec), device=lm.device)
     steps = torch.zeros(n, dtype=torch.long)
     nll = torch.zeros(n)
     total_steps = max(1, st.steps)
-    full_stack: UpperStack | None = None
     handle = _hook_module(lm, point, layer).register_forward_hook(add_delta)
     try:
-        with frozen(lm.model), torch.enable_grad():
-            for it in range(total_steps):
-                # finished records leave the batch: their rows are no longer computed
-                every = bool(active.all())
-                state.batch = batch = full if every else _subset(full, active)
-                idx = active.nonzero().squeeze(1)  # (n',) records in this pass
-                rows, pos = _scored_sites(batch)
-                if it == 0 and st.upper_only:
-                    start = layer + 1 if point == "block" else layer
-                    full_stack, logits = capture_stack(
-                        lm, partial(_logits_at, lm, batch, rows, pos), start)
-                    full_stack = _checked_stack(full_stack, point, state, logits,
-                                                upper_input, rows, pos)
-                elif full_stack is not None:
-                    if state.upper.rows != len(batch.rec):  # records left: fewer rows
-                        state.stack = full_stack.subset(_kept_rows(full, active))
-                    logits = _logits_at(lm, batch, rows, pos, upper_input, state.upper)
-                else:
-                    logits = _logits_at(lm, batch, rows, pos)
-                nll_b, kl_b = _losses(logits, batch, idx, state, it)  # (n',), (n',)
-                h_norm = state.clean.h[idx].norm(dim=-1)  # (n',)
-                delta_norm = (u[idx] * state.clean.scale[idx, None]).norm(dim=-1)  # (n',)
-                total_b = nll_b + st.kl_weight * kl_b + st.weight_decay * delta_norm / h_norm
-                stop_b = nll_b if st.early_stop_on == "nll" else total_b  # (n',)
-                nll[idx.cpu()] = nll_b.detach().cpu()
-                still = stop_b.detach() >= st.stop_loss  # (n',)
-                if progress is not None:
-                    progress("targets", (it + 1) / total_steps)
-                if not still.any() or it == total_steps - 1:
-                    break  # MEMIT: the last pass only evaluates
-                frozen_u = u.detach().clone()
-                opt.zero_grad()
-                total_b[still].sum().backward()
-                opt.step()
-                active[idx[~still]] = False
-                with torch.no_grad():
-                    u[~active] = frozen_u[~active]  # stopped records do not move
-                    _clamp(u, state.clean.scale, state.clean.h.norm(dim=-1), st.clamp)
-                steps += active.cpu().long()
+        with frozen(lm.model):
+            plans = plan_sites(chunks, all_rows, *_global_sites(full, active), len(full.rec))
+            with torch.no_grad():
+                _clean_pass(passes, plans, layer, n_tpl, record_stacks=st.upper_only,
+                            relative=st.step_units == "relative")
+            with torch.enable_grad():
+                for it in range(total_steps):
+                    # finished records leave the batch: their rows are no longer computed
+                    every = bool(active.all())
+                    batch = full if every else _subset(full, active)
+                    idx = active.nonzero().squeeze(1)  # (n',) records in this pass
+                    if it == 0:
+                        logits = _first_logits(passes, plans)
+                    else:
+                        if not every:
+                            plans = plan_sites(chunks, _kept_rows(full, active),
+                                               *_global_sites(full, active), len(full.rec))
+                        logits = passes.logits(plans)
+                    nll_b, kl_b = _losses(logits, batch, idx, state, it)  # (n',), (n',)
+                    h_norm = state.clean.h[idx].norm(dim=-1)  # (n',)
+                    delta_norm = (u[idx] * state.clean.scale[idx, None]).norm(dim=-1)
+                    total_b = (nll_b + st.kl_weight * kl_b
+                               + st.weight_decay * delta_norm / h_norm)  # (n',)
+                    stop_b = nll_b if st.early_stop_on == "nll" else total_b  # (n',)
+                    nll[idx.cpu()] = nll_b.detach().cpu()
+                    still = stop_b.detach() >= st.stop_loss  # (n',)
+                    if progress is not None:
+                        progress("targets", (it + 1) / total_steps)
+                    if not still.any() or it == total_steps - 1:
+                        break  # MEMIT: the last pass only evaluates
+                    frozen_u = u.detach().clone()
+                    opt.zero_grad()
+                    total_b[still].sum().backward()
+                    opt.step()
+                    active[idx[~still]] = False
+                    with torch.no_grad():
+                        u[~active] = frozen_u[~active]  # stopped records do not move
+                        _clamp(u, state.clean.scale, state.clean.h.norm(dim=-1), st.clamp)
+                    steps += active.cpu().long()
     finally:
         handle.remove()
     delta = (u * state.clean.scale[:, None]).detach().float()  # (n, d_model)
@@ -410,31 +548,6 @@ def _scored_sites(batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, pos), (P' + n',) each: the target tokens' positions, then the KL rows'."""
     return (torch.cat([batch.score_row, batch.kl_row]),
             torch.cat([batch.score_pos, batch.kl_pos]))
-
-
-def _checked_stack(
-    stack: UpperStack, point: str, state: _OptState, logits: torch.Tensor,
-    upper_input: Callable[[], torch.Tensor], rows: torch.Tensor, pos: torch.Tensor,
-) -> UpperStack | None:
-    """The stack if it reproduces the first (full) pass's logits (P, V), else None."""
-    if point == "block":  # its input is block L's clean output (also with no block above)
-        stack.hidden, stack.rows = state.clean.hidden, state.clean.hidden.shape[0]
-    state.stack = stack
-    try:
-        with torch.no_grad():
-            again = stack.logits_at(stack.run(upper_input()), rows, pos)  # (P, V)
-    except Exception as exc:  # a family whose blocks cannot be called this way
-        logger.warning("upper-block pass failed (%s: %s): using full forward passes (%s)",
-                       type(exc).__name__, exc, stack.lm.adapter.name)
-        return None
-    ref = logits.detach()
-    tol = 1e-3 if stack.hidden is not None and stack.hidden.dtype == torch.float32 else 5e-2
-    err = float((again - ref).abs().max()) if ref.numel() else 0.0
-    if err > tol * max(1.0, float(ref.abs().max())):
-        logger.warning("upper-block pass differs from the full forward (%.2e): using full "
-                       "forward passes (%s)", err, stack.lm.adapter.name)
-        return None
-    return stack
 
 
 def _losses(
