@@ -49,7 +49,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from zerounlearn.adapters import block_hidden, replace_block_hidden, token_grid
-from zerounlearn.keys import EditRequest, edit_index, templated
+from zerounlearn.keys import EditRequest
+from zerounlearn.target_batch import (
+    TargetBatch,
+    build_batch,
+    global_sites,
+    kept_rows,
+    subset_of,
+)
 from zerounlearn.target_chunks import (
     TARGET_CHUNK_TOKENS,
     RowChunk,
@@ -58,7 +65,7 @@ from zerounlearn.target_chunks import (
     plan_sites,
     row_chunks,
 )
-from zerounlearn.tokens import encode_prompt, pad_id, pad_rows
+from zerounlearn.tokens import pad_id
 from zerounlearn.upper import UpperStack, capture_stack
 
 if TYPE_CHECKING:
@@ -120,92 +127,6 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
         for p, f in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(f)
         model.train(was_training)
-
-
-@dataclass
-class _Batch:
-    """All rows of a set of records, right-padded; rows of record b are contiguous."""
-
-    ids: torch.Tensor  # (R, T) n * n_tpl target rows (record-major), then n KL rows
-    mask: torch.Tensor  # (R, T)
-    rec: torch.Tensor  # (R,) record of each row
-    pos: torch.Tensor  # (R,) edit position of each row
-    score_row: torch.Tensor  # (P,) row of each scored target token
-    score_pos: torch.Tensor  # (P,) position whose logits predict it
-    score_ids: torch.Tensor  # (P,) the target token
-    score_rec: torch.Tensor  # (P,) its record
-    score_weight: torch.Tensor  # (P,) 1 / (tokens of its row * templates): sums to 1 a record
-    kl_row: torch.Tensor  # (n,) the KL row of each record
-    kl_pos: torch.Tensor  # (n,) its last token
-
-
-def _build_batch(
-    lm: LoadedModel, requests: Sequence[EditRequest], templates: Sequence[str],
-    targets: Sequence[list[int]],
-) -> _Batch:
-    """Every row of the records, right-padded to the longest (target_chunks.py cuts it
-    into chunks of similar length for the passes)."""
-    tok, device = lm.tokenizer, lm.device
-    rows: list[list[int]] = []
-    rec: list[int] = []
-    pos: list[int] = []
-    s_row: list[int] = []
-    s_pos: list[int] = []
-    s_ids: list[int] = []
-    s_rec: list[int] = []
-    s_w: list[float] = []
-    for b, (req, tgt) in enumerate(zip(requests, targets, strict=True)):
-        for prefix in templates:
-            text, span = templated(req, prefix)
-            p_ids = encode_prompt(tok, text)
-            for j, token in enumerate(tgt):
-                s_row.append(len(rows))
-                s_pos.append(len(p_ids) - 1 + j)  # logits at p predict token p + 1
-                s_ids.append(token)
-                s_rec.append(b)
-                s_w.append(1.0 / (len(tgt) * len(templates)))
-            # the last target token is never an input whose logits are read: scored
-            # positions end at len(p_ids) + len(tgt) - 2, so the row stops there
-            rows.append(p_ids + list(tgt[:-1]))
-            rec.append(b)
-            pos.append(edit_index(tok, text, span))
-    kl_row: list[int] = []
-    kl_pos: list[int] = []
-    for b, req in enumerate(requests):
-        kl_ids = encode_prompt(tok, req.kl_text)
-        kl_row.append(len(rows))
-        kl_pos.append(len(kl_ids) - 1)
-        rows.append(kl_ids)
-        rec.append(b)
-        pos.append(edit_index(tok, req.kl_text, req.kl_span))
-    ids, mask = pad_rows(rows, pad_id(tok), device)
-
-    def as_tensor(x: list[int] | list[float], dtype: torch.dtype = torch.long) -> torch.Tensor:
-        return torch.tensor(x, dtype=dtype, device=device)
-
-    return _Batch(ids=ids, mask=mask, rec=as_tensor(rec), pos=as_tensor(pos),
-                  score_row=as_tensor(s_row), score_pos=as_tensor(s_pos),
-                  score_ids=as_tensor(s_ids), score_rec=as_tensor(s_rec),
-                  score_weight=as_tensor(s_w, torch.float32), kl_row=as_tensor(kl_row),
-                  kl_pos=as_tensor(kl_pos))
-
-
-def _kept_rows(batch: _Batch, keep: torch.Tensor) -> torch.Tensor:
-    """(R',) the rows of the records where keep (n,) is True."""
-    return keep[batch.rec].nonzero().squeeze(1)
-
-
-def _subset(batch: _Batch, keep: torch.Tensor) -> _Batch:
-    """The rows of the records where keep (n,) is True; record ids stay global."""
-    rows = _kept_rows(batch, keep)  # (R',) old row indices
-    new_index = torch.full_like(batch.rec, -1)
-    new_index[rows] = torch.arange(len(rows), device=rows.device)
-    scored = keep[batch.score_rec]  # (P,)
-    kl = keep.nonzero().squeeze(1)  # (n',)
-    return _Batch(batch.ids[rows], batch.mask[rows], batch.rec[rows], batch.pos[rows],
-                  new_index[batch.score_row[scored]], batch.score_pos[scored],
-                  batch.score_ids[scored], batch.score_rec[scored], batch.score_weight[scored],
-                  new_index[batch.kl_row[kl]], batch.kl_pos[kl])
 
 
 @dataclass
@@ -330,7 +251,7 @@ class _Passes:
     """Runs the rows of the still-active records, chunk by chunk, at the current delta."""
 
     lm: LoadedModel
-    full: _Batch
+    full: TargetBatch
     chunks: list[RowChunk]
     point: str
     state: _OptState
@@ -370,14 +291,6 @@ class _Passes:
         if cut is None or cut.rows != len(plan.kept):
             cut = self.subsets[plan.chunk] = whole.subset(plan.kept)
         return cut
-
-
-def _global_sites(full: _Batch, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, pos) of the active records' scored sites, full-batch rows, in the order of
-    _scored_sites(_subset(full, active)): target tokens, then the KL rows."""
-    scored = active[full.score_rec]  # (P,)
-    return (torch.cat([full.score_row[scored], full.kl_row[active]]),
-            torch.cat([full.score_pos[scored], full.kl_pos[active]]))
 
 
 def _clean_pass(passes: _Passes, plans: list[SitePlan], layer: int, n_tpl: int,
@@ -466,7 +379,7 @@ def _optimize(
     max_tokens: int,
 ) -> DeltaResult:
     n, n_tpl = len(requests), len(templates)
-    full = _build_batch(lm, requests, templates, targets)
+    full = build_batch(lm, requests, templates, targets)
     chunks = row_chunks(full.ids, full.mask, pad_id(lm.tokenizer), max_tokens,
                         widen=st.upper_only)
     d_model = lm.adapter.d_model(lm.model)
@@ -500,7 +413,7 @@ def _optimize(
     handle = _hook_module(lm, point, layer).register_forward_hook(add_delta)
     try:
         with frozen(lm.model):
-            plans = plan_sites(chunks, all_rows, *_global_sites(full, active), len(full.rec))
+            plans = plan_sites(chunks, all_rows, *global_sites(full, active), len(full.rec))
             with torch.no_grad():
                 _clean_pass(passes, plans, layer, n_tpl, record_stacks=st.upper_only,
                             relative=st.step_units == "relative")
@@ -508,14 +421,14 @@ def _optimize(
                 for it in range(total_steps):
                     # finished records leave the batch: their rows are no longer computed
                     every = bool(active.all())
-                    batch = full if every else _subset(full, active)
+                    batch = full if every else subset_of(full, active)
                     idx = active.nonzero().squeeze(1)  # (n',) records in this pass
                     if it == 0:
                         logits = _first_logits(passes, plans)
                     else:
                         if not every:
-                            plans = plan_sites(chunks, _kept_rows(full, active),
-                                               *_global_sites(full, active), len(full.rec))
+                            plans = plan_sites(chunks, kept_rows(full, active),
+                                               *global_sites(full, active), len(full.rec))
                         logits = passes.logits(plans)
                     nll_b, kl_b = _losses(logits, batch, idx, state, it)  # (n',), (n',)
                     h_norm = state.clean.h[idx].norm(dim=-1)  # (n',)
@@ -544,18 +457,12 @@ def _optimize(
     return DeltaResult(delta=delta.cpu(), h=state.clean.h.cpu(), nll=nll, steps=steps)
 
 
-def _scored_sites(batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, pos), (P' + n',) each: the target tokens' positions, then the KL rows'."""
-    return (torch.cat([batch.score_row, batch.kl_row]),
-            torch.cat([batch.score_pos, batch.kl_pos]))
-
-
 def _losses(
-    logits: torch.Tensor, batch: _Batch, idx: torch.Tensor, state: _OptState, it: int
+    logits: torch.Tensor, batch: TargetBatch, idx: torch.Tensor, state: _OptState, it: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-record target NLL (mean over tokens, then templates) and KL on the "is a"
     row, for the records idx (n',) in the batch, both (n',), from the logits (P' + n', V)
-    at _scored_sites(batch)."""
+    at scored_sites(batch)."""
     k_t = len(batch.score_row)
     logp = torch.log_softmax(logits, dim=-1)  # (P' + n', V)
     if state.soft is not None:  # KL(q || p) at the one scored position of each row

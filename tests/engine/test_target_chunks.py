@@ -17,8 +17,9 @@ from tests.support.tiny_model import tiny_facts
 from zerounlearn.keys import prepare_requests
 from zerounlearn.loading import LoadedModel, load_model
 from zerounlearn.records import ForgetRecord
+from zerounlearn.target_batch import build_batch
 from zerounlearn.target_chunks import in_caller_order, plan_sites, row_chunks
-from zerounlearn.targets import TargetSettings, _build_batch, optimize_deltas
+from zerounlearn.targets import TargetSettings, optimize_deltas
 
 TEMPLATES = ["", "Note: ", "A b c d e f. "]
 ONE_CHUNK = 10**9
@@ -110,7 +111,7 @@ def test_chunked_targets_equal_one_batch(tiny_gpt2, point, upper_only, soft) -> 
             gen = torch.Generator().manual_seed(0)
             vocab = lm.model.get_output_embeddings().weight.shape[0]
             q = torch.softmax(3 * torch.randn(len(requests), vocab, generator=gen), dim=-1)
-        full = _build_batch(lm, requests, TEMPLATES, [r.target_ids for r in requests])
+        full = build_batch(lm, requests, TEMPLATES, [r.target_ids for r in requests])
         assert len(row_chunks(full.ids, full.mask, 0, 40, widen=True)) > 2
         common = dict(point=point, upper_only=upper_only, soft=q)
         clean = _run(lm, requests, budget=ONE_CHUNK, steps=1, **common)
