@@ -104,20 +104,17 @@ def subset_of(batch: TargetBatch, keep: torch.Tensor) -> TargetBatch:
     scored = keep[batch.score_rec]  # (P,)
     kl = keep.nonzero().squeeze(1)  # (n',)
     return TargetBatch(batch.ids[rows], batch.mask[rows], batch.rec[rows], batch.pos[rows],
-                  new_index[batch.score_row[scored]], batch.score_pos[scored],
-                  batch.score_ids[scored], batch.score_rec[scored], batch.score_weight[scored],
-                  new_index[batch.kl_row[kl]], batch.kl_pos[kl])
+                       new_index[batch.score_row[scored]], batch.score_pos[scored],
+                       batch.score_ids[scored], batch.score_rec[scored],
+                       batch.score_weight[scored], new_index[batch.kl_row[kl]],
+                       batch.kl_pos[kl])
 
 
 def global_sites(full: TargetBatch, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, pos) of the active records' scored sites, full-batch rows, in the order of
-    scored_sites(subset_of(full, active)): target tokens, then the KL rows."""
+    """(rows, pos) (P' + n',) of the active records' scored sites as full-batch rows, in
+    the order the losses read them: the target tokens (as listed in subset_of(full,
+    active)), then the active records' KL rows."""
     scored = active[full.score_rec]  # (P,)
     return (torch.cat([full.score_row[scored], full.kl_row[active]]),
             torch.cat([full.score_pos[scored], full.kl_pos[active]]))
 
-
-def scored_sites(batch: TargetBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, pos), (P' + n',) each: the target tokens' positions, then the KL rows'."""
-    return (torch.cat([batch.score_row, batch.kl_row]),
-            torch.cat([batch.score_pos, batch.kl_pos]))

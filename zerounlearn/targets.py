@@ -462,7 +462,7 @@ def _losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-record target NLL (mean over tokens, then templates) and KL on the "is a"
     row, for the records idx (n',) in the batch, both (n',), from the logits (P' + n', V)
-    at scored_sites(batch)."""
+    at global_sites(full, active)."""
     k_t = len(batch.score_row)
     logp = torch.log_softmax(logits, dim=-1)  # (P' + n', V)
     if state.soft is not None:  # KL(q || p) at the one scored position of each row
