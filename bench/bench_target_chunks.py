@@ -33,7 +33,7 @@ from zerounlearn.config import config_for_model  # noqa: E402
 from zerounlearn.datasets import split_facts  # noqa: E402
 from zerounlearn.keys import prepare_requests  # noqa: E402
 from zerounlearn.loading import BUILTIN_SMOLLM2, load_model  # noqa: E402
-from zerounlearn.methods.zerounlearn import with_generic_targets  # noqa: E402
+from zerounlearn.methods.zerounlearn import neutral_goal, with_generic_targets  # noqa: E402
 from zerounlearn.records import validate_records  # noqa: E402
 from zerounlearn.target_chunks import TARGET_CHUNK_TOKENS  # noqa: E402
 from zerounlearn.targets import DeltaResult, TargetSettings, optimize_deltas  # noqa: E402
@@ -56,9 +56,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     requests = with_generic_targets(lm, prepare_requests(lm, recs, cfg.neutral_target), cfg)
     templates = TemplateCache().get(lm, cfg.template_count, cfg.template_tokens,
                                     cfg.template_seed)
-    dists = [r.target_dist for r in requests if r.target_dist is not None]
-    soft = torch.stack(dists) if len(dists) == len(requests) else None  # (n, V)
-    targets = [r.target_ids[:1] if soft is not None else r.target_ids for r in requests]
+    targets, soft = neutral_goal(requests)
     layer = list(cfg.layers or [])[-1]
     seconds: dict[str, list[float]] = {"one batch": [], "chunks": []}
     results: dict[str, DeltaResult] = {}

@@ -71,19 +71,27 @@ def _report(progress: Progress | None, phase: str, fraction: float) -> None:
         progress(phase, min(1.0, max(0.0, fraction)))
 
 
+def neutral_goal(
+    requests: Sequence[EditRequest],
+) -> tuple[list[list[int]], torch.Tensor | None]:
+    """What optimize_deltas aims each record at: its target tokens, or, when every record
+    has a generic target distribution, those (n, V) with one token per record (which only
+    places the scored position)."""
+    dists = [r.target_dist for r in requests if r.target_dist is not None]
+    soft = torch.stack(dists) if len(dists) == len(requests) else None  # (n, V)
+    return [r.target_ids[:1] if soft is not None else r.target_ids for r in requests], soft
+
+
 def neutral_targets(
     lm: LoadedModel, requests: Sequence[EditRequest], templates: Sequence[str], last_layer: int,
     cfg: ZeroUnlearnHParams, progress: Progress | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Z_n (d_model, n): block L's output at the edit token, shifted to emit the target
     (its tokens, or with neutral_target "generic" its distribution: neutral.py)."""
-    dists = [r.target_dist for r in requests if r.target_dist is not None]
-    soft = torch.stack(dists) if len(dists) == len(requests) else None  # (n, V)
+    targets, soft = neutral_goal(requests)
     res = optimize_deltas(
-        lm, requests, templates,
-        [r.target_ids[:1] if soft is not None else r.target_ids for r in requests],
-        point="block", layer=last_layer, settings=TargetSettings.from_hparams(cfg),
-        progress=progress, soft=soft,
+        lm, requests, templates, targets, point="block", layer=last_layer,
+        settings=TargetSettings.from_hparams(cfg), progress=progress, soft=soft,
     )
     info = {"target_nll": [round(float(x), 4) for x in res.nll],
             "target_steps": [int(x) for x in res.steps]}
