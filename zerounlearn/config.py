@@ -159,6 +159,11 @@ class ZeroUnlearnHParams(TargetHParams):
     retain_substitutions: bool = True  # candidates include forget prompts with bank subjects
     lookalike_count: int = 0  # per record: forget prompts with the subject's nearest
     # whole words in the model's embeddings substituted in are protected (lookalikes.py)
+    lookalike_anchor_weight: float = 0.0  # > 0: the neutral targets' optimisation also
+    # keeps the next-token distribution of lookalike prompts with the record's delta
+    # added (KL, this weight on their mean; targets.py "anchors"): a shift that leaves
+    # the record's lookalikes alone harms less where the closed form leaks it
+    lookalike_anchor_count: int = 4  # lookalike prompts per record in that term
     carry_weight: float = 1.0  # the version's accumulated preservation (carry.py) joins
     # the solve with this factor; 0 ignores it
     carry_protect_weight: float = 100.0  # per key: this request's protected keys, added
@@ -208,6 +213,8 @@ class ZeroUnlearnHParams(TargetHParams):
         _layer_list("retry_layers", self.retry_layers)
         _range("retain_top_k", self.retain_top_k, 0, 4096)
         _range("lookalike_count", self.lookalike_count, 0, 64)
+        _range("lookalike_anchor_weight", self.lookalike_anchor_weight, 0.0, 100.0)
+        _range("lookalike_anchor_count", self.lookalike_anchor_count, 1, 64)
         _range("carry_weight", self.carry_weight, 0.0, 100.0)
         _range("carry_protect_weight", self.carry_protect_weight, 0.0, 1e6)
         _range("carry_forget_weight", self.carry_forget_weight, 0.0, 1e6)

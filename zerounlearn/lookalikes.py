@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from zerounlearn.keys import EditRequest, Site
+from zerounlearn.keys import EditRequest, Site, Span
 from zerounlearn.protect import forget_heads, substituted
 
 if TYPE_CHECKING:
@@ -92,3 +92,26 @@ def lookalike_sites(
         words = index.nearest(subject, per_record, exclude=own)
         sites += substituted(lm.tokenizer, req, words, heads, seen)
     return sites, {"lookalikes": len(sites)}
+
+
+def lookalike_prompts(
+    lm: LoadedModel, requests: Sequence[EditRequest], per_record: int,
+    index: LookalikeIndex | None = None,
+) -> list[list[tuple[str, Span]]]:
+    """Per record: its prompt with each of its subject's `per_record` nearest words in
+    the subject's place, and that word's span (none for records without a subject or
+    with a subject of several tokens)."""
+    if per_record <= 0 or not any(r.span for r in requests):
+        return [[] for _ in requests]
+    index = index if index is not None else LookalikeIndex(lm)
+    own = {r.prompt[r.span[0] : r.span[1]] for r in requests if r.span}
+    out: list[list[tuple[str, Span]]] = []
+    for req in requests:
+        if req.span is None:
+            out.append([])
+            continue
+        start, end = req.span
+        words = index.nearest(req.prompt[start:end], per_record, exclude=own)
+        out.append([(req.prompt[:start] + w + req.prompt[end:], (start, start + len(w)))
+                    for w in words])
+    return out

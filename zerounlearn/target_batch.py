@@ -1,11 +1,14 @@
 """The rows of a target optimisation (targets.py): every record under every context
-template, then one "{subject} is a" KL row per record, with the positions each row is
-edited at and scored at.
+template, then one "{subject} is a" KL row per record, then any anchor rows, with the
+positions each row is edited at and scored at.
 
 Rows of record b are contiguous (its templates in order, template 0 the raw prompt);
-the KL rows follow all template rows, in record order. Scored sites are listed target
-tokens first (record by record), then the KL rows' last tokens: the order the losses
-read their logits in.
+the KL rows follow all template rows, in record order, and the anchor rows follow them.
+An anchor is a prompt whose next-token distribution the record's delta should not move
+(a lookalike: the forget prompt with another subject, lookalikes.py); it is scored like
+the KL rows, KL(p_new || p_unedited) at its last token, with the delta added at its own
+edit position. Scored sites are listed target tokens first (record by record), then the
+KL rows' and anchors' last tokens: the order the losses read their logits in.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from zerounlearn.keys import EditRequest, edit_index, templated
+from zerounlearn.keys import EditRequest, Span, edit_index, templated
 from zerounlearn.tokens import encode_prompt, pad_id, pad_rows
 
 if TYPE_CHECKING:
@@ -36,16 +39,26 @@ class TargetBatch:
     score_ids: torch.Tensor  # (P,) the target token
     score_rec: torch.Tensor  # (P,) its record
     score_weight: torch.Tensor  # (P,) 1 / (tokens of its row * templates): sums to 1 a record
-    kl_row: torch.Tensor  # (n,) the KL row of each record
-    kl_pos: torch.Tensor  # (n,) its last token
+    kl_row: torch.Tensor  # (K,) the KL rows: each record's "is a" row, then the anchors
+    kl_pos: torch.Tensor  # (K,) their last tokens
+    kl_rec: torch.Tensor  # (K,) their records
+    kl_weight: torch.Tensor  # (K,) float: each row's weight in its record's loss
+    kl_index: torch.Tensor  # (K,) each row's place among the full batch's KL rows
+    n_records: int  # records of the full batch (ids stay global in subsets)
 
 
 def build_batch(
     lm: LoadedModel, requests: Sequence[EditRequest], templates: Sequence[str],
-    targets: Sequence[list[int]],
+    targets: Sequence[list[int]], *, kl_weight: float = 1.0,
+    anchors: Sequence[Sequence[tuple[str, Span | None]]] | None = None,
+    anchor_weight: float = 0.0,
 ) -> TargetBatch:
     """Every row of the records, right-padded to the longest (target_chunks.py cuts it
-    into chunks of similar length for the passes)."""
+    into chunks of similar length for the passes).
+
+    anchors: per record, (text, subject span or None = the last token) of each anchor
+    prompt; with anchor_weight > 0 they add anchor_weight times their mean KL to the
+    record's loss (the "is a" row adds kl_weight times its KL)."""
     tok, device = lm.tokenizer, lm.device
     rows: list[list[int]] = []
     rec: list[int] = []
@@ -72,13 +85,25 @@ def build_batch(
             pos.append(edit_index(tok, text, span))
     kl_row: list[int] = []
     kl_pos: list[int] = []
-    for b, req in enumerate(requests):
-        kl_ids = encode_prompt(tok, req.kl_text)
+    kl_rec: list[int] = []
+    kl_w: list[float] = []
+
+    def kl_site(b: int, text: str, span: Span | None, weight: float) -> None:
+        kl_ids = encode_prompt(tok, text)
         kl_row.append(len(rows))
         kl_pos.append(len(kl_ids) - 1)
+        kl_rec.append(b)
+        kl_w.append(weight)
         rows.append(kl_ids)
         rec.append(b)
-        pos.append(edit_index(tok, req.kl_text, req.kl_span))
+        pos.append(edit_index(tok, text, span))
+
+    for b, req in enumerate(requests):
+        kl_site(b, req.kl_text, req.kl_span, kl_weight)
+    if anchors is not None and anchor_weight > 0:
+        for b, own in enumerate(anchors):
+            for text, span in own:
+                kl_site(b, text, span, anchor_weight / len(own))
     ids, mask = pad_rows(rows, pad_id(tok), device)
 
     def as_tensor(x: list[int] | list[float], dtype: torch.dtype = torch.long) -> torch.Tensor:
@@ -88,7 +113,10 @@ def build_batch(
                   score_row=as_tensor(s_row), score_pos=as_tensor(s_pos),
                   score_ids=as_tensor(s_ids), score_rec=as_tensor(s_rec),
                   score_weight=as_tensor(s_w, torch.float32), kl_row=as_tensor(kl_row),
-                  kl_pos=as_tensor(kl_pos))
+                  kl_pos=as_tensor(kl_pos), kl_rec=as_tensor(kl_rec),
+                  kl_weight=as_tensor(kl_w, torch.float32),
+                  kl_index=torch.arange(len(kl_row), device=device),
+                  n_records=len(requests))
 
 
 def kept_rows(batch: TargetBatch, keep: torch.Tensor) -> torch.Tensor:
@@ -102,19 +130,21 @@ def subset_of(batch: TargetBatch, keep: torch.Tensor) -> TargetBatch:
     new_index = torch.full_like(batch.rec, -1)
     new_index[rows] = torch.arange(len(rows), device=rows.device)
     scored = keep[batch.score_rec]  # (P,)
-    kl = keep.nonzero().squeeze(1)  # (n',)
+    kl = keep[batch.kl_rec]  # (K,)
     return TargetBatch(batch.ids[rows], batch.mask[rows], batch.rec[rows], batch.pos[rows],
                        new_index[batch.score_row[scored]], batch.score_pos[scored],
                        batch.score_ids[scored], batch.score_rec[scored],
                        batch.score_weight[scored], new_index[batch.kl_row[kl]],
-                       batch.kl_pos[kl])
+                       batch.kl_pos[kl], batch.kl_rec[kl], batch.kl_weight[kl],
+                       batch.kl_index[kl], batch.n_records)
 
 
 def global_sites(full: TargetBatch, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, pos) (P' + n',) of the active records' scored sites as full-batch rows, in
+    """(rows, pos) (P' + K',) of the active records' scored sites as full-batch rows, in
     the order the losses read them: the target tokens (as listed in subset_of(full,
-    active)), then the active records' KL rows."""
+    active)), then the active records' KL and anchor rows."""
     scored = active[full.score_rec]  # (P,)
-    return (torch.cat([full.score_row[scored], full.kl_row[active]]),
-            torch.cat([full.score_pos[scored], full.kl_pos[active]]))
+    kl = active[full.kl_rec]  # (K,)
+    return (torch.cat([full.score_row[scored], full.kl_row[kl]]),
+            torch.cat([full.score_pos[scored], full.kl_pos[kl]]))
 

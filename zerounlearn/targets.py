@@ -7,7 +7,14 @@ hook point: block L's output (neutral targets Z_n) or layer l's down-projection 
 
   loss_b = mean_t NLL(target tokens | template t)            (mean over tokens, templates)
          + kl_weight * KL(p_new || p_unedited) on "{subject} is a" (last token)
+         + anchor_weight * mean_a KL(p_new || p_unedited) on its anchors (last token)
          + weight_decay * ||delta_b|| / ||h_b||
+
+Anchors (optional, per record): prompts the record's delta is added to (at their own
+edit token) whose next-token distribution it should not move, such as the forget prompt
+with a lookalike subject. A closed-form edit leaks each record's shift onto similar keys;
+a delta chosen to leave its lookalikes' predictions alone does less harm where it leaks
+(the neighbour-assisted targets of the scaling anchors).
 
 with h_b the hook point's clean-prompt value at the edit token. With `soft` target
 distributions q_b (neutral_target "generic", zerounlearn.neutral) the first term is
@@ -49,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from zerounlearn.adapters import block_hidden, replace_block_hidden, token_grid
-from zerounlearn.keys import EditRequest
+from zerounlearn.keys import EditRequest, Span
 from zerounlearn.target_batch import (
     TargetBatch,
     build_batch,
@@ -154,7 +161,7 @@ class _OptState:
     soft: tuple[torch.Tensor, torch.Tensor] | None = None  # q (n, V) and -H(q) (n,)
     first: _CleanPass | None = None  # set after the clean pass
     seen: torch.Tensor | None = None  # (r, T, d_model) the hook's clean reading of a chunk
-    kl_init: torch.Tensor | None = None  # (n, V) "is a" log-probs of the first pass
+    kl_init: torch.Tensor | None = None  # (K, V) KL rows' log-probs of the first pass
 
     @property
     def clean(self) -> _CleanPass:
@@ -221,6 +228,8 @@ def optimize_deltas(
     progress: Progress | None = None,
     soft: torch.Tensor | None = None,
     max_tokens: int | None = None,
+    anchors: Sequence[Sequence[tuple[str, Span | None]]] | None = None,
+    anchor_weight: float = 0.0,
 ) -> DeltaResult:
     """Deltas at (point, layer) that make each record's prompts emit its target tokens
     (or, with soft (n, V), reach that next-token distribution; targets then hold one
@@ -229,11 +238,15 @@ def optimize_deltas(
     With settings.batch_records False the records run one at a time (the paper's way).
     max_tokens: padded tokens per chunk of rows (target_chunks.py; default
     TARGET_CHUNK_TOKENS); the result does not depend on it beyond float rounding.
+    anchors: per record, (text, subject span or None = last token) of prompts whose
+    next-token distribution its delta should keep (weight anchor_weight; module doc).
     """
     budget = TARGET_CHUNK_TOKENS if max_tokens is None else max_tokens
+    if anchors is not None and len(anchors) != len(requests):
+        raise ValueError("anchors need one list per record")
     if settings.batch_records:
         return _optimize(lm, requests, templates, targets, point, layer, settings, progress,
-                         soft, budget)
+                         soft, budget, anchors, anchor_weight)
     parts = []
     for i in range(len(requests)):
         def sub(phase: str, f: float, i: int = i) -> None:
@@ -241,7 +254,9 @@ def optimize_deltas(
                 progress(phase, (i + f) / len(requests))
         parts.append(_optimize(lm, requests[i : i + 1], templates, targets[i : i + 1],
                                point, layer, settings, sub,
-                               None if soft is None else soft[i : i + 1], budget))
+                               None if soft is None else soft[i : i + 1], budget,
+                               None if anchors is None else anchors[i : i + 1],
+                               anchor_weight))
     return DeltaResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
                          ("delta", "h", "nll", "steps")))
 
@@ -298,7 +313,7 @@ def _clean_pass(passes: _Passes, plans: list[SitePlan], layer: int, n_tpl: int,
     """u = 0 on every chunk: each record's clean value h at its edit token (from its
     template-0 row), and (record_stacks) each chunk's upper stack and its logits."""
     lm, full, state, point = passes.lm, passes.full, passes.state, passes.point
-    n = len(full.kl_row)
+    n = full.n_records
     h: torch.Tensor | None = None
     for plan in plans:
         chunk = passes.chunks[plan.chunk]
@@ -377,9 +392,12 @@ def _optimize(
     progress: Progress | None,
     soft: torch.Tensor | None,
     max_tokens: int,
+    anchors: Sequence[Sequence[tuple[str, Span | None]]] | None = None,
+    anchor_weight: float = 0.0,
 ) -> DeltaResult:
     n, n_tpl = len(requests), len(templates)
-    full = build_batch(lm, requests, templates, targets)
+    full = build_batch(lm, requests, templates, targets, kl_weight=st.kl_weight,
+                       anchors=anchors, anchor_weight=anchor_weight)
     chunks = row_chunks(full.ids, full.mask, pad_id(lm.tokenizer), max_tokens,
                         widen=st.upper_only)
     d_model = lm.adapter.d_model(lm.model)
@@ -431,9 +449,10 @@ def _optimize(
                                                *global_sites(full, active), len(full.rec))
                         logits = passes.logits(plans)
                     nll_b, kl_b = _losses(logits, batch, idx, state, it)  # (n',), (n',)
+                    # kl_b carries its weights (kl_weight, anchor_weight)
                     h_norm = state.clean.h[idx].norm(dim=-1)  # (n',)
                     delta_norm = (u[idx] * state.clean.scale[idx, None]).norm(dim=-1)
-                    total_b = (nll_b + st.kl_weight * kl_b
+                    total_b = (nll_b + kl_b
                                + st.weight_decay * delta_norm / h_norm)  # (n',)
                     stop_b = nll_b if st.early_stop_on == "nll" else total_b  # (n',)
                     nll[idx.cpu()] = nll_b.detach().cpu()
@@ -460,9 +479,9 @@ def _optimize(
 def _losses(
     logits: torch.Tensor, batch: TargetBatch, idx: torch.Tensor, state: _OptState, it: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-record target NLL (mean over tokens, then templates) and KL on the "is a"
-    row, for the records idx (n',) in the batch, both (n',), from the logits (P' + n', V)
-    at global_sites(full, active)."""
+    """Per-record target NLL (mean over tokens, then templates) and weighted KL on the
+    "is a" row and the anchors, for the records idx (n',) in the batch, both (n',), from
+    the logits (P' + K', V) at global_sites(full, active)."""
     k_t = len(batch.score_row)
     logp = torch.log_softmax(logits, dim=-1)  # (P' + n', V)
     if state.soft is not None:  # KL(q || p) at the one scored position of each row
@@ -475,13 +494,15 @@ def _losses(
     nll_all = torch.zeros(n, device=logp.device).index_add(
         0, batch.score_rec, token_nll * batch.score_weight)  # (n,) sums to the mean per record
     nll_b = nll_all[idx]  # (n',)
-    kl_logp = logp[k_t:]  # (n', V), records in idx order (kl rows are record-ordered)
+    kl_logp = logp[k_t:]  # (K', V), the batch's KL rows in order
     if it == 0 or state.kl_init is None:
         state.kl_init = kl_logp.detach()  # all records in the first pass
-    init = state.kl_init[idx]  # (n', V)
+    init = state.kl_init[batch.kl_index]  # (K', V)
     # KL(p_new || p_init), as MEMIT's kl_div(init, new, log_target=True)
-    kl_b = (kl_logp.exp() * (kl_logp - init)).sum(dim=-1)  # (n',)
-    return nll_b, kl_b
+    kl_rows = (kl_logp.exp() * (kl_logp - init)).sum(dim=-1)  # (K',)
+    kl_all = torch.zeros(n, device=logp.device).index_add(
+        0, batch.kl_rec, kl_rows * batch.kl_weight)  # (n,)
+    return nll_b, kl_all[idx]
 
 
 def _clamp(u: torch.Tensor, scale: torch.Tensor, h_norm: torch.Tensor, clamp: float) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from zerounlearn.config import ZeroUnlearnHParams
-from zerounlearn.keys import EditRequest, KeyPrefix, Site
+from zerounlearn.keys import EditRequest, KeyPrefix, Site, Span
 from zerounlearn.records import ForgetRecord
 from zerounlearn.targets import Progress
 
@@ -49,6 +49,8 @@ class RoundRecords:
     history: dict[int, torch.Tensor | None]  # keys to keep per layer (d_ff, h), or None
     layers: list[int]  # the layers this round edits, ascending; targets at the last
     progress: Progress | None = None  # reported in the first round only
+    anchors: list[list[tuple[str, Span | None]]] | None = None  # per record: prompts its
+    # neutral target's delta should not move (lookalike_anchor_weight; targets.py)
 
 
 @dataclass

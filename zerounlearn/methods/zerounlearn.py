@@ -40,11 +40,12 @@ from zerounlearn.keys import (
     EditRequest,
     KeyState,
     Site,
+    Span,
     compute_keys,
     key_prefix,
     prepare_requests,
 )
-from zerounlearn.lookalikes import lookalike_sites
+from zerounlearn.lookalikes import lookalike_prompts, lookalike_sites
 from zerounlearn.methods.edit_state import EditRun, RoundRecords, RoundState
 from zerounlearn.methods.registry import register_method
 from zerounlearn.neutral import generic_distributions
@@ -85,13 +86,16 @@ def neutral_goal(
 def neutral_targets(
     lm: LoadedModel, requests: Sequence[EditRequest], templates: Sequence[str], last_layer: int,
     cfg: ZeroUnlearnHParams, progress: Progress | None = None,
+    anchors: Sequence[Sequence[tuple[str, Span | None]]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Z_n (d_model, n): block L's output at the edit token, shifted to emit the target
-    (its tokens, or with neutral_target "generic" its distribution: neutral.py)."""
+    (its tokens, or with neutral_target "generic" its distribution: neutral.py), keeping
+    the anchors' next-token distributions (cfg.lookalike_anchor_weight)."""
     targets, soft = neutral_goal(requests)
     res = optimize_deltas(
         lm, requests, templates, targets, point="block", layer=last_layer,
         settings=TargetSettings.from_hparams(cfg), progress=progress, soft=soft,
+        anchors=anchors, anchor_weight=cfg.lookalike_anchor_weight,
     )
     info = {"target_nll": [round(float(x), 4) for x in res.nll],
             "target_steps": [int(x) for x in res.steps]}
@@ -232,6 +236,13 @@ def _history(
     return torch.cat(parts, dim=1) if parts else None
 
 
+def anchor_sites(prompts: list[tuple[str, Span]], request: EditRequest
+                 ) -> list[tuple[str, Span | None]]:
+    """A record's lookalike prompts, edited where the record is: at the substituted
+    subject when the record is edited at its subject, else at the last token."""
+    return [(text, None if request.span is None else span) for text, span in prompts]
+
+
 class ZeroUnlearnBase:
     """Shared driver: records -> requests -> templates -> statistics -> layer loop."""
 
@@ -316,7 +327,7 @@ class ZeroUnlearnBase:
         with timed(run.timings, "targets"):
             protected = list(run.protected_sites)
             z, target_info = neutral_targets(lm, records.requests, run.templates, layers[-1],
-                                             cfg, records.progress)
+                                             cfg, records.progress, records.anchors)
             reached = torch.tensor([steps == 0 and nll < cfg.target_stop_loss for steps, nll in
                                     zip(target_info["target_steps"], target_info["target_nll"],
                                         strict=True)])  # (n,) the target needed no shift
@@ -476,6 +487,8 @@ class ZeroUnlearnBase:
         edited: set[int] = set()  # records some round has edited
         info["rounds"] = []
         edit_recs, edit_requests = recs, requests  # round 2 on: at the last token
+        lookalikes = lookalike_prompts(lm, requests, cfg.lookalike_anchor_count) \
+            if cfg.lookalike_anchor_weight > 0 else None
         for r in range(cfg.max_rounds):
             info["rounds"].append(len(pending))
             layers = run.layers if r == 0 else run.retry_layers
@@ -501,7 +514,9 @@ class ZeroUnlearnBase:
             round_keys, round_protected = self.edit_round(lm, run, RoundRecords(
                 recs=[edit_recs[i] for i in pending],
                 requests=[edit_requests[i] for i in pending],
-                history=history, layers=layers, progress=progress if r == 0 else None))
+                history=history, layers=layers, progress=progress if r == 0 else None,
+                anchors=None if lookalikes is None else
+                [anchor_sites(lookalikes[i], edit_requests[i]) for i in pending]))
             protected_by_layer.update(round_protected)  # the last round's win
             edited.update(pending)
             for layer in layers:
