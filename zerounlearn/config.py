@@ -111,7 +111,8 @@ class TargetHParams(BaseHParams):
     template_tokens: int = 10  # tokens sampled per prefix (spec: 10)
     template_seed: int = 0  # sampling seed: same model + seed -> same templates
     neutral_target: str = "endoftext"  # "endoftext" | "eos" | "generic" (neutral.py: what
-    # the model says of a generic subject, minus the answer) | literal text (" I don't know.")
+    # the model says of a generic subject, minus the answer) | "own" (the prompt's own
+    # next-token distribution minus the answer) | literal text (" I don't know.")
     step_units: str = "relative"  # "relative": delta = ||h|| u, lr on u; "absolute": paper
     target_lr: float = 0.1  # step size: ~fraction of ||h|| per step (relative), or absolute
     target_steps: int = 25  # optimisation steps per record (spec: 25)

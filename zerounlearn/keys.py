@@ -81,10 +81,10 @@ def neutral_target_ids(tokenizer: Any, neutral_target: str) -> list[int]:
     """"endoftext": the pre-training document separator when the vocabulary has one
     (SmolLM2's chat EOS is near-impossible after a raw prompt), else EOS; "eos": EOS;
     anything else: that literal text."""
-    if neutral_target in ("endoftext", "eos", "generic"):
-        # "generic" aims at a distribution (zerounlearn.neutral); its token ids are the
-        # end-of-text token's, which only size the batch and check the record's length
-        if neutral_target in ("endoftext", "generic"):
+    if neutral_target in ("endoftext", "eos", "generic", "own"):
+        # "generic" and "own" aim at a distribution (zerounlearn.neutral); their token ids
+        # are the end-of-text token's, which only size the batch and check the length
+        if neutral_target in ("endoftext", "generic", "own"):
             tid = tokenizer.convert_tokens_to_ids("<|endoftext|>")
             if isinstance(tid, int) and tid != tokenizer.unk_token_id:
                 return [tid]

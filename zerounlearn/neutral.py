@@ -7,7 +7,8 @@ subject is replaced by a generic phrase ("The capital of France is" -> "The capi
 the thing is": " a" 0.22, " the" 0.10, ...), with the answer's first token removed and
 the rest renormalised (a generic subject sometimes still predicts the answer: "the
 thing is a country on the continent of" -> " Europe" 0.68). A record without a subject
-gets its own current distribution without the answer's first token.
+gets its own current distribution without the answer's first token; so does every
+record with the "own" target (the smallest change that removes the answer's first token).
 
 Targets (n, V) float32, each row a distribution with zero mass on its answer's first
 token; the target optimisation reaches them by KL (targets.py).
@@ -29,19 +30,21 @@ if TYPE_CHECKING:
 GENERIC_SUBJECT = "the thing"  # measured on SmolLM2: diffuse (" a", " the"), rarely an answer
 
 
-def generic_text(req: EditRequest, generic: str = GENERIC_SUBJECT) -> str:
-    """The prompt with its subject replaced (the prompt itself without a subject)."""
-    if req.span is None:
+def generic_text(req: EditRequest, generic: str | None = GENERIC_SUBJECT) -> str:
+    """The prompt with its subject replaced (the prompt itself without a subject, or
+    with generic None)."""
+    if req.span is None or generic is None:
         return req.prompt
     start, end = req.span
     return req.prompt[:start] + generic + req.prompt[end:]
 
 
 @torch.no_grad()
-def generic_distributions(lm: LoadedModel, requests: Sequence[EditRequest]) -> torch.Tensor:
-    """(n, V) float32 on the CPU: the generic prompts' next-token distributions, each
-    without its record's first answer token, renormalised."""
-    rows = [encode_prompt(lm.tokenizer, generic_text(r)) for r in requests]
+def generic_distributions(lm: LoadedModel, requests: Sequence[EditRequest],
+                          generic: str | None = GENERIC_SUBJECT) -> torch.Tensor:
+    """(n, V) float32 on the CPU: the generic prompts' next-token distributions (generic
+    None: the prompts' own), each without its record's first answer token, renormalised."""
+    rows = [encode_prompt(lm.tokenizer, generic_text(r, generic)) for r in requests]
     ids, mask = pad_rows(rows, pad_id(lm.tokenizer), lm.device)  # (n, T) right-padded
     logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     last = torch.tensor([len(r) - 1 for r in rows], device=logits.device)  # (n,)

@@ -9,6 +9,9 @@ An anchor is a prompt whose next-token distribution the record's delta should no
 the KL rows, KL(p_new || p_unedited) at its last token, with the delta added at its own
 edit position. Scored sites are listed target tokens first (record by record), then the
 KL rows' and anchors' last tokens: the order the losses read their logits in.
+An anchor's KL leaves out its record's first answer token: an anchor that shares the
+forgotten answer ("The city of Delhi is located in the country of" beside Mumbai's) must
+not hold the answer up against the forgetting.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class TargetBatch:
     kl_rec: torch.Tensor  # (K,) their records
     kl_weight: torch.Tensor  # (K,) float: each row's weight in its record's loss
     kl_index: torch.Tensor  # (K,) each row's place among the full batch's KL rows
+    kl_skip: torch.Tensor  # (K,) a token its KL leaves out (an anchor's record's first
+    # answer token), or -1
     n_records: int  # records of the full batch (ids stay global in subsets)
 
 
@@ -87,9 +92,11 @@ def build_batch(
     kl_pos: list[int] = []
     kl_rec: list[int] = []
     kl_w: list[float] = []
+    kl_skip: list[int] = []
 
-    def kl_site(b: int, text: str, span: Span | None, weight: float) -> None:
+    def kl_site(b: int, text: str, span: Span | None, weight: float, skip: int) -> None:
         kl_ids = encode_prompt(tok, text)
+        kl_skip.append(skip)
         kl_row.append(len(rows))
         kl_pos.append(len(kl_ids) - 1)
         kl_rec.append(b)
@@ -99,11 +106,12 @@ def build_batch(
         pos.append(edit_index(tok, text, span))
 
     for b, req in enumerate(requests):
-        kl_site(b, req.kl_text, req.kl_span, kl_weight)
+        kl_site(b, req.kl_text, req.kl_span, kl_weight, -1)
     if anchors is not None and anchor_weight > 0:
         for b, own in enumerate(anchors):
             for text, span in own:
-                kl_site(b, text, span, anchor_weight / len(own))
+                skip = requests[b].answer_ids[0] if requests[b].answer_ids else -1
+                kl_site(b, text, span, anchor_weight / len(own), skip)
     ids, mask = pad_rows(rows, pad_id(tok), device)
 
     def as_tensor(x: list[int] | list[float], dtype: torch.dtype = torch.long) -> torch.Tensor:
@@ -116,6 +124,7 @@ def build_batch(
                   kl_pos=as_tensor(kl_pos), kl_rec=as_tensor(kl_rec),
                   kl_weight=as_tensor(kl_w, torch.float32),
                   kl_index=torch.arange(len(kl_row), device=device),
+                  kl_skip=as_tensor(kl_skip),
                   n_records=len(requests))
 
 
@@ -136,7 +145,7 @@ def subset_of(batch: TargetBatch, keep: torch.Tensor) -> TargetBatch:
                        batch.score_ids[scored], batch.score_rec[scored],
                        batch.score_weight[scored], new_index[batch.kl_row[kl]],
                        batch.kl_pos[kl], batch.kl_rec[kl], batch.kl_weight[kl],
-                       batch.kl_index[kl], batch.n_records)
+                       batch.kl_index[kl], batch.kl_skip[kl], batch.n_records)
 
 
 def global_sites(full: TargetBatch, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

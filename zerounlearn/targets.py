@@ -495,6 +495,12 @@ def _losses(
         0, batch.score_rec, token_nll * batch.score_weight)  # (n,) sums to the mean per record
     nll_b = nll_all[idx]  # (n',)
     kl_logp = logp[k_t:]  # (K', V), the batch's KL rows in order
+    skip = batch.kl_skip >= 0  # (K',) anchors: without their record's answer token
+    if bool(skip.any()):
+        kl_logits = logits[k_t:].float().clone()
+        rows = skip.nonzero().squeeze(1)
+        kl_logits[rows, batch.kl_skip[rows]] = -1e4  # finite: no inf - inf in the KL
+        kl_logp = torch.log_softmax(kl_logits, dim=-1)
     if it == 0 or state.kl_init is None:
         state.kl_init = kl_logp.detach()  # all records in the first pass
     init = state.kl_init[batch.kl_index]  # (K', V)

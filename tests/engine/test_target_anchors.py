@@ -40,11 +40,18 @@ def _optimize(lm, requests, anchors, weight: float, budget: int | None = None,
 
 
 @torch.no_grad()
-def _anchor_kl(lm: LoadedModel, text: str, delta: torch.Tensor) -> float:
+def _anchor_kl(lm: LoadedModel, text: str, delta: torch.Tensor, skip: int) -> float:
     """KL(p_shifted || p_clean) at the last token of text, delta added to block LAYER's
-    output at that token."""
+    output at that token, both without token `skip` (the record's first answer token,
+    which an anchor does not hold up)."""
     ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
-    clean = torch.log_softmax(lm.model(ids).logits[0, -1].float(), -1)
+
+    def logp(logits: torch.Tensor) -> torch.Tensor:
+        kept = torch.ones_like(logits, dtype=torch.bool)
+        kept[skip] = False
+        return torch.log_softmax(logits[kept].float(), -1)
+
+    clean = logp(lm.model(ids).logits[0, -1])
 
     def shift(_m, _a, output):
         hidden = block_hidden(output).clone()
@@ -53,7 +60,7 @@ def _anchor_kl(lm: LoadedModel, text: str, delta: torch.Tensor) -> float:
 
     handle = _hook_module(lm, "block", LAYER).register_forward_hook(shift)
     try:
-        new = torch.log_softmax(lm.model(ids).logits[0, -1].float(), -1)
+        new = logp(lm.model(ids).logits[0, -1])
     finally:
         handle.remove()
     return float((new.exp() * (new - clean)).sum())
@@ -65,12 +72,12 @@ def test_anchors_keep_their_predictions_and_the_target_is_still_reached(tiny_lm)
     held = _optimize(tiny_lm, requests, anchors, 2.0)
     without = _optimize(tiny_lm, requests, None, 0.0)
     assert torch.equal(plain.delta, without.delta)  # weight 0: anchors play no part
-    kl_plain = [_anchor_kl(tiny_lm, t, plain.delta[b]) for b, own in enumerate(anchors)
-                for t, _ in own]
-    kl_held = [_anchor_kl(tiny_lm, t, held.delta[b]) for b, own in enumerate(anchors)
-               for t, _ in own]
+    kl_plain = [_anchor_kl(tiny_lm, t, plain.delta[b], requests[b].answer_ids[0])
+                for b, own in enumerate(anchors) for t, _ in own]
+    kl_held = [_anchor_kl(tiny_lm, t, held.delta[b], requests[b].answer_ids[0])
+               for b, own in enumerate(anchors) for t, _ in own]
     assert sum(kl_plain) > 0.05, kl_plain  # an unanchored shift does move them
-    assert sum(kl_held) < 0.2 * sum(kl_plain), (kl_held, kl_plain)
+    assert sum(kl_held) < 0.35 * sum(kl_plain), (kl_held, kl_plain)
     # still aimed at the target: the end-of-text token's NLL falls far below where the
     # clean prompt has it (the first pass of a 1-step run)
     first = optimize_deltas(

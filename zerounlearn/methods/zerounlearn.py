@@ -48,7 +48,7 @@ from zerounlearn.keys import (
 from zerounlearn.lookalikes import lookalike_prompts, lookalike_sites
 from zerounlearn.methods.edit_state import EditRun, RoundRecords, RoundState
 from zerounlearn.methods.registry import register_method
-from zerounlearn.neutral import generic_distributions
+from zerounlearn.neutral import GENERIC_SUBJECT, generic_distributions
 from zerounlearn.patch import Patch
 from zerounlearn.probes import probe
 from zerounlearn.protect import drop_overlapping, protected_sites
@@ -105,11 +105,13 @@ def neutral_targets(
 def with_generic_targets(
     lm: LoadedModel, requests: list[EditRequest], cfg: ZeroUnlearnHParams
 ) -> list[EditRequest]:
-    """The requests with their generic target distributions (neutral_target "generic"),
-    computed once on the model as it is before the edit; else unchanged."""
-    if cfg.neutral_target != "generic":
+    """The requests with their target distributions (neutral_target "generic", or "own":
+    the prompt's own without the answer), computed once on the model as it is before the
+    edit; else unchanged."""
+    if cfg.neutral_target not in ("generic", "own"):
         return requests
-    dists = generic_distributions(lm, requests)  # (n, V)
+    dists = generic_distributions(
+        lm, requests, None if cfg.neutral_target == "own" else GENERIC_SUBJECT)  # (n, V)
     return [dataclasses.replace(r, target_dist=dists[i]) for i, r in enumerate(requests)]
 
 
