@@ -50,3 +50,37 @@ def test_forgetting_with_the_generic_target_does_not_end_the_text(
     finally:
         tiny_lm.model.load_state_dict(base)
         tiny_lm.carry.clear()
+
+
+def test_the_own_target_is_the_prompts_distribution_without_the_answer(
+    tiny_lm: LoadedModel,
+) -> None:
+    """neutral_target "own": the prompt's next-token distribution itself, the answer's
+    first token removed and the rest renormalised (every other ratio unchanged)."""
+    requests = prepare_requests(tiny_lm, validate_records(_records()), "own")
+    own = generic_distributions(tiny_lm, requests, None)  # (n, V)
+    generic = generic_distributions(tiny_lm, requests)
+    assert not torch.allclose(own, generic)
+    for req, row in zip(requests, own, strict=True):
+        ids = torch.tensor([tiny_lm.tokenizer(req.prompt)["input_ids"]])
+        with torch.no_grad():
+            clean = tiny_lm.model(ids).logits[0, -1].float().softmax(-1)
+        answer = req.answer_ids[0]
+        assert row[answer] == 0.0
+        clean[answer] = 0.0
+        torch.testing.assert_close(row, clean / clean.sum(), rtol=1e-4, atol=1e-6)
+
+
+def test_forgetting_with_the_own_target_forgets(tiny_lm: LoadedModel, stats: StatsCache
+                                                ) -> None:
+    records = _records()
+    base = {k: v.clone() for k, v in tiny_lm.model.state_dict().items()}
+    try:
+        patch = forget(tiny_lm, records, "zerounlearn", {**TINY_HPARAMS,
+                                                     "neutral_target": "own"}, stats=stats)
+        apply_patch(tiny_lm, patch)
+        assert not any(reproduced(tiny_lm, records))
+        assert patch.hparams["neutral_target"] == "own"
+    finally:
+        tiny_lm.model.load_state_dict(base)
+        tiny_lm.carry.clear()
