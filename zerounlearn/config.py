@@ -113,6 +113,7 @@ class TargetHParams(BaseHParams):
     neutral_target: str = "endoftext"  # "endoftext" | "eos" | "generic" (neutral.py: what
     # the model says of a generic subject, minus the answer) | "own" (the prompt's own
     # next-token distribution minus the answer) | literal text (" I don't know.")
+    generic_share: float = 0.0  # "own": this share of the generic distribution mixed in
     step_units: str = "relative"  # "relative": delta = ||h|| u, lr on u; "absolute": paper
     target_lr: float = 0.1  # step size: ~fraction of ||h|| per step (relative), or absolute
     target_steps: int = 25  # optimisation steps per record (spec: 25)
@@ -132,6 +133,7 @@ class TargetHParams(BaseHParams):
         _range("template_seed", self.template_seed, 0, 2**31 - 1)
         if not self.neutral_target.strip():
             raise InvalidHyperParameters("hyper-parameter 'neutral_target' is empty")
+        _range("generic_share", self.generic_share, 0.0, 1.0)
         _choice("step_units", self.step_units, ("relative", "absolute"))
         _range("target_lr", self.target_lr, 0.0, 1.0, lo_open=True)
         _range("target_steps", self.target_steps, 0, 1000)

@@ -112,6 +112,10 @@ def with_generic_targets(
         return requests
     dists = generic_distributions(
         lm, requests, None if cfg.neutral_target == "own" else GENERIC_SUBJECT)  # (n, V)
+    if cfg.neutral_target == "own" and cfg.generic_share > 0:
+        # both lack the answer's first token, so the blend does too
+        dists = (1 - cfg.generic_share) * dists \
+            + cfg.generic_share * generic_distributions(lm, requests)
     return [dataclasses.replace(r, target_dist=dists[i]) for i, r in enumerate(requests)]
 
 
