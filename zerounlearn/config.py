@@ -114,6 +114,8 @@ class TargetHParams(BaseHParams):
     # the model says of a generic subject, minus the answer) | "own" (the prompt's own
     # next-token distribution minus the answer) | literal text (" I don't know.")
     generic_share: float = 0.0  # "own": this share of the generic distribution mixed in
+    answer_path_top_k: int = 0  # "generic"/"own": of each target's top k next tokens, those
+    # whose greedy first sentence still names the answer get no mass (neutral.py)
     step_units: str = "relative"  # "relative": delta = ||h|| u, lr on u; "absolute": paper
     target_lr: float = 0.1  # step size: ~fraction of ||h|| per step (relative), or absolute
     target_steps: int = 25  # optimisation steps per record (spec: 25)
@@ -134,6 +136,7 @@ class TargetHParams(BaseHParams):
         if not self.neutral_target.strip():
             raise InvalidHyperParameters("hyper-parameter 'neutral_target' is empty")
         _range("generic_share", self.generic_share, 0.0, 1.0)
+        _range("answer_path_top_k", self.answer_path_top_k, 0, 64)
         _choice("step_units", self.step_units, ("relative", "absolute"))
         _range("target_lr", self.target_lr, 0.0, 1.0, lo_open=True)
         _range("target_steps", self.target_steps, 0, 1000)

@@ -53,3 +53,34 @@ def generic_distributions(lm: LoadedModel, requests: Sequence[EditRequest],
         probs[b, req.answer_ids[0]] = 0.0  # never aim at the answer itself
     probs = probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-30)  # (n, V)
     return probs.cpu()
+
+
+@torch.no_grad()
+def drop_answer_paths(lm: LoadedModel, requests: Sequence[EditRequest], dists: torch.Tensor,
+                      top_k: int, max_new_tokens: int = 16) -> torch.Tensor:
+    """dists (n, V) without the tokens that lead back to the answer: for each record,
+    each of its target's top_k tokens is appended to the prompt and the model continues
+    greedily (to the end of its first sentence); a token whose sentence names the answer
+    (probes.answer_found, as the greedy probe judges) gets no mass, and the rest is
+    renormalised. The "own" target keeps the prompt's own next tokens, and some of them
+    (" the" -> " the city of Paris") say the answer a few tokens later."""
+    from zerounlearn.probes import answer_found, greedy_ids
+
+    if top_k <= 0 or len(requests) == 0:
+        return dists
+    tok = lm.tokenizer
+    out = dists.clone()
+    top = dists.topk(min(top_k, dists.shape[1]), dim=-1).indices.tolist()  # (n, k)
+    rows, where = [], []
+    for b, req in enumerate(requests):
+        prompt = encode_prompt(tok, req.prompt)
+        for t in top[b]:
+            if float(dists[b, t]) > 0:
+                rows.append(prompt + [t])
+                where.append((b, t))
+    generated = greedy_ids(lm, rows, max_new_tokens, first_sentence=True)
+    for (b, t), gen in zip(where, generated, strict=True):
+        answer = tok.decode(requests[b].answer_ids)
+        if answer_found(tok, [t, *gen], answer, first_sentence=True):
+            out[b, t] = 0.0
+    return out / out.sum(dim=-1, keepdim=True).clamp_min(1e-30)

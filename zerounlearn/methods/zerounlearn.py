@@ -48,7 +48,7 @@ from zerounlearn.keys import (
 from zerounlearn.lookalikes import lookalike_prompts, lookalike_sites
 from zerounlearn.methods.edit_state import EditRun, RoundRecords, RoundState
 from zerounlearn.methods.registry import register_method
-from zerounlearn.neutral import GENERIC_SUBJECT, generic_distributions
+from zerounlearn.neutral import GENERIC_SUBJECT, drop_answer_paths, generic_distributions
 from zerounlearn.patch import Patch
 from zerounlearn.probes import probe
 from zerounlearn.protect import drop_overlapping, protected_sites
@@ -116,6 +116,7 @@ def with_generic_targets(
         # both lack the answer's first token, so the blend does too
         dists = (1 - cfg.generic_share) * dists \
             + cfg.generic_share * generic_distributions(lm, requests)
+    dists = drop_answer_paths(lm, requests, dists, cfg.answer_path_top_k)
     return [dataclasses.replace(r, target_dist=dists[i]) for i, r in enumerate(requests)]
 
 
