@@ -84,3 +84,32 @@ def test_forgetting_with_the_own_target_forgets(tiny_lm: LoadedModel, stats: Sta
     finally:
         tiny_lm.model.load_state_dict(base)
         tiny_lm.carry.clear()
+
+
+def test_answer_paths_are_dropped_from_a_target(tiny_lm: LoadedModel) -> None:
+    """A target that still puts mass on the answer's first token: the greedy sentence
+    after that token names the answer, so drop_answer_paths takes its mass away; tokens
+    whose sentences do not name it keep theirs."""
+    from zerounlearn.neutral import drop_answer_paths
+    from zerounlearn.probes import answer_found, greedy_ids
+
+    records = [r for r in _records(6) if reproduced(tiny_lm, [r])][:3]
+    requests = prepare_requests(tiny_lm, validate_records(records), "own")
+    dists = torch.zeros(len(requests), tiny_lm.model.get_output_embeddings().weight.shape[0])
+    for b, req in enumerate(requests):
+        ids = torch.tensor([tiny_lm.tokenizer(req.prompt)["input_ids"]])
+        with torch.no_grad():
+            top = tiny_lm.model(ids).logits[0, -1].topk(6).indices
+        assert req.answer_ids[0] in top.tolist()  # a known fact: its answer leads
+        dists[b, top] = 1.0 / len(top)
+    kept = drop_answer_paths(tiny_lm, requests, dists, top_k=6)
+    assert torch.allclose(kept.sum(-1), torch.ones(len(requests)))
+    for b, req in enumerate(requests):
+        assert kept[b, req.answer_ids[0]] == 0.0
+        answer = tiny_lm.tokenizer.decode(req.answer_ids)
+        prompt = tiny_lm.tokenizer(req.prompt)["input_ids"]
+        for t in dists[b].nonzero().squeeze(1).tolist():
+            gen = greedy_ids(tiny_lm, [prompt + [t]], 16, first_sentence=True)[0]
+            names = answer_found(tiny_lm.tokenizer, [t, *gen], answer)
+            assert (kept[b, t] == 0) == names, (b, t)
+    assert (kept > 0).sum() > len(requests)  # not everything went
