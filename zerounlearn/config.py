@@ -188,6 +188,8 @@ class ZeroUnlearnHParams(TargetHParams):
     # when greedy generation from its prompt names the answer in the first sentence
     # (the greedy probe, probes.py): SmolLM2 at 25-27 said "The capital of Germany is a
     # city ... like Berlin's ..." with the first answer token gone
+    retry_chat: bool = False  # ... or when its reply through the model's chat template
+    # names the answer (the chat probe; no effect without a chat template)
     retry_layers: list[int] | None = None  # rounds 2 on edit these layers (ascending)
     # instead of `layers`; None = `layers`. Records whose answer the late layers no longer
     # decide (SmolLM2 at 25-27: "Germany is a country on the continent of") are forgotten

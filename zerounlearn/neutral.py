@@ -78,7 +78,7 @@ def drop_answer_paths(lm: LoadedModel, requests: Sequence[EditRequest], dists: t
             if float(dists[b, t]) > 0:
                 rows.append(prompt + [t])
                 where.append((b, t))
-    generated = greedy_ids(lm, rows, max_new_tokens, first_sentence=True)
+    generated = greedy_ids(lm, rows, max_new_tokens, batch_size=64, first_sentence=True)
     for (b, t), gen in zip(where, generated, strict=True):
         answer = tok.decode(requests[b].answer_ids)
         if answer_found(tok, [t, *gen], answer, first_sentence=True):

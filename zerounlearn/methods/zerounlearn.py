@@ -225,12 +225,15 @@ def kept_keys(
 def still_known(lm: LoadedModel, recs: list[ForgetRecord], cfg: ZeroUnlearnHParams
                 ) -> list[bool]:
     """Per record: does the edited model still reproduce its answer, or (with
-    cfg.retry_generated) name it in the first sentence of its greedy continuation?"""
+    cfg.retry_generated) name it in the first sentence of its greedy continuation, or
+    (cfg.retry_chat) in its reply through the chat template?"""
     flags = reproduced(lm, recs)
-    if not cfg.retry_generated:
+    probes = (("greedy",) if cfg.retry_generated else ()) + (("chat",) if cfg.retry_chat else ())
+    if not probes:
         return flags
-    found = probe(lm, recs, probes=("greedy",))["records"]
-    return [bool(known or f["found"]["greedy"]) for known, f in zip(flags, found, strict=True)]
+    found = probe(lm, recs, probes=probes)["records"]
+    return [bool(known or any(f["found"][p] for p in probes))
+            for known, f in zip(flags, found, strict=True)]
 
 
 def _history(
@@ -391,8 +394,9 @@ class ZeroUnlearnBase:
             if not isinstance(cfg, ZeroUnlearnHParams):  # a subclass registered a foreign name
                 raise TypeError(f"{self.name!r} does not resolve to ZeroUnlearn hyper-parameters")
             layers = list(cfg.layers or [])
-            requests = with_generic_targets(lm, prepare_requests(lm, recs, cfg.neutral_target),
-                                            cfg)
+            with timed(timings, "neutral"):  # distribution targets (and answer paths)
+                requests = with_generic_targets(
+                    lm, prepare_requests(lm, recs, cfg.neutral_target), cfg)
             model, adapter = lm.model, lm.adapter
             originals = {layer: adapter.get_weight(model, layer)
                          for layer in edited_layers(cfg)}
