@@ -47,11 +47,14 @@ def test_paper_settings_are_the_papers() -> None:
 def test_smollm2_edits_at_the_last_token_and_the_paper_at_the_subject() -> None:
     ours = resolve_hparams("zerounlearn", "smollm2", None)
     assert ours["edit_token"] == "last" and ours["lookalike_count"] == 32
-    assert ours["neutral_target"] == "generic" and ours["retry_at_subject"] is True
+    assert ours["neutral_target"] == "own" and ours["retry_at_subject"] is True
+    assert ours["generic_share"] == 0.5 and ours["answer_path_top_k"] == 8
+    assert ours["retry_chat"] is True
     assert resolve_hparams("zerounlearn", None, None)["edit_token"] == "subject"
     paper = resolve_hparams("zerounlearn-paper", "smollm2", None)
     assert paper["edit_token"] == "subject" and paper["lookalike_count"] == 0
     assert paper["retry_at_subject"] is False
+    assert paper["generic_share"] == 0.0 and paper["answer_path_top_k"] == 0
 
 
 def test_overrides_win_and_are_typed() -> None:

@@ -235,9 +235,10 @@ def test_smollm2_rounds_retry_what_greedy_generation_still_names(
     """Four capitals (France, Germany, Italy, Spain), edited at layers 25-27 in one round:
     every first answer token is gone (efficacy 0), but greedy generation names Berlin
     later in the first sentence ("... a city of breathtaking beauty, with iconic
-    landmarks like Berlin's ..."). With retry_generated the greedy probe joins the
-    rounds' check, so that record is edited again (at retry_layers 22-24) and the probe
-    finds nothing."""
+    landmarks like Berlin's ..."). That was with the generic target of the sixth round
+    (pinned here): with retry_generated the greedy probe joins the rounds' check, so
+    that record is edited again (at retry_layers 22-24) and the probe finds nothing.
+    Today's file (own target, answer paths: tenth round) leaves no such path at all."""
     from zerounlearn.datasets import world_facts
 
     lm = load_model(str(smollm2_dir))
@@ -246,6 +247,8 @@ def test_smollm2_rounds_retry_what_greedy_generation_still_names(
     stats = StatsCache(cache_dir / "stats")
     base = _snapshot(lm)
     late = {"stats_samples": 10_000, "layers": [25, 26, 27], "retry_layers": [22, 23, 24]}
+    generic = {"neutral_target": "generic", "generic_share": 0.0, "answer_path_top_k": 0,
+               "retry_chat": False}
 
     def greedy_found(hparams: dict[str, Any]) -> tuple[list[int], int]:
         patch = forget(lm, recs, "zerounlearn", {**late, **hparams}, stats=stats)
@@ -257,7 +260,32 @@ def test_smollm2_rounds_retry_what_greedy_generation_still_names(
             lm.model.load_state_dict(base)
             lm.carry.clear()
 
-    rounds, found = greedy_found({})
+    rounds, found = greedy_found({})  # today's file
+    assert rounds == [4] and found == 0, (rounds, found)
+    rounds, found = greedy_found(generic)
     assert rounds == [4] and found >= 1
-    rounds, found = greedy_found({"retry_generated": True})
+    rounds, found = greedy_found({**generic, "retry_generated": True})
     assert rounds[0] == 4 and len(rounds) >= 2 and found == 0, (rounds, found)
+
+
+def test_rounds_count_a_record_the_chat_reply_still_names(tiny_lm, records) -> None:
+    """still_known, the rounds' check: with retry_chat a record whose reply through the
+    chat template names its answer counts as left although teacher forcing says
+    forgotten. The answers without their leading space are not reproduced token for
+    token (the model says " 4821", not "4821"), yet each reply names them."""
+    from zerounlearn.config import ZeroUnlearnHParams
+    from zerounlearn.methods.zerounlearn import still_known
+
+    bare = validate_records([{"prompt": r["prompt"], "answer": r["answer"].strip()}
+                             for r in records[:4]])
+    tok = tiny_lm.tokenizer
+    try:
+        tok.chat_template = PLAIN_CHAT
+        plain = still_known(tiny_lm, bare, ZeroUnlearnHParams())
+        chat = still_known(tiny_lm, bare, ZeroUnlearnHParams(retry_chat=True))
+    finally:
+        tok.chat_template = None
+    assert plain == [False] * 4
+    assert chat == [True] * 4
+    # without a chat template the chat probe is skipped: nothing counts as left
+    assert still_known(tiny_lm, bare, ZeroUnlearnHParams(retry_chat=True)) == [False] * 4
