@@ -116,6 +116,8 @@ class TargetHParams(BaseHParams):
     generic_share: float = 0.0  # "own": this share of the generic distribution mixed in
     answer_path_top_k: int = 0  # "generic"/"own": of each target's top k next tokens, those
     # whose greedy first sentence still names the answer get no mass (neutral.py)
+    answer_path_min_mass: float = 0.0  # tokens with less of the target are not followed
+    answer_path_tokens: int = 16  # greedy tokens generated per path (first sentence)
     step_units: str = "relative"  # "relative": delta = ||h|| u, lr on u; "absolute": paper
     target_lr: float = 0.1  # step size: ~fraction of ||h|| per step (relative), or absolute
     target_steps: int = 25  # optimisation steps per record (spec: 25)
@@ -137,6 +139,8 @@ class TargetHParams(BaseHParams):
             raise InvalidHyperParameters("hyper-parameter 'neutral_target' is empty")
         _range("generic_share", self.generic_share, 0.0, 1.0)
         _range("answer_path_top_k", self.answer_path_top_k, 0, 64)
+        _range("answer_path_min_mass", self.answer_path_min_mass, 0.0, 1.0)
+        _range("answer_path_tokens", self.answer_path_tokens, 1, 64)
         _choice("step_units", self.step_units, ("relative", "absolute"))
         _range("target_lr", self.target_lr, 0.0, 1.0, lo_open=True)
         _range("target_steps", self.target_steps, 0, 1000)

@@ -57,12 +57,14 @@ def generic_distributions(lm: LoadedModel, requests: Sequence[EditRequest],
 
 @torch.no_grad()
 def drop_answer_paths(lm: LoadedModel, requests: Sequence[EditRequest], dists: torch.Tensor,
-                      top_k: int, max_new_tokens: int = 16) -> torch.Tensor:
+                      top_k: int, max_new_tokens: int = 16,
+                      min_mass: float = 0.0) -> torch.Tensor:
     """dists (n, V) without the tokens that lead back to the answer: for each record,
     each of its target's top_k tokens is appended to the prompt and the model continues
     greedily (to the end of its first sentence); a token whose sentence names the answer
     (probes.answer_found, as the greedy probe judges) gets no mass, and the rest is
-    renormalised. The "own" target keeps the prompt's own next tokens, and some of them
+    renormalised. Tokens with less than min_mass of the target are not followed. The
+    "own" target keeps the prompt's own next tokens, and some of them
     (" the" -> " the city of Paris") say the answer a few tokens later."""
     from zerounlearn.probes import answer_found, greedy_ids
 
@@ -75,7 +77,8 @@ def drop_answer_paths(lm: LoadedModel, requests: Sequence[EditRequest], dists: t
     for b, req in enumerate(requests):
         prompt = encode_prompt(tok, req.prompt)
         for t in top[b]:
-            if float(dists[b, t]) > 0:
+            mass = float(dists[b, t])
+            if mass > 0 and mass >= min_mass:
                 rows.append(prompt + [t])
                 where.append((b, t))
     generated = greedy_ids(lm, rows, max_new_tokens, batch_size=64, first_sentence=True)

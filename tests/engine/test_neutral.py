@@ -113,3 +113,29 @@ def test_answer_paths_are_dropped_from_a_target(tiny_lm: LoadedModel) -> None:
             names = answer_found(tiny_lm.tokenizer, [t, *gen], answer)
             assert (kept[b, t] == 0) == names, (b, t)
     assert (kept > 0).sum() > len(requests)  # not everything went
+
+
+def test_answer_paths_skip_tokens_below_min_mass(tiny_lm: LoadedModel) -> None:
+    """min_mass: only tokens with at least that share of the target are followed. The
+    answer's own token (half the mass here) is followed and dropped; the five light
+    tokens keep their mass whatever their sentences say, renormalised."""
+    from zerounlearn.neutral import drop_answer_paths
+
+    records = [r for r in _records(6) if reproduced(tiny_lm, [r])][:2]
+    requests = prepare_requests(tiny_lm, validate_records(records), "own")
+    dists = torch.zeros(len(requests), tiny_lm.model.get_output_embeddings().weight.shape[0])
+    for b, req in enumerate(requests):
+        ids = torch.tensor([tiny_lm.tokenizer(req.prompt)["input_ids"]])
+        with torch.no_grad():
+            top = tiny_lm.model(ids).logits[0, -1].topk(6).indices.tolist()
+        light = [t for t in top if t != req.answer_ids[0]][:5]
+        dists[b, light] = 0.1
+        dists[b, req.answer_ids[0]] = 0.5
+    kept = drop_answer_paths(tiny_lm, requests, dists, top_k=6, min_mass=0.2)
+    for b, req in enumerate(requests):
+        assert kept[b, req.answer_ids[0]] == 0.0
+        light = dists[b].clone()
+        light[req.answer_ids[0]] = 0.0
+        assert torch.allclose(kept[b], light / light.sum())
+    untouched = drop_answer_paths(tiny_lm, requests, dists, top_k=6, min_mass=0.6)
+    assert torch.equal(untouched, dists / dists.sum(-1, keepdim=True))

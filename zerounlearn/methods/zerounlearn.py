@@ -116,7 +116,9 @@ def with_generic_targets(
         # both lack the answer's first token, so the blend does too
         dists = (1 - cfg.generic_share) * dists \
             + cfg.generic_share * generic_distributions(lm, requests)
-    dists = drop_answer_paths(lm, requests, dists, cfg.answer_path_top_k)
+    dists = drop_answer_paths(lm, requests, dists, cfg.answer_path_top_k,
+                              max_new_tokens=cfg.answer_path_tokens,
+                              min_mass=cfg.answer_path_min_mass)
     return [dataclasses.replace(r, target_dist=dists[i]) for i, r in enumerate(requests)]
 
 
