@@ -205,6 +205,29 @@ def key_prefix(
     return KeyPrefix(chunks, stacks, len(sites))
 
 
+@dataclass
+class ProtectedPrefix:
+    """A request's first key prefix, kept for its later rounds: the pass through the
+    blocks below the edited ones is the same in every round (no round edits them), and
+    for hundreds of protected sites it is most of what their keys cost. `sites` are the
+    prefix's sites in order; the protected ones start at `first`."""
+
+    prefix: KeyPrefix
+    sites: list[Site]
+    first: int
+
+    def serves(self, first_layer: int, last_layer: int, lowest_edit: int) -> bool:
+        """Valid for a round editing first..last_layer once every edit so far (the
+        lowest at `lowest_edit`) lies at or above the prefix's first block."""
+        return (self.prefix.start == first_layer and self.prefix.stop == last_layer
+                and lowest_edit >= self.prefix.start)
+
+    def protected_keys(self, lm: LoadedModel, layer: int) -> torch.Tensor:
+        """(d_ff, p) the protected sites' keys at `layer` on the model as it is now."""
+        k_all, _ = capture(lm, self.sites, layer, self.prefix.stop, self.prefix)
+        return k_all[:, self.first :]
+
+
 @torch.no_grad()
 def capture(
     lm: LoadedModel, sites: Sequence[Site], layer: int, block_layer: int,
@@ -295,12 +318,19 @@ def compute_keys(
     last_layer: int,
     protected: Sequence[Site] = (),
     prefix: KeyPrefix | None = None,
+    earlier: ProtectedPrefix | None = None,
 ) -> KeyState:
     """K_f, W K_f, H_L (and protected keys K_p) in one forward over all sites (with a
-    prefix from key_prefix on the same arguments: blocks first..last_layer only)."""
+    prefix from key_prefix on the same arguments: blocks first..last_layer only). With
+    `earlier` (a first round's prefix holding these protected sites), the protected keys
+    come from it and `prefix` holds the record sites only."""
     n, t = len(requests), len(templates)
-    sites = record_sites(lm.tokenizer, requests, templates) + list(protected)
+    sites = record_sites(lm.tokenizer, requests, templates)
+    if earlier is None:
+        sites += list(protected)
     k_all, h_all = capture(lm, sites, layer, last_layer, prefix)
+    if earlier is not None and protected:
+        k_all = torch.cat([k_all, earlier.protected_keys(lm, layer)], dim=1)
     k_f = template_mean(k_all[:, : n * t], n, t)  # (d_ff, n)
     k_clean = k_all[:, : n * t].reshape(k_all.shape[0], n, t)[:, :, 0]  # (d_ff, n)
     h_l = h_all[:, : n * t].reshape(h_all.shape[0], n, t)[:, :, 0]  # clean rows -> (d_model, n)

@@ -15,7 +15,14 @@ from tests.engine.random_models import VOCAB, as_loaded
 from tests.support.tiny_model import TINY_HPARAMS, tiny_facts
 from zerounlearn.adapters import SUPPORTED_ARCHITECTURES
 from zerounlearn.api import forget
-from zerounlearn.keys import Site, compute_keys, key_prefix, prepare_requests
+from zerounlearn.keys import (
+    ProtectedPrefix,
+    Site,
+    compute_keys,
+    key_prefix,
+    prepare_requests,
+    record_sites,
+)
 from zerounlearn.loading import LoadedModel, load_model
 from zerounlearn.records import ForgetRecord
 from zerounlearn.stats import StatsCache
@@ -250,6 +257,37 @@ def test_key_prefix_equals_full_forward_after_an_edit(tiny_gpt2) -> None:
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
     finally:
         lm.adapter.set_weight(lm.model, 1, original)
+
+
+def test_a_first_rounds_prefix_serves_a_later_round(tiny_gpt2) -> None:
+    """Later rounds read the protected sites through the first round's prefix
+    (keys.ProtectedPrefix): after edits at and above its first block, with another set
+    of records (those the first round left), the keys equal a full forward's."""
+    lm = as_loaded(tiny_llama(layers=4), "llama")
+    first = _requests(lm, tiny_facts()[:3])
+    templates = ["", "Note: "]
+    protected = [Site("The city of Ostmark is", (1, 3, 4)), Site("Water is", (0, 1))]
+    kept = ProtectedPrefix(key_prefix(lm, first, templates, 1, 3, protected),
+                           record_sites(lm.tokenizer, first, templates) + protected,
+                           len(first) * len(templates))
+    later = first[1:2]  # the record a first round left
+    originals = {layer: lm.adapter.get_weight(lm.model, layer) for layer in (1, 2)}
+    try:
+        for layer, w in originals.items():  # the first round's edits
+            lm.adapter.set_weight(lm.model, layer, w * 1.5)
+        assert kept.serves(1, 3, lowest_edit=1)
+        own = key_prefix(lm, later, templates, 1, 3)
+        for layer in (1, 2, 3):
+            fast = compute_keys(lm, later, templates, layer, 3, protected, own, kept)
+            slow = compute_keys(lm, later, templates, layer, 3, protected)
+            for name in ("k_f", "k_clean", "wk_f", "h_l", "k_p"):
+                a, b = getattr(fast, name), getattr(slow, name)
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+    finally:
+        for layer, w in originals.items():
+            lm.adapter.set_weight(lm.model, layer, w)
+    assert not kept.serves(1, 3, lowest_edit=0)  # a block below it changed
+    assert not kept.serves(2, 3, lowest_edit=2)  # another round's layers
 
 
 # ---------------------------------------------------------------- end to end

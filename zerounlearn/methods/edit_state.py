@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from zerounlearn.config import ZeroUnlearnHParams
-from zerounlearn.keys import EditRequest, KeyPrefix, Site, Span
+from zerounlearn.keys import EditRequest, KeyPrefix, ProtectedPrefix, Site, Span
 from zerounlearn.records import ForgetRecord
 from zerounlearn.targets import Progress
 
@@ -38,6 +38,8 @@ class EditRun:
     info: dict[str, Any] = field(default_factory=dict)  # the Patch metadata but timings
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     new_weights: dict[int, torch.Tensor] = field(default_factory=dict)  # W' per layer, CPU
+    protected_prefix: ProtectedPrefix | None = None  # upper_only: the first round's key
+    # prefix, whose protected sites later rounds read again (keys.ProtectedPrefix)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class RoundState:
     z: torch.Tensor  # (d_model, n) float64: Z_n, block L's target outputs
     reached: torch.Tensor  # (n,) bool: the neutral target needed no shift
     key_prefix: KeyPrefix | None = None  # upper_only: activations below the edited blocks
+    earlier: ProtectedPrefix | None = None  # the first round's, read for protected keys
     # outputs per layer: (d_ff, n, 2) each record's template-averaged and clean key, and
     # (d_ff, p) the protected keys as the solve used them (float32, CPU)
     round_keys: dict[int, torch.Tensor] = field(default_factory=dict)

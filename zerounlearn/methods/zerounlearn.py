@@ -39,11 +39,13 @@ from zerounlearn.evaluate import reproduced
 from zerounlearn.keys import (
     EditRequest,
     KeyState,
+    ProtectedPrefix,
     Site,
     Span,
     compute_keys,
     key_prefix,
     prepare_requests,
+    record_sites,
 )
 from zerounlearn.lookalikes import lookalike_prompts, lookalike_sites
 from zerounlearn.methods.edit_state import EditRun, RoundRecords, RoundState
@@ -273,12 +275,20 @@ class ZeroUnlearnBase:
         with timed(run.timings, "keys"):
             if cfg.upper_only and i == 0:  # before any edit: blocks below layers[0] never change
                 with Timer() as prefix:
-                    state.key_prefix = key_prefix(lm, requests, run.templates, layers[0],
-                                                  layers[-1], state.protected)
-                # part of the "keys" time: the one pass up to the edited blocks
-                run.info["keys_prefix_seconds"] = round(prefix.seconds, 3)
+                    state.earlier = self.reusable_prefix(run, layers)
+                    state.key_prefix = key_prefix(
+                        lm, requests, run.templates, layers[0], layers[-1],
+                        () if state.earlier is not None else state.protected)
+                    if state.earlier is None and state.protected:
+                        run.protected_prefix = ProtectedPrefix(
+                            state.key_prefix, record_sites(lm.tokenizer, requests,
+                                                           run.templates) + state.protected,
+                            len(requests) * len(run.templates))
+                # part of the "keys" time: the passes up to the edited blocks, all rounds
+                run.info["keys_prefix_seconds"] = round(
+                    run.info.get("keys_prefix_seconds", 0.0) + prefix.seconds, 3)
             keys = compute_keys(lm, requests, run.templates, layer, layers[-1],
-                                state.protected, state.key_prefix)
+                                state.protected, state.key_prefix, state.earlier)
             if keys.k_p is not None:
                 keys.k_p = drop_overlapping(keys.k_p, keys.k_clean)
                 state.round_protected[layer] = keys.k_p.detach().to("cpu", torch.float32)
@@ -293,6 +303,15 @@ class ZeroUnlearnBase:
         with timed(run.timings, "m_f"):
             m_f = sensitive_states(lm, requests, run.templates, layer, keys, cfg)
         return keys, w, v, m_f
+
+    @staticmethod
+    def reusable_prefix(run: EditRun, layers: list[int]) -> ProtectedPrefix | None:
+        """The first round's prefix when it still serves this round's layers (no round
+        has edited below it), else None (the round builds its own)."""
+        kept = run.protected_prefix
+        if kept is None or not run.new_weights:
+            return None
+        return kept if kept.serves(layers[0], layers[-1], min(run.new_weights)) else None
 
     @staticmethod
     def history(state: RoundState, layer: int, keys: KeyState) -> torch.Tensor | None:
