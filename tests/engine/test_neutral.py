@@ -86,6 +86,21 @@ def test_forgetting_with_the_own_target_forgets(tiny_lm: LoadedModel, stats: Sta
         tiny_lm.carry.clear()
 
 
+def _known_requests(lm: LoadedModel, n: int) -> tuple[list, torch.Tensor]:
+    """n city records the tiny model knows, as "own" requests, and (n, V) zero targets."""
+    records = [r for r in _records(6) if reproduced(lm, [r])][:n]
+    requests = prepare_requests(lm, validate_records(records), "own")
+    return requests, torch.zeros(len(requests),
+                                 lm.model.get_output_embeddings().weight.shape[0])
+
+
+def _next_top(lm: LoadedModel, prompt: str, k: int) -> list[int]:
+    """The model's k most likely next tokens after `prompt`."""
+    ids = torch.tensor([lm.tokenizer(prompt)["input_ids"]])
+    with torch.no_grad():
+        return lm.model(ids).logits[0, -1].topk(k).indices.tolist()
+
+
 def test_answer_paths_are_dropped_from_a_target(tiny_lm: LoadedModel) -> None:
     """A target that still puts mass on the answer's first token: the greedy sentence
     after that token names the answer, so drop_answer_paths takes its mass away; tokens
@@ -93,14 +108,10 @@ def test_answer_paths_are_dropped_from_a_target(tiny_lm: LoadedModel) -> None:
     from zerounlearn.neutral import drop_answer_paths
     from zerounlearn.probes import answer_found, greedy_ids
 
-    records = [r for r in _records(6) if reproduced(tiny_lm, [r])][:3]
-    requests = prepare_requests(tiny_lm, validate_records(records), "own")
-    dists = torch.zeros(len(requests), tiny_lm.model.get_output_embeddings().weight.shape[0])
+    requests, dists = _known_requests(tiny_lm, 3)
     for b, req in enumerate(requests):
-        ids = torch.tensor([tiny_lm.tokenizer(req.prompt)["input_ids"]])
-        with torch.no_grad():
-            top = tiny_lm.model(ids).logits[0, -1].topk(6).indices
-        assert req.answer_ids[0] in top.tolist()  # a known fact: its answer leads
+        top = _next_top(tiny_lm, req.prompt, 6)
+        assert req.answer_ids[0] in top  # a known fact: its answer leads
         dists[b, top] = 1.0 / len(top)
     kept = drop_answer_paths(tiny_lm, requests, dists, top_k=6)
     assert torch.allclose(kept.sum(-1), torch.ones(len(requests)))
@@ -121,13 +132,9 @@ def test_answer_paths_skip_tokens_below_min_mass(tiny_lm: LoadedModel) -> None:
     tokens keep their mass whatever their sentences say, renormalised."""
     from zerounlearn.neutral import drop_answer_paths
 
-    records = [r for r in _records(6) if reproduced(tiny_lm, [r])][:2]
-    requests = prepare_requests(tiny_lm, validate_records(records), "own")
-    dists = torch.zeros(len(requests), tiny_lm.model.get_output_embeddings().weight.shape[0])
+    requests, dists = _known_requests(tiny_lm, 2)
     for b, req in enumerate(requests):
-        ids = torch.tensor([tiny_lm.tokenizer(req.prompt)["input_ids"]])
-        with torch.no_grad():
-            top = tiny_lm.model(ids).logits[0, -1].topk(6).indices.tolist()
+        top = _next_top(tiny_lm, req.prompt, 6)
         light = [t for t in top if t != req.answer_ids[0]][:5]
         dists[b, light] = 0.1
         dists[b, req.answer_ids[0]] = 0.5
