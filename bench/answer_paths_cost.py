@@ -42,6 +42,13 @@ def removed_mass(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     return before * (after == 0) * (before > 0)
 
 
+def followed(dists: torch.Tensor, top_k: int, min_mass: float) -> int:
+    """How many continuations the search runs: each row's top_k tokens with mass, and
+    at least min_mass of it (drop_answer_paths' rule)."""
+    kth = dists.topk(top_k, -1).values[:, -1:]  # (n, 1)
+    return int(((dists > 0) & (dists >= kth) & (dists >= min_mass)).sum())
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", choices=("tune", "test"), default="tune")
@@ -71,17 +78,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     reference, ref_s = run(cfg.answer_path_top_k, 0.0, 16)
     ref_removed = removed_mass(base, reference)
     rows = [{"variant": f"reference (top {cfg.answer_path_top_k}, 16 tokens)",
-             "continuations": int(((base > 0) & (base >= base.topk(
-                 cfg.answer_path_top_k, -1).values[:, -1:])).sum()),
+             "continuations": followed(base, cfg.answer_path_top_k, 0.0),
              "seconds": round(ref_s, 1), "removed": round(float(ref_removed.sum()), 3),
              "missed": 0.0, "extra": 0.0}]
     for text in args.variant:
         v = {"top_k": cfg.answer_path_top_k, "min_mass": 0.0, "new": 16, **json.loads(text)}
         out, secs = run(v["top_k"], v["min_mass"], v["new"])
         removed = removed_mass(base, out)
-        top = base.topk(v["top_k"], -1).values[:, -1:]
-        runs = int(((base > 0) & (base >= top) & (base >= v["min_mass"])).sum())
-        rows.append({"variant": json.dumps(v), "continuations": runs,
+        rows.append({"variant": json.dumps(v),
+                     "continuations": followed(base, v["top_k"], v["min_mass"]),
                      "seconds": round(secs, 1), "removed": round(float(removed.sum()), 3),
                      "missed": round(float((ref_removed - removed).clamp_min(0).sum()), 3),
                      "extra": round(float((removed - ref_removed).clamp_min(0).sum()), 3)})

@@ -175,7 +175,7 @@ class KeyPrefix:
 
     chunks: list[SiteChunk]
     stacks: list[UpperStack]  # one per chunk
-    sites: int  # number of sites it was built for
+    sites: list[Site]  # the sites it was built for, in order
 
     @property
     def start(self) -> int:
@@ -202,7 +202,7 @@ def key_prefix(
             lm, lambda c=c: lm.model(input_ids=c.ids, attention_mask=c.mask, use_cache=False),
             first_layer, last_layer, halt=True)
         stacks.append(stack)
-    return KeyPrefix(chunks, stacks, len(sites))
+    return KeyPrefix(chunks, stacks, sites)
 
 
 @dataclass
@@ -210,10 +210,9 @@ class ProtectedPrefix:
     """A request's first key prefix, kept for its later rounds: the pass through the
     blocks below the edited ones is the same in every round (no round edits them), and
     for hundreds of protected sites it is most of what their keys cost. `sites` are the
-    prefix's sites in order; the protected ones start at `first`."""
+    prefix's record sites, then its protected ones from `first` on."""
 
     prefix: KeyPrefix
-    sites: list[Site]
     first: int
 
     def serves(self, first_layer: int, last_layer: int, lowest_edit: int) -> bool:
@@ -224,7 +223,7 @@ class ProtectedPrefix:
 
     def protected_keys(self, lm: LoadedModel, layer: int) -> torch.Tensor:
         """(d_ff, p) the protected sites' keys at `layer` on the model as it is now."""
-        k_all, _ = capture(lm, self.sites, layer, self.prefix.stop, self.prefix)
+        k_all, _ = capture(lm, self.prefix.sites, layer, self.prefix.stop, self.prefix)
         return k_all[:, self.first :]
 
 
@@ -240,7 +239,7 @@ def capture(
     run. Returns K (d_ff, S) and H (d_model, S), in the model's dtype, S = all sites'
     indices in order.
     """
-    if prefix is not None and (prefix.sites != len(sites) or prefix.stop != block_layer
+    if prefix is not None and (len(prefix.sites) != len(sites) or prefix.stop != block_layer
                                or not prefix.start <= layer <= block_layer):
         raise ValueError("the key prefix was built for other sites or layers")
     chunks = prefix.chunks if prefix is not None else site_chunks(lm, sites)

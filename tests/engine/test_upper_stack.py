@@ -21,7 +21,6 @@ from zerounlearn.keys import (
     compute_keys,
     key_prefix,
     prepare_requests,
-    record_sites,
 )
 from zerounlearn.loading import LoadedModel, load_model
 from zerounlearn.records import ForgetRecord
@@ -268,7 +267,6 @@ def test_a_first_rounds_prefix_serves_a_later_round(tiny_gpt2) -> None:
     templates = ["", "Note: "]
     protected = [Site("The city of Ostmark is", (1, 3, 4)), Site("Water is", (0, 1))]
     kept = ProtectedPrefix(key_prefix(lm, first, templates, 1, 3, protected),
-                           record_sites(lm.tokenizer, first, templates) + protected,
                            len(first) * len(templates))
     later = first[1:2]  # the record a first round left
     originals = {layer: lm.adapter.get_weight(lm.model, layer) for layer in (1, 2)}

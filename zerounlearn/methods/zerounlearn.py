@@ -45,7 +45,6 @@ from zerounlearn.keys import (
     compute_keys,
     key_prefix,
     prepare_requests,
-    record_sites,
 )
 from zerounlearn.lookalikes import lookalike_prompts, lookalike_sites
 from zerounlearn.methods.edit_state import EditRun, RoundRecords, RoundState
@@ -281,9 +280,7 @@ class ZeroUnlearnBase:
                         () if state.earlier is not None else state.protected)
                     if state.earlier is None and state.protected:
                         run.protected_prefix = ProtectedPrefix(
-                            state.key_prefix, record_sites(lm.tokenizer, requests,
-                                                           run.templates) + state.protected,
-                            len(requests) * len(run.templates))
+                            state.key_prefix, len(requests) * len(run.templates))
                 # part of the "keys" time: the passes up to the edited blocks, all rounds
                 run.info["keys_prefix_seconds"] = round(
                     run.info.get("keys_prefix_seconds", 0.0) + prefix.seconds, 3)
