@@ -49,13 +49,15 @@ class SitePlan:
 
 
 def row_chunks(ids: torch.Tensor, mask: torch.Tensor, pad: int, max_tokens: int,
-               widen: bool) -> list[RowChunk]:
+               widen: bool, starts: torch.Tensor | None = None) -> list[RowChunk]:
     """ids, mask (R, T) right-padded rows, chunked by length. widen: one more pad column
     where a chunk's width equals its row count, so that an UpperStack can tell batch
-    dimensions from sequence dimensions."""
+    dimensions from sequence dimensions. starts (R,): each row's edit position; rows
+    edited at different positions then never share a chunk, so a chunk's positions
+    before its edit position are the same in every pass (upper_suffix.py)."""
     lengths = [int(x) for x in mask.sum(dim=1).tolist()]  # (R,) real tokens per row
     chunks = []
-    for members in length_groups(lengths, max_tokens):
+    for members in _groups(lengths, max_tokens, starts):
         rows = torch.tensor(members, dtype=torch.long, device=ids.device)
         width = max(lengths[i] for i in members)
         c_ids, c_mask = ids[rows, :width], mask[rows, :width]
@@ -64,6 +66,23 @@ def row_chunks(ids: torch.Tensor, mask: torch.Tensor, pad: int, max_tokens: int,
             c_mask = torch.cat([c_mask, c_mask.new_zeros((len(members), 1))], dim=1)
         chunks.append(RowChunk(rows, c_ids, c_mask))
     return chunks
+
+
+def _groups(lengths: list[int], max_tokens: int, starts: torch.Tensor | None
+            ) -> list[list[int]]:
+    """Row indices in groups of similar length (length_groups), within one edit
+    position each when starts (R,) is given."""
+    if starts is None:
+        return length_groups(lengths, max_tokens)
+    by_start: dict[int, list[int]] = {}
+    for i, start in enumerate(starts.tolist()):
+        by_start.setdefault(int(start), []).append(i)
+    groups = []
+    for start in sorted(by_start):
+        members = by_start[start]
+        groups += [[members[j] for j in group] for group in
+                   length_groups([lengths[i] for i in members], max_tokens)]
+    return groups
 
 
 def plan_sites(chunks: list[RowChunk], kept_rows: torch.Tensor, site_rows: torch.Tensor,

@@ -42,6 +42,12 @@ output plus delta; for the down_proj point: l .. last, the hook adding delta ins
 block l) and the head at the scored positions. The loop's first pass checks that the
 recorded stacks reproduce the clean pass's logits and falls back to full forward
 passes if they do not.
+
+Suffixes (settings.suffix, ours, block point): rows are chunked by edit position too,
+and the recorded blocks run on each chunk's positions from its edit position on, with
+the earlier positions' keys and values held from the clean pass (upper_suffix.py):
+with the edit at the prompt's last token, one position a row. The first pass checks
+them against the clean pass's logits as well and runs whole rows where they differ.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ from zerounlearn.target_chunks import (
 )
 from zerounlearn.tokens import pad_id
 from zerounlearn.upper import UpperStack, capture_stack
+from zerounlearn.upper_suffix import SuffixStack, SuffixUnsupported, suffix_stack
 
 if TYPE_CHECKING:
     from zerounlearn.config import TargetHParams
@@ -98,6 +105,7 @@ class TargetSettings:
     step_units: str = "relative"
     batch_records: bool = True
     upper_only: bool = True  # passes after the first run only the blocks above the point
+    suffix: bool = True  # ... and at the block point on each row's last positions only
 
     @classmethod
     def from_hparams(cls, hp: TargetHParams) -> TargetSettings:
@@ -272,7 +280,10 @@ class _Passes:
     state: _OptState
     u: torch.Tensor  # (n, d_model) the optimised variable
     stacks: bool  # run only the recorded upper blocks (else full forwards)
+    suffix: bool = False  # ... and only their positions from the chunk's edit position
     subsets: dict[int, UpperStack] = field(default_factory=dict)  # chunk -> its stack, cut
+    suffixes: dict[int, SuffixStack | None] = field(default_factory=dict)  # chunk -> whole
+    suffix_cuts: dict[int, SuffixStack] = field(default_factory=dict)  # chunk -> cut
 
     def delta(self) -> torch.Tensor:
         return self.u * self.state.clean.scale[:, None]  # (n, d_model)
@@ -292,11 +303,39 @@ class _Passes:
                 raise RuntimeError("the upper stack has no recorded input")
             start = (_shifted(stack.hidden, rec, pos, self.delta()) if self.point == "block"
                      else stack.hidden)  # down_proj: the hook adds delta inside block l
+            suffix = self._suffix(plan) if self.suffix else None
+            if suffix is not None:  # positions before suffix.start are the clean pass's
+                out = suffix.run(start[:, suffix.start:])  # (r', T - p0, d_model)
+                return stack.logits_at(out, plan.rows, plan.pos - suffix.start).to(
+                    self.lm.device)
             return stack.logits_at(stack.run(start), plan.rows, plan.pos).to(self.lm.device)
         every = len(rows) == len(chunk.rows)
         ids = chunk.ids if every else chunk.ids[plan.kept]
         mask = chunk.mask if every else chunk.mask[plan.kept]
         return _forward_logits(self.lm, ids, mask, plan.rows, plan.pos)
+
+    def _suffix(self, plan: SitePlan) -> SuffixStack | None:
+        """The chunk's suffix stack for its kept rows (built on first use from the
+        chunk's clean stack, from its first edit position), or None where the chunk
+        cannot be run so (its arguments, or a site before that position)."""
+        chunk = self.chunks[plan.chunk]
+        if plan.chunk not in self.suffixes:
+            whole = None
+            if chunk.stack is not None:
+                try:
+                    whole = suffix_stack(chunk.stack, int(self.full.pos[chunk.rows].min()))
+                except SuffixUnsupported as exc:
+                    logger.debug("chunk %d runs whole: %s", plan.chunk, exc)
+            self.suffixes[plan.chunk] = whole
+        whole = self.suffixes[plan.chunk]
+        if whole is None or (len(plan.pos) and int(plan.pos.min()) < whole.start):
+            return None
+        if len(plan.kept) == whole.stack.rows:
+            return whole
+        cut = self.suffix_cuts.get(plan.chunk)
+        if cut is None or cut.stack.rows != len(plan.kept):
+            cut = self.suffix_cuts[plan.chunk] = whole.subset(plan.kept)
+        return cut
 
     def _stack(self, plan: SitePlan, whole: UpperStack) -> UpperStack:
         """The chunk's stack for its kept rows (cut again only when records left)."""
@@ -345,8 +384,10 @@ def _clean_pass(passes: _Passes, plans: list[SitePlan], layer: int, n_tpl: int,
     state.first = _CleanPass(h=h, scale=rel if relative else torch.ones_like(rel))
 
 
-def _stacks_agree(passes: _Passes, plans: list[SitePlan], logits: torch.Tensor) -> bool:
-    """Whether the stacks' first logits (S, V) reproduce the clean pass's full forwards."""
+def _stacks_agree(passes: _Passes, plans: list[SitePlan], logits: torch.Tensor,
+                  fallback: str = "full forward passes") -> bool:
+    """Whether the stacks' first logits (S, V) reproduce the clean pass's full forwards
+    (a warning names the fallback when they do not)."""
     for plan in plans:
         chunk = passes.chunks[plan.chunk]
         ref = chunk.ref
@@ -358,15 +399,26 @@ def _stacks_agree(passes: _Passes, plans: list[SitePlan], logits: torch.Tensor) 
         tol = 1e-3 if hidden is not None and hidden.dtype == torch.float32 else 5e-2
         err = float((mine - ref).abs().max()) if ref.numel() else 0.0
         if err > tol * max(1.0, float(ref.abs().max())):
-            logger.warning("upper-block pass differs from the full forward (%.2e): using full "
-                           "forward passes (%s)", err, passes.lm.adapter.name)
+            logger.warning("upper-block pass differs from the full forward (%.2e): using %s "
+                           "(%s)", err, fallback, passes.lm.adapter.name)
             return False
     return True
 
 
 def _first_logits(passes: _Passes, plans: list[SitePlan]) -> torch.Tensor:
-    """The first pass's logits (S, V): through the recorded stacks when they reproduce
-    the model, else (and from then on) through full forwards."""
+    """The first pass's logits (S, V): through the recorded stacks (on the rows'
+    suffixes where they serve) when they reproduce the model, else (and from then on)
+    through the whole stacks, or full forwards."""
+    if passes.stacks and passes.suffix:
+        try:
+            logits = passes.logits(plans)
+        except Exception as exc:  # a family whose blocks cannot be called this way
+            logger.warning("suffix pass failed (%s: %s): running whole rows (%s)",
+                           type(exc).__name__, exc, passes.lm.adapter.name)
+        else:
+            if _stacks_agree(passes, plans, logits, "whole rows"):
+                return logits
+        passes.suffix = False
     if passes.stacks:
         try:
             logits = passes.logits(plans)
@@ -398,8 +450,11 @@ def _optimize(
     n, n_tpl = len(requests), len(templates)
     full = build_batch(lm, requests, templates, targets, kl_weight=st.kl_weight,
                        anchors=anchors, anchor_weight=anchor_weight)
+    # chunked by edit position also for full forwards, so both ways batch alike
+    by_start = st.suffix and point == "block"
     chunks = row_chunks(full.ids, full.mask, pad_id(lm.tokenizer), max_tokens,
-                        widen=st.upper_only)
+                        widen=st.upper_only, starts=full.pos if by_start else None)
+    suffix = st.upper_only and by_start
     d_model = lm.adapter.d_model(lm.model)
     u = torch.zeros(n, d_model, device=lm.device, requires_grad=True)  # (n, d_model)
     opt = torch.optim.Adam([u], lr=st.lr)
@@ -407,7 +462,7 @@ def _optimize(
     if soft is not None:
         q = soft.to(lm.device, torch.float32)  # (n, V)
         state.soft = (q, (q * q.clamp_min(1e-30).log()).sum(-1))  # q and -H(q) (n,)
-    passes = _Passes(lm, full, chunks, point, state, u, stacks=st.upper_only)
+    passes = _Passes(lm, full, chunks, point, state, u, stacks=st.upper_only, suffix=suffix)
 
     def add_delta(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
         view = state.rows
