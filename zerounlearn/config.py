@@ -127,7 +127,8 @@ class TargetHParams(BaseHParams):
     weight_decay: float = 0.5  # penalty on ||delta|| / ||h||: prefers small shifts
     clamp: float = 0.75  # ||delta_b|| <= clamp ||h_b||
     batch_records: bool = True  # False: one record at a time, the paper's way (benchmarks)
-    upper_only: bool = True  # targets and keys run only the blocks that can change (ours);
+    upper_only: bool = True  # targets and keys run only the blocks that can change (ours;
+    # the neutral targets only their positions from the edit token: upper_suffix.py);
     # False: full forward passes every time, the reference's way (zerounlearn-paper)
 
     def validate(self) -> None:
