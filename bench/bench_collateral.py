@@ -129,6 +129,7 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
     lm.carry.clear()
     seconds, rounds, timings, retain_info = 0.0, [], {}, []
     left: list[int] = []
+    chat_after_own: list[int] = []  # per request: its records the chat probe finds at once
     for k in range(steps):
         batch = forgotten[k * per:(k + 1) * per]
         t = time.perf_counter()
@@ -145,6 +146,9 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
         # how many of the records forgotten so far still answer: an in-request miss
         # shows as this request's count, a record that comes back as a later one
         left.append(sum(reproduced(lm, [as_record(f) for f in forgotten[:(k + 1) * per]])))
+        if args.probes and steps > 1:  # left by its own rounds, or back after later ones?
+            mine = probe(lm, [as_record(f) for f in batch], probes=("chat",))
+            chat_after_own.append(sum(r["found"]["chat"] is True for r in mine["records"]))
         print(f"  {case} request {k + 1}/{steps}: {time.perf_counter() - t:.0f} s", flush=True)
     held = kept(lm, heldout)
     unseen = kept(lm, unseen_facts(args.split))  # never forgotten, never tuned on
@@ -167,8 +171,14 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
         "target_nll_mean_last": target_nll,
     }
     if args.probes:  # % of the forgotten facts each probe brings back (zerounlearn.probes)
-        found = probe(lm, [as_record(f) for f in forgotten])["summary"]["found_pct"]
-        row["probes_found_pct"] = found
+        result = probe(lm, [as_record(f) for f in forgotten])
+        row["probes_found_pct"] = result["summary"]["found_pct"]
+        if steps > 1:  # per request: its records each probe finds after the last request
+            records = result["records"]
+            row["probes_found_by_request"] = {
+                name: [sum(r["found"][name] is True for r in records[k * per:(k + 1) * per])
+                       for k in range(steps)] for name in result["summary"]["found_pct"]}
+            row["chat_found_after_own_request"] = chat_after_own
     carry = {layer: int(f.shape[1]) for layer, f in lm.carry.items()}
     row["carry_columns"] = carry
     lm.model.load_state_dict(base)
