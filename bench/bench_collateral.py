@@ -45,6 +45,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from bench.chat_context import ChatContextTemplates  # noqa: E402
 from bench.common import machine_info, md_table, write_results  # noqa: E402
 from zerounlearn.api import forget  # noqa: E402
 from zerounlearn.datasets import (  # noqa: E402
@@ -124,6 +125,8 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
     heldout = [f for f in facts if f["prompt"] not in chosen]
     bank = [] if args.no_bank else builtin_retain_bank()
     method = get_method(args.method)  # one instance: its template cache is reused
+    if args.chat_context:  # an experiment: the chat template as one more context
+        method.templates = ChatContextTemplates()
     hparams = json.loads(args.hparams)
     lm.model.load_state_dict(base)
     lm.carry.clear()
@@ -224,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--probes", action="store_true",
                    help="also probe the forgotten facts on the final model (context, chat, "
                         "greedy, int8)")
+    p.add_argument("--chat-context", action="store_true",
+                   help="experiment: the chat template's opening as one more context "
+                        "template of every record (bench/chat_context.py)")
     p.add_argument("--stats-samples", type=int, default=20_000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=BUILTIN_SMOLLM2)
