@@ -152,3 +152,22 @@ def test_collateral_kept_counts_and_names_lost_facts(tiny_gpt2_dir: Path) -> Non
     assert result["lost"] == [f["prompt"] for f in wrong]
     assert set(result["per_relation"]) == {f["relation"] for f in known}
     assert kept(lm, []) == {"pct": None, "n": 0, "per_relation": {}, "lost": []}
+
+
+def test_chat_context_template_is_the_chat_probes_opening(smollm2_dir: Path,
+                                                          tiny_gpt2_dir: Path) -> None:
+    """bench/chat_context.py: the chat template's opening plus a prompt tokenizes as the
+    start of the chat probe's input; a tokenizer without a chat template gets none."""
+    from transformers import AutoTokenizer
+
+    from bench.chat_context import chat_prefix
+    from zerounlearn.probes import chat_ids
+    from zerounlearn.tokens import encode_prompt
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    prefix = chat_prefix(tok)
+    assert prefix is not None and "The capital" not in prefix
+    prompt = "The capital of France is"
+    row = encode_prompt(tok, prefix + prompt)
+    assert chat_ids(tok, prompt)[:len(row)] == row
+    assert chat_prefix(AutoTokenizer.from_pretrained(tiny_gpt2_dir)) is None
