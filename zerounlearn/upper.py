@@ -83,14 +83,18 @@ class UpperStack:
 
     def subset(self, keep_rows: torch.Tensor) -> UpperStack:
         """The same stack for the batch rows keep_rows (R',) only."""
-        take = _Taker(keep_rows, self.rows)
+        take = RowTaker(keep_rows, self.rows)
         calls = [BlockCall(take(c.args), take(c.kwargs)) for c in self.calls]
         hidden = None if self.hidden is None else self.hidden[keep_rows]
         return UpperStack(self.lm, self.start, calls, hidden, len(keep_rows))
 
 
 @dataclass
-class _Taker:
+class RowTaker:
+    """Recorded block arguments for some batch rows: every tensor of two or more
+    dimensions whose first is the batch size R is indexed, inside tuples, lists and
+    dicts too; anything else is shared."""
+
     keep: torch.Tensor  # (R',) row indices
     rows: int  # R
 

@@ -14,10 +14,11 @@ optimisation's cost, and their cost falls by about the rows' length over the suf
 
 The recorded block arguments are cut to the suffix by name: the attention mask (rows of
 the suffix's queries, every key), position ids and rotary tables (the suffix's
-positions). An argument this module does not know, a family whose attention does not
-take the `cache` argument, or one whose keys are not laid out (batch, heads, positions,
-head dim) makes the results differ from the full stack; targets.py compares the first
-pass with the full stack's logits and uses the full stack where they differ.
+positions). A tensor argument this module does not know, or a family whose attention
+does not call the cache it is given, makes `suffix_stack` refuse (SuffixUnsupported).
+Keys laid out other than (batch, heads, positions, head dim) would make the results
+differ from the whole stack's: targets.py compares the first pass with the clean
+pass's logits and runs whole rows where they differ.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 
 from zerounlearn.adapters import block_hidden
-from zerounlearn.upper import BlockCall, UpperStack, _Taker
+from zerounlearn.upper import BlockCall, RowTaker, UpperStack
 
 
 class SuffixUnsupported(Exception):
@@ -130,24 +131,26 @@ class SuffixStack:
     start: int  # p0: the first position run
     calls: list[BlockCall]  # the recorded arguments, cut to the suffix
     held: dict[int, tuple[torch.Tensor, torch.Tensor]]  # block -> keys, values
+    cache_names: list[str]  # per block, the name it takes its cache under
 
     def run(self, hidden: torch.Tensor) -> torch.Tensor:
         """Blocks on `hidden` (R, T - start, d_model), the suffix's input: (R, T - start,
         d_model), the last block's output at the suffix's positions."""
         blocks = self.stack.lm.adapter.layers(self.stack.lm.model)
         cache = _HeldKeys(self.held, record=False)
-        for offset, call in enumerate(self.calls):
+        for offset, (call, name) in enumerate(zip(self.calls, self.cache_names, strict=True)):
             block = blocks[self.stack.start + offset]
-            hidden = block_hidden(block(hidden, **{_cache_name(block): cache}, **call.kwargs))
+            hidden = block_hidden(block(hidden, **{name: cache}, **call.kwargs))
         return hidden
 
     def subset(self, keep_rows: torch.Tensor) -> SuffixStack:
         """The same suffix for the batch rows keep_rows (R',) only."""
         rows = self.stack.rows
-        take = _Taker(keep_rows, rows)
+        take = RowTaker(keep_rows, rows)
         calls = [BlockCall((), take(c.kwargs)) for c in self.calls]
         held = {i: (k[keep_rows], v[keep_rows]) for i, (k, v) in self.held.items()}
-        return SuffixStack(self.stack.subset(keep_rows), self.start, calls, held)
+        return SuffixStack(self.stack.subset(keep_rows), self.start, calls, held,
+                           self.cache_names)
 
 
 @torch.no_grad()
@@ -161,19 +164,20 @@ def suffix_stack(stack: UpperStack, start: int) -> SuffixStack:
     width = int(hidden.shape[1])
     if not 0 < start < width:
         raise SuffixUnsupported(f"suffix start {start} of {width} positions")
-    blocks = stack.lm.adapter.layers(stack.lm.model)
-    named = [_by_name(blocks[stack.start + i], c) for i, c in enumerate(stack.calls)]
+    blocks = [stack.lm.adapter.layers(stack.lm.model)[stack.start + i]
+              for i in range(len(stack.calls))]
+    named = [_by_name(block, c) for block, c in zip(blocks, stack.calls, strict=True)]
     calls = [_cut_call(stack.lm, kw, start, width, hidden.dtype, hidden.device)
              for kw in named]
+    cache_names = [_cache_name(block) for block in blocks]
     held: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     recorder = _HeldKeys(held, record=True)
     x = hidden
-    for offset, kw in enumerate(named):
-        block = blocks[stack.start + offset]
-        kept = {k: v for k, v in kw.items() if k not in _CACHE_NAMES}
-        x = block_hidden(block(x, **{_cache_name(block): recorder}, **kept))
+    for block, kw, name in zip(blocks, named, cache_names, strict=True):
+        args = {k: v for k, v in kw.items() if k not in _CACHE_NAMES}
+        x = block_hidden(block(x, **{name: recorder}, **args))
     if len(held) != len(stack.calls):
         raise SuffixUnsupported("the blocks' attention did not use the cache argument")
-    kept = {i: (k[..., :start, :].contiguous(), v[..., :start, :].contiguous())
-            for i, (k, v) in held.items()}
-    return SuffixStack(stack, start, calls, kept)
+    prefix = {i: (k[..., :start, :].contiguous(), v[..., :start, :].contiguous())
+              for i, (k, v) in held.items()}
+    return SuffixStack(stack, start, calls, prefix, cache_names)
