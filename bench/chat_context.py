@@ -1,31 +1,14 @@
 """An experiment for bench_collateral.py (--chat-context): the chat template's opening,
-up to the user turn's text, as one more context template of every record.
-
-The keys of an edit are averaged over its context templates, and the carry keeps the
-forgotten records' keys so read. The chat probe reads the prompt inside the chat
-template, where the keys at the prompt's tokens differ; records it finds in a sequence
-come partly back after later requests (docs/benchmarks.md, twelfth round). With this
-template the edit reads, and the carry keeps, the key there too. Bench only: the
-engine's templates are unchanged.
+up to the user turn's text, as one more context template of every record in every
+round (docs/benchmarks.md, twelfth round: rejected). The engine's own
+`retry_chat_context` adds it in the retry rounds only (templates.chat_opening).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from zerounlearn.templates import TemplateCache
-
-_MARK = "\x00USER-TEXT\x00"
-
-
-def chat_prefix(tokenizer: Any) -> str | None:
-    """The chat template's text before the user turn's content, or None (no template)."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    text = tokenizer.apply_chat_template([{"role": "user", "content": _MARK}],
-                                         add_generation_prompt=True, tokenize=False)
-    head, found, _ = str(text).partition(_MARK)
-    return head if found else None
+from zerounlearn.templates import TemplateCache, chat_opening
 
 
 class ChatContextTemplates(TemplateCache):
@@ -33,5 +16,5 @@ class ChatContextTemplates(TemplateCache):
 
     def get(self, lm: Any, count: int = 5, tokens: int = 10, seed: int = 0) -> list[str]:
         templates = super().get(lm, count, tokens, seed)
-        prefix = chat_prefix(lm.tokenizer)
+        prefix = chat_opening(lm.tokenizer)
         return templates if prefix is None else [*templates, prefix]

@@ -195,6 +195,9 @@ class ZeroUnlearnHParams(TargetHParams):
     # city ... like Berlin's ..." with the first answer token gone
     retry_chat: bool = False  # ... or when its reply through the model's chat template
     # names the answer (the chat probe; no effect without a chat template)
+    retry_chat_context: bool = False  # rounds 2 on also read each record after the chat
+    # template's opening (templates.chat_opening), one more context template: the keys
+    # the chat probe's prompt has are edited, and the carry keeps them
     retry_layers: list[int] | None = None  # rounds 2 on edit these layers (ascending)
     # instead of `layers`; None = `layers`. Records whose answer the late layers no longer
     # decide (SmolLM2 at 25-27: "Germany is a country on the continent of") are forgotten

@@ -23,6 +23,24 @@ STARTS: tuple[str, ...] = ("The", "Therefore", "Because", "I", "You")
 
 TOP_K = 5  # sample among the 5 likeliest tokens: varied but fluent prefixes
 
+_USER_TEXT = "\x00USER-TEXT\x00"  # a stand-in for the user turn's content
+
+
+def chat_opening(tokenizer: Any) -> str | None:
+    """The chat template's text before the user turn's content (system turn and user
+    header), as a template: the prompt then reads as the start of a chat message. None
+    for a tokenizer without a chat template, or one that does not place the content."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": _USER_TEXT}],
+                                             add_generation_prompt=True, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render has no opening
+        logger.warning("the chat template failed to render; no chat opening")
+        return None
+    head, found, _ = str(text).partition(_USER_TEXT)
+    return head if found else None
+
 
 @torch.no_grad()
 def sample_prefix(

@@ -156,18 +156,19 @@ def test_collateral_kept_counts_and_names_lost_facts(tiny_gpt2_dir: Path) -> Non
 
 def test_chat_context_template_is_the_chat_probes_opening(smollm2_dir: Path,
                                                           tiny_gpt2_dir: Path) -> None:
-    """bench/chat_context.py: the chat template's opening plus a prompt tokenizes as the
-    start of the chat probe's input; a tokenizer without a chat template gets none."""
+    """templates.chat_opening (bench/chat_context.py, retry_chat_context): the chat
+    template's opening plus a prompt tokenizes as the start of the chat probe's input; a
+    tokenizer without a chat template gets none."""
     from transformers import AutoTokenizer
 
-    from bench.chat_context import chat_prefix
     from zerounlearn.probes import chat_ids
+    from zerounlearn.templates import chat_opening
     from zerounlearn.tokens import encode_prompt
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    prefix = chat_prefix(tok)
+    prefix = chat_opening(tok)
     assert prefix is not None and "The capital" not in prefix
     prompt = "The capital of France is"
     row = encode_prompt(tok, prefix + prompt)
     assert chat_ids(tok, prompt)[:len(row)] == row
-    assert chat_prefix(AutoTokenizer.from_pretrained(tiny_gpt2_dir)) is None
+    assert chat_opening(AutoTokenizer.from_pretrained(tiny_gpt2_dir)) is None

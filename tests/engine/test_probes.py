@@ -289,3 +289,28 @@ def test_rounds_count_a_record_the_chat_reply_still_names(tiny_lm, records) -> N
     assert chat == [True] * 4
     # without a chat template the chat probe is skipped: nothing counts as left
     assert still_known(tiny_lm, bare, ZeroUnlearnHParams(retry_chat=True)) == [False] * 4
+
+
+def test_retry_rounds_read_records_after_the_chat_opening(tiny_lm) -> None:
+    """retry_chat_context: rounds 2 on add the chat template's opening to round 1's
+    templates, once; off, or without a chat template, they keep round 1's."""
+    from zerounlearn.config import ZeroUnlearnHParams
+    from zerounlearn.methods.zerounlearn import retry_round_templates
+    from zerounlearn.templates import chat_opening
+
+    first = ["", "The day was long. "]
+    on = ZeroUnlearnHParams(retry_chat_context=True)
+    assert chat_opening(tiny_lm.tokenizer) is None
+    assert retry_round_templates(tiny_lm, on, first) == first
+    tok = tiny_lm.tokenizer
+    try:
+        tok.chat_template = ("{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}"
+                             "Assistant:")
+        opening = chat_opening(tok)
+        retry = retry_round_templates(tiny_lm, on, first)
+        off = retry_round_templates(tiny_lm, ZeroUnlearnHParams(), first)
+        again = retry_round_templates(tiny_lm, on, retry)
+    finally:
+        tok.chat_template = None
+    assert opening == "User: " and retry == [*first, opening]
+    assert off == first and again == retry

@@ -26,7 +26,8 @@ class EditRun:
     cfg: ZeroUnlearnHParams  # the resolved hyper-parameters (a subclass for the GD variant)
     layers: list[int]  # round 1's edited layers, ascending; the last one is L (targets')
     retry_layers: list[int]  # rounds 2 on: cfg.retry_layers, or `layers` when None
-    templates: Sequence[str]  # context prefixes (templates.py)
+    templates: Sequence[str]  # context prefixes (templates.py) of the round running:
+    # rounds 2 on may add the chat opening (cfg.retry_chat_context)
     stats: dict[int, torch.Tensor]  # C per layer of both lists (d_ff, d_ff): corpus keys'
     # second moment
     earlier: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer (d_ff, h):

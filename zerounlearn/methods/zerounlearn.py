@@ -56,7 +56,7 @@ from zerounlearn.protect import drop_overlapping, protected_sites
 from zerounlearn.records import ForgetRecord, RetainFact, validate_records
 from zerounlearn.retain import candidate_sites, select_at_risk
 from zerounlearn.targets import TargetSettings, optimize_deltas
-from zerounlearn.templates import TemplateCache
+from zerounlearn.templates import TemplateCache, chat_opening
 from zerounlearn.timing import Timer, timed
 
 if TYPE_CHECKING:
@@ -247,6 +247,14 @@ def _history(
     parts = [] if earlier is None else [earlier]
     parts.extend(record_keys[i] for i in settled if i in record_keys)
     return torch.cat(parts, dim=1) if parts else None
+
+
+def retry_round_templates(lm: LoadedModel, cfg: ZeroUnlearnHParams, templates: Sequence[str]
+                          ) -> Sequence[str]:
+    """The context templates of rounds 2 on: round 1's, then (cfg.retry_chat_context)
+    the chat template's opening, where the model has one."""
+    opening = chat_opening(lm.tokenizer) if cfg.retry_chat_context else None
+    return templates if opening is None or opening in templates else [*templates, opening]
 
 
 def anchor_sites(prompts: list[tuple[str, Span]], request: EditRequest
@@ -518,9 +526,12 @@ class ZeroUnlearnBase:
         edit_recs, edit_requests = recs, requests  # round 2 on: at the last token
         lookalikes = lookalike_prompts(lm, requests, cfg.lookalike_anchor_count) \
             if cfg.lookalike_anchor_weight > 0 else None
+        first_templates = run.templates
+        retry_templates = retry_round_templates(lm, cfg, first_templates)
         for r in range(cfg.max_rounds):
             info["rounds"].append(len(pending))
             layers = run.layers if r == 0 else run.retry_layers
+            run.templates = first_templates if r == 0 else retry_templates
             settled = sorted(edited - set(pending))
             history = {layer: _history(run.earlier.get(layer), record_keys.get(layer, {}),
                                        settled) for layer in layers}
@@ -560,6 +571,7 @@ class ZeroUnlearnBase:
             pending = [i for i, still in zip(pending, flags, strict=True) if still]
             if not pending:
                 break
+        run.templates = first_templates
         _report(progress, "solve", 1.0)
         keys = {layer: torch.cat([by_record[i] for i in sorted(by_record)], 1)
                 for layer, by_record in sorted(record_keys.items())}
