@@ -185,3 +185,18 @@ def test_merge_keeps_the_moment_under_the_cap_and_its_strongest_directions_at_it
     got = torch.linalg.eigvalsh(capped.double() @ capped.double().T)[-4:]
     assert torch.allclose(got, top, rtol=2e-2)
     assert carry.merge(None, [], max_rank=4) is None
+
+
+def test_strongest_directions_are_the_svds_from_either_gram_matrix() -> None:
+    """carry.strongest: the same rank-r moment as U_r S_r of an SVD, with more columns
+    than rows (M's own eigenpairs) and with fewer (the columns' Gram matrix)."""
+    g = torch.Generator().manual_seed(1)
+    for rows, cols in ((16, 40), (16, 10)):
+        full = torch.randn(rows, cols, generator=g, dtype=torch.float64) \
+            * torch.linspace(0.05, 3.0, cols, dtype=torch.float64)  # distinct strengths
+        u, s, _ = torch.linalg.svd(full, full_matrices=False)
+        want = u[:, :6] * s[:6]  # (rows, 6)
+        got = carry.strongest(full, 6)
+        assert got.shape == (rows, 6)
+        assert torch.allclose(got @ got.T, want @ want.T, rtol=1e-9, atol=1e-9)
+        assert torch.allclose(got.abs(), want.abs(), rtol=1e-6, atol=1e-9)  # column signs
