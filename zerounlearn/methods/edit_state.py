@@ -26,8 +26,7 @@ class EditRun:
     cfg: ZeroUnlearnHParams  # the resolved hyper-parameters (a subclass for the GD variant)
     layers: list[int]  # round 1's edited layers, ascending; the last one is L (targets')
     retry_layers: list[int]  # rounds 2 on: cfg.retry_layers, or `layers` when None
-    templates: Sequence[str]  # context prefixes (templates.py) of the round running:
-    # rounds 2 on may add the chat opening (cfg.retry_chat_context)
+    templates: Sequence[str]  # round 1's context prefixes (templates.py)
     stats: dict[int, torch.Tensor]  # C per layer of both lists (d_ff, d_ff): corpus keys'
     # second moment
     earlier: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer (d_ff, h):
@@ -51,6 +50,8 @@ class RoundRecords:
     requests: list[EditRequest]  # one per record, same order
     history: dict[int, torch.Tensor | None]  # keys to keep per layer (d_ff, h), or None
     layers: list[int]  # the layers this round edits, ascending; targets at the last
+    templates: Sequence[str]  # context prefixes: round 1's, and from round 2 on the chat
+    # opening too with cfg.retry_chat_context (retry_round_templates)
     progress: Progress | None = None  # reported in the first round only
     anchors: list[list[tuple[str, Span | None]]] | None = None  # per record: prompts its
     # neutral target's delta should not move (lookalike_anchor_weight; targets.py)

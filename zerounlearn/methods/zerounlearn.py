@@ -284,15 +284,15 @@ class ZeroUnlearnBase:
                 with Timer() as prefix:
                     state.earlier = self.reusable_prefix(run, layers)
                     state.key_prefix = key_prefix(
-                        lm, requests, run.templates, layers[0], layers[-1],
+                        lm, requests, state.records.templates, layers[0], layers[-1],
                         () if state.earlier is not None else state.protected)
                     if state.earlier is None and state.protected:
                         run.protected_prefix = ProtectedPrefix(
-                            state.key_prefix, len(requests) * len(run.templates))
+                            state.key_prefix, len(requests) * len(state.records.templates))
                 # part of the "keys" time: the passes up to the edited blocks, all rounds
                 run.info["keys_prefix_seconds"] = round(
                     run.info.get("keys_prefix_seconds", 0.0) + prefix.seconds, 3)
-            keys = compute_keys(lm, requests, run.templates, layer, layers[-1],
+            keys = compute_keys(lm, requests, state.records.templates, layer, layers[-1],
                                 state.protected, state.key_prefix, state.earlier)
             if keys.k_p is not None:
                 keys.k_p = drop_overlapping(keys.k_p, keys.k_clean)
@@ -306,7 +306,7 @@ class ZeroUnlearnBase:
         v = keys.wk_f.double().to(dev) + (state.z.to(dev) - keys.h_l.double().to(dev)) \
             / (len(layers) - i)  # V* (d_model, n)
         with timed(run.timings, "m_f"):
-            m_f = sensitive_states(lm, requests, run.templates, layer, keys, cfg)
+            m_f = sensitive_states(lm, requests, state.records.templates, layer, keys, cfg)
         return keys, w, v, m_f
 
     @staticmethod
@@ -362,7 +362,7 @@ class ZeroUnlearnBase:
         cfg, layers = run.cfg, records.layers
         with timed(run.timings, "targets"):
             protected = list(run.protected_sites)
-            z, target_info = neutral_targets(lm, records.requests, run.templates, layers[-1],
+            z, target_info = neutral_targets(lm, records.requests, records.templates, layers[-1],
                                              cfg, records.progress, records.anchors)
             reached = torch.tensor([steps == 0 and nll < cfg.target_stop_loss for steps, nll in
                                     zip(target_info["target_steps"], target_info["target_nll"],
@@ -526,12 +526,10 @@ class ZeroUnlearnBase:
         edit_recs, edit_requests = recs, requests  # round 2 on: at the last token
         lookalikes = lookalike_prompts(lm, requests, cfg.lookalike_anchor_count) \
             if cfg.lookalike_anchor_weight > 0 else None
-        first_templates = run.templates
-        retry_templates = retry_round_templates(lm, cfg, first_templates)
+        retry_templates = retry_round_templates(lm, cfg, run.templates)
         for r in range(cfg.max_rounds):
             info["rounds"].append(len(pending))
             layers = run.layers if r == 0 else run.retry_layers
-            run.templates = first_templates if r == 0 else retry_templates
             settled = sorted(edited - set(pending))
             history = {layer: _history(run.earlier.get(layer), record_keys.get(layer, {}),
                                        settled) for layer in layers}
@@ -554,7 +552,9 @@ class ZeroUnlearnBase:
             round_keys, round_protected = self.edit_round(lm, run, RoundRecords(
                 recs=[edit_recs[i] for i in pending],
                 requests=[edit_requests[i] for i in pending],
-                history=history, layers=layers, progress=progress if r == 0 else None,
+                history=history, layers=layers,
+                templates=run.templates if r == 0 else retry_templates,
+                progress=progress if r == 0 else None,
                 anchors=None if lookalikes is None else
                 [anchor_sites(lookalikes[i], edit_requests[i]) for i in pending]))
             protected_by_layer.update(round_protected)  # the last round's win
@@ -571,7 +571,6 @@ class ZeroUnlearnBase:
             pending = [i for i, still in zip(pending, flags, strict=True) if still]
             if not pending:
                 break
-        run.templates = first_templates
         _report(progress, "solve", 1.0)
         keys = {layer: torch.cat([by_record[i] for i in sorted(by_record)], 1)
                 for layer, by_record in sorted(record_keys.items())}
