@@ -111,6 +111,14 @@ def kept(lm: Any, facts: Sequence[Fact]) -> dict[str, Any]:
             "lost": [f["prompt"] for f, ok in zip(facts, flags, strict=True) if not ok]}
 
 
+def case_facts(split: str, with_unseen: bool) -> tuple[list[Fact], list[Fact]]:
+    """The facts a case forgets from and holds out, and the unseen facts it scores apart:
+    the split's and its unseen half, or (with_unseen) both in one pool, each relation's
+    split facts before its unseen ones (pick keeps that order), and none apart."""
+    facts, unseen = split_facts(split), unseen_facts(split)
+    return (facts + unseen, []) if with_unseen else (facts, unseen)
+
+
 def parse_case(text: str) -> tuple[str, int, int]:
     """"one:20" -> ("one", 1, 20); "seq:20x5" -> ("seq", 20, 5)."""
     kind, _, size = text.partition(":")
@@ -125,10 +133,7 @@ def parse_case(text: str) -> tuple[str, int, int]:
 def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.Namespace,
              stats: StatsCache, base_ppl: float, texts: Sequence[str]) -> dict[str, Any]:
     _, steps, per = parse_case(case)
-    facts = split_facts(args.split)
-    unseen_part = unseen_facts(args.split)
-    if args.with_unseen:  # one pool: each relation's split facts first, then its unseen
-        facts, unseen_part = facts + unseen_part, []
+    facts, unseen_part = case_facts(args.split, args.with_unseen)
     forgotten = pick(facts, steps * per)
     chosen = {f["prompt"] for f in forgotten}
     heldout = [f for f in facts if f["prompt"] not in chosen]

@@ -96,6 +96,24 @@ def test_collateral_benchmark_splits_and_cases() -> None:
         pick(parts["test"], 1000)
 
 
+def test_collateral_benchmark_pools_the_unseen_half_for_twenty_requests() -> None:
+    """--with-unseen: the test split and its unseen half in one pool, enough for twenty
+    requests of five (the test split alone is not), leaving held-out facts of both."""
+    from bench.bench_collateral import case_facts, pick
+    from zerounlearn.datasets import split_facts, unseen_facts
+
+    facts, unseen = case_facts("test", False)
+    assert facts == split_facts("test") and unseen == unseen_facts("test")
+    with pytest.raises(SystemExit):
+        pick(facts, 100)
+    pool, apart = case_facts("test", True)
+    assert apart == [] and len(pool) == len(facts) + len(unseen)
+    chosen = {f["prompt"] for f in pick(pool, 100)}
+    left = [f for f in pool if f["prompt"] not in chosen]
+    assert len(chosen) == 100 and len(left) >= 30
+    assert any(f in facts for f in left) and any(f in unseen for f in left)
+
+
 def test_unseen_facts_are_apart_from_the_parts_and_halved() -> None:
     """The unseen facts (extra held-out facts) share no prompt with the packaged parts,
     their tune and test halves are disjoint and cover them, and every relation of 2+
