@@ -314,3 +314,40 @@ def test_retry_rounds_read_records_after_the_chat_opening(tiny_lm) -> None:
         tok.chat_template = None
     assert opening == "User: " and retry == [*first, opening]
     assert off == first and again == retry
+
+
+def test_chat_echo_reads_the_prompt_as_the_start_of_the_reply(tiny_lm) -> None:
+    """chat_echo_context: the prompt as the user turn, then as the start of the
+    assistant's reply, one more context template ("retry": rounds 2 on; "all": round 1
+    too); the record's own prompt fills the template, and its subject span moves with it.
+    Without a chat template nothing is added."""
+    from zerounlearn.config import ZeroUnlearnHParams
+    from zerounlearn.keys import EditRequest, edit_index, templated
+    from zerounlearn.methods.zerounlearn import first_round_templates, retry_round_templates
+    from zerounlearn.templates import chat_echo
+
+    first = ["", "The day was long. "]
+    retry, every = ZeroUnlearnHParams(chat_echo_context="retry"), \
+        ZeroUnlearnHParams(chat_echo_context="all")
+    assert chat_echo(tiny_lm.tokenizer) is None
+    assert first_round_templates(tiny_lm, every, first) == first
+    assert retry_round_templates(tiny_lm, every, first) == first
+    tok = tiny_lm.tokenizer
+    try:
+        tok.chat_template = ("{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}"
+                             "Assistant:")
+        echo = chat_echo(tok)
+        assert echo is not None
+        assert first_round_templates(tiny_lm, retry, first) == first
+        in_retry = retry_round_templates(tiny_lm, retry, first)
+        all_first = first_round_templates(tiny_lm, every, first)
+        all_retry = retry_round_templates(tiny_lm, every, all_first)
+    finally:
+        tok.chat_template = None
+    assert in_retry == [*first, echo] and all_first == in_retry and all_retry == in_retry
+    req = EditRequest(prompt="Dara lives in", span=(0, 4), answer_ids=[1], target_ids=[2],
+                      kl_text="Dara is a", kl_span=(0, 4))
+    text, span = templated(req, echo)
+    assert text == "User: Dara lives in\nAssistant:Dara lives in"
+    assert span is not None and text[span[0]:span[1]] == "Dara" and span[0] > 20
+    assert edit_index(tok, text, span) > edit_index(tok, req.prompt, req.span)
