@@ -198,9 +198,6 @@ class ZeroUnlearnHParams(TargetHParams):
     retry_chat_context: bool = False  # rounds 2 on also read each record after the chat
     # template's opening (templates.chat_opening), one more context template: the keys
     # the chat probe's prompt has are edited, and the carry keeps them
-    chat_echo_context: str = "off"  # "retry": rounds 2 on also read each record as the
-    # start of the assistant's reply to it through the chat template (templates.chat_echo,
-    # one more context template, where a chat model says the answer); "all": every round
     retry_layers: list[int] | None = None  # rounds 2 on edit these layers (ascending)
     # instead of `layers`; None = `layers`. Records whose answer the late layers no longer
     # decide (SmolLM2 at 25-27: "Germany is a country on the continent of") are forgotten
@@ -228,7 +225,6 @@ class ZeroUnlearnHParams(TargetHParams):
         _range("preserve_weight", self.preserve_weight, 0.0, 1e6)
         _range("history_weight", self.history_weight, 0.0, 1e6)
         _choice("edit_token", self.edit_token, ("subject", "last"))
-        _choice("chat_echo_context", self.chat_echo_context, ("off", "retry", "all"))
         _range("max_rounds", self.max_rounds, 1, 10)
         _layer_list("retry_layers", self.retry_layers)
         _range("retain_top_k", self.retain_top_k, 0, 4096)

@@ -27,7 +27,6 @@ from zerounlearn.adapters import block_hidden, token_grid
 from zerounlearn.errors import InvalidRecord
 from zerounlearn.records import ForgetRecord
 from zerounlearn.site_chunks import SiteChunk, in_site_order, site_chunks
-from zerounlearn.templates import PROMPT_MARK
 from zerounlearn.tokens import encode_continuation, encode_prompt, max_positions
 from zerounlearn.upper import UpperStack, capture_stack
 
@@ -150,9 +149,7 @@ def prepare_requests(
 
 
 def templated(req: EditRequest, prefix: str) -> tuple[str, Span | None]:
-    """The request's prompt under a template prefix (its PROMPT_MARK, if any, replaced
-    by the prompt: templates.chat_echo), and its subject span there."""
-    prefix = prefix.replace(PROMPT_MARK, req.prompt)
+    """The request's prompt under a template prefix, and its subject span there."""
     if req.span is None:
         return prefix + req.prompt, None
     return prefix + req.prompt, (req.span[0] + len(prefix), req.span[1] + len(prefix))

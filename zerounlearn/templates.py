@@ -24,43 +24,22 @@ STARTS: tuple[str, ...] = ("The", "Therefore", "Because", "I", "You")
 TOP_K = 5  # sample among the 5 likeliest tokens: varied but fluent prefixes
 
 _USER_TEXT = "\x00USER-TEXT\x00"  # a stand-in for the user turn's content
-PROMPT_MARK = "\x00PROMPT\x00"
-"""In a template, stands for the record's own prompt (keys.templated fills it in); the
-sampled prefixes never hold it (they are sanitised text without NUL characters)."""
-
-
-def _chat_turn(tokenizer: Any) -> tuple[str, str] | None:
-    """The chat template rendered around one user turn, generation prompt added: the
-    text before the turn's content and the text after it; None for a tokenizer without
-    a chat template, or one that does not place the content."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": _USER_TEXT}],
-                                             add_generation_prompt=True, tokenize=False)
-    except Exception:  # noqa: BLE001 - a template that cannot render has no opening
-        logger.warning("the chat template failed to render; no chat template context")
-        return None
-    head, found, tail = str(text).partition(_USER_TEXT)
-    return (head, tail) if found else None
 
 
 def chat_opening(tokenizer: Any) -> str | None:
     """The chat template's text before the user turn's content (system turn and user
     header), as a template: the prompt then reads as the start of a chat message. None
     for a tokenizer without a chat template, or one that does not place the content."""
-    turn = _chat_turn(tokenizer)
-    return None if turn is None else turn[0]
-
-
-def chat_echo(tokenizer: Any) -> str | None:
-    """The record's prompt as the user turn, then the assistant's header, as a template
-    (PROMPT_MARK stands for the prompt): the prompt then reads as the start of the
-    assistant's reply, which is where a chat model says the answer (SmolLM2 repeats
-    the prompt, "The capital of Wales is the capital of ..."; the chat probe). None
-    where chat_opening is None."""
-    turn = _chat_turn(tokenizer)
-    return None if turn is None else turn[0] + PROMPT_MARK + turn[1]
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": _USER_TEXT}],
+                                             add_generation_prompt=True, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render has no opening
+        logger.warning("the chat template failed to render; no chat opening")
+        return None
+    head, found, _ = str(text).partition(_USER_TEXT)
+    return head if found else None
 
 
 @torch.no_grad()

@@ -56,7 +56,7 @@ from zerounlearn.protect import drop_overlapping, protected_sites
 from zerounlearn.records import ForgetRecord, RetainFact, validate_records
 from zerounlearn.retain import candidate_sites, select_at_risk
 from zerounlearn.targets import TargetSettings, optimize_deltas
-from zerounlearn.templates import TemplateCache, chat_echo, chat_opening
+from zerounlearn.templates import TemplateCache, chat_opening
 from zerounlearn.timing import Timer, timed
 
 if TYPE_CHECKING:
@@ -249,24 +249,12 @@ def _history(
     return torch.cat(parts, dim=1) if parts else None
 
 
-def first_round_templates(lm: LoadedModel, cfg: ZeroUnlearnHParams, sampled: Sequence[str]
-                          ) -> list[str]:
-    """Round 1's context templates: the sampled ones, then (cfg.chat_echo_context "all")
-    the prompt as the start of the chat reply to it, where the model has a chat template."""
-    echo = chat_echo(lm.tokenizer) if cfg.chat_echo_context == "all" else None
-    return [*sampled] if echo is None else [*sampled, echo]
-
-
 def retry_round_templates(lm: LoadedModel, cfg: ZeroUnlearnHParams, templates: Sequence[str]
                           ) -> Sequence[str]:
     """The context templates of rounds 2 on: round 1's, then (cfg.retry_chat_context)
-    the chat template's opening and (cfg.chat_echo_context "retry" or "all") the prompt
-    as the start of the chat reply, each once, where the model has a chat template."""
-    extra = [chat_opening(lm.tokenizer) if cfg.retry_chat_context else None,
-             chat_echo(lm.tokenizer) if cfg.chat_echo_context != "off" else None]
-    out = list(templates)
-    out += [t for t in extra if t is not None and t not in out]
-    return out
+    the chat template's opening, where the model has one."""
+    opening = chat_opening(lm.tokenizer) if cfg.retry_chat_context else None
+    return templates if opening is None or opening in templates else [*templates, opening]
 
 
 def anchor_sites(prompts: list[tuple[str, Span]], request: EditRequest
@@ -473,8 +461,8 @@ class ZeroUnlearnBase:
 
         with timed(timings, "templates"):
             _report(progress, "templates", 0.0)
-            templates = first_round_templates(lm, cfg, self.templates.get(
-                lm, cfg.template_count, cfg.template_tokens, cfg.template_seed))
+            templates = self.templates.get(lm, cfg.template_count, cfg.template_tokens,
+                                           cfg.template_seed)
             _report(progress, "templates", 1.0)
         with timed(timings, "statistics"):
             corpus = CorpusSpec(files=tuple(cfg.stats_files or ()), samples=cfg.stats_samples,
