@@ -176,7 +176,7 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
         "paraphrases": pct(reproduced(lm, paraphrase_pairs(forgotten)) if
                            paraphrase_pairs(forgotten) else []),
         "heldout_specificity": held["pct"], "heldout": held["n"],
-        "heldout_per_relation": held["per_relation"],
+        "heldout_per_relation": held["per_relation"], "heldout_lost": held["lost"],
         "unseen_specificity": unseen["pct"], "unseen": unseen["n"],
         "unseen_per_relation": unseen["per_relation"], "unseen_lost": unseen["lost"],
         "bank_specificity": pct(reproduced(lm, bank)) if bank else None,
