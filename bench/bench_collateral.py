@@ -144,6 +144,7 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
     hparams = json.loads(args.hparams)
     lm.model.load_state_dict(base)
     lm.carry.clear()
+    lm.base_weights.clear()
     seconds, rounds, timings, retain_info = 0.0, [], {}, []
     left: list[int] = []
     chat_after_own: list[int] = []  # per request: its records the chat probe finds at once
@@ -200,6 +201,7 @@ def run_case(lm: Any, base: dict[str, torch.Tensor], case: str, args: argparse.N
     row["carry_columns"] = carry
     lm.model.load_state_dict(base)
     lm.carry.clear()
+    lm.base_weights.clear()
     return row
 
 

@@ -160,6 +160,10 @@ class ZeroUnlearnHParams(TargetHParams):
     orthogonality: str = "key_gated"  # "global" (paper) | "key_gated" | "none"
     update: str = "additive"  # "additive": solve W' in key space | "multiplicative": W <- D W
     corpus_weight: float = 100_000.0  # a: keep outputs on corpus keys C (paper: 15000)
+    corpus_anchor: float = 0.0  # whose outputs on C round 1's corpus term keeps: this
+    # share of the base weight's (before the version chain's first edit,
+    # LoadedModel.base_weights: RLSEdit's anchor, so corpus drift does not add up), the
+    # rest the current weight's. 0: the current weight only
     forget_weight: float = 5000.0  # b: forget keys map to P V*; key-gated needs >= 500
     preserve_weight: float = 100.0  # c: protected prompts keep their outputs, per key
     history_weight: float = 0.0  # > 0: keys of the model's earlier edits (and of records
@@ -222,6 +226,7 @@ class ZeroUnlearnHParams(TargetHParams):
         _choice("update", self.update, ("multiplicative", "additive"))
         _range("corpus_weight", self.corpus_weight, 1e3, 1e8)  # a = 0 lets C go
         _range("forget_weight", self.forget_weight, 1.0, 1e5)
+        _range("corpus_anchor", self.corpus_anchor, 0.0, 1.0)
         _range("preserve_weight", self.preserve_weight, 0.0, 1e6)
         _range("history_weight", self.history_weight, 0.0, 1e6)
         _choice("edit_token", self.edit_token, ("subject", "last"))

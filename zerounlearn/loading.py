@@ -83,6 +83,9 @@ class LoadedModel:
     # the version's accumulated preservation per edited layer: L (d_ff, r) float32 on the
     # CPU, bounded in size (zerounlearn.carry); apply_patch replaces it layer by layer
     carry: dict[int, torch.Tensor] = field(default_factory=dict)
+    # each patched layer's weight before the first patch applied to it (d_model, d_ff),
+    # CPU, the model's dtype: the base the corpus term keeps with corpus_anchor "base"
+    base_weights: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def track_edit_keys(self) -> None:
         """Collect the forget keys of the patches applied from now on (call it before the

@@ -136,7 +136,10 @@ def apply_patch(
     """
     check_patch(model_or_loaded, patch, check_fingerprint=check_fingerprint)
     model, adapter, _ = _target(model_or_loaded)
+    based = getattr(model_or_loaded, "base_weights", None)
     for layer in patch.layers:
+        if isinstance(based, dict) and layer not in based:  # the first patch of this layer
+            based[layer] = adapter.get_weight(model, layer).detach().to("cpu").clone()
         adapter.set_weight(model, layer, patch.weights[layer])
     carried = getattr(model_or_loaded, "carry", None)
     if isinstance(carried, dict):  # the version's accumulated preservation, per layer

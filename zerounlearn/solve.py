@@ -164,6 +164,8 @@ def direct_update(
     c_p: float = 0.0,
     gated: bool = True,
     project: torch.Tensor | None = None,
+    anchor: torch.Tensor | None = None,
+    anchor_share: float = 1.0,
 ) -> torch.Tensor:
     """Ours, "additive": solve for the new weight W' (d_model, d_ff) itself, not W' = D W.
 
@@ -176,6 +178,9 @@ def direct_update(
     setting, where the keys of different facts are far more separable.
     project (n,) bool: which forget columns get P V; the others keep V (a record whose
     neutral target is already reached needs no sensitive direction removed).
+    anchor (d_model, d_ff): the corpus term keeps a blend of anchor's outputs and W's,
+    a ||W' K0 - T (s A + (1 - s) W) K0||^2 with s = anchor_share (A: the base weight of
+    an edited chain, cfg.corpus_anchor).
     """
     dev = w.device
     w, c, k_f, v = (_f64(x, dev) for x in (w, c, k_f, v))
@@ -187,7 +192,9 @@ def direct_update(
     pv = p @ v  # (d_model, n)
     if project is not None:
         pv = torch.where(project.to(pv.device)[None, :], pv, v)
-    s_vk = a * (tw @ c) + b * (pv @ k_f.T) + lam * tw  # (d_model, d_ff)
+    keep = tw if anchor is None else (  # the weight whose corpus outputs are kept
+        t @ (anchor_share * _f64(anchor, dev) + (1.0 - anchor_share) * w))
+    s_vk = a * (keep @ c) + b * (pv @ k_f.T) + lam * tw  # (d_model, d_ff)
     s_kk = a * c + b * (k_f @ k_f.T) + lam * torch.eye(c.shape[0], dtype=DTYPE, device=c.device)
     if k_p is not None and c_p > 0 and k_p.shape[1] > 0:
         s_vk = s_vk + c_p * (tw @ k_p) @ k_p.T  # (d_model, p) @ (p, d_ff)

@@ -119,6 +119,22 @@ def test_version_chain_materialises_exactly(model: torch.nn.Module) -> None:
     assert _same_state(_state(a), _state(b))
 
 
+def test_loaded_model_keeps_each_layer_weight_before_its_first_patch(
+    model: torch.nn.Module,
+) -> None:
+    """LoadedModel.base_weights: what corpus_anchor "base" keeps, recorded once per layer."""
+    lm = as_loaded(copy.deepcopy(model))
+    base = {layer: lm.adapter.get_weight(lm.model, layer).clone() for layer in (0, 1)}
+    v1 = _random_patch(model, [0], seed=1)
+    apply_patch(lm, v1)
+    v2 = _random_patch(lm.model, [0, 1], seed=2)  # computed on v1
+    apply_patch(lm, v2)
+    assert sorted(lm.base_weights) == [0, 1]
+    for layer in (0, 1):
+        assert torch.equal(lm.base_weights[layer], base[layer])
+    assert not torch.equal(lm.adapter.get_weight(lm.model, 0), base[0])
+
+
 def test_shape_mismatch_refused_and_model_untouched(model: torch.nn.Module) -> None:
     patch = _random_patch(model, [0, 1])
     patch.weights[1] = patch.weights[1].t().contiguous()

@@ -86,6 +86,40 @@ def test_additive_form_satisfies_its_normal_equations(gated: bool) -> None:
     assert objective(w_new) <= objective(d @ x["w"]) + 1e-9
 
 
+def test_additive_form_with_an_anchor_keeps_the_anchor_corpus_outputs() -> None:
+    """corpus_anchor: the corpus term keeps (s A + (1 - s) W) K0 (A the weight before a
+    chain's first edit), the ridge and the protected keys still keep W's outputs."""
+    x = _problem(4)
+    g = torch.Generator().manual_seed(9)
+    anchor = x["w"] + 0.3 * torch.randn(D_MODEL, D_FF, generator=g, dtype=torch.float64)
+    share = 0.75
+    w_new = solve.direct_update(x["w"], x["c"], x["k_f"], x["v"], None, a=A, b=B, lam=LAM,
+                                k_p=x["k_p"], c_p=C_P, anchor=anchor, anchor_share=share)
+    kept = share * anchor + (1 - share) * x["w"]
+
+    def objective(wp: torch.Tensor) -> torch.Tensor:
+        w, k0, k_f, v, k_p = x["w"], x["k0"], x["k_f"], x["v"], x["k_p"]
+        return (A * ((wp @ k0 - kept @ k0) ** 2).sum() / N0
+                + B * ((wp @ k_f - v) ** 2).sum()
+                + LAM * ((wp - w) ** 2).sum()
+                + C_P * ((wp @ k_p - w @ k_p) ** 2).sum())
+
+    wp = w_new.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(wp), wp)
+    zero = torch.zeros_like(wp, requires_grad=True)
+    (grad0,) = torch.autograd.grad(objective(zero), zero)
+    assert grad.norm() < 1e-9 * grad0.norm()
+    # the anchor's corpus outputs are closer than without it
+    plain = solve.direct_update(x["w"], x["c"], x["k_f"], x["v"], None, a=A, b=B, lam=LAM,
+                                k_p=x["k_p"], c_p=C_P)
+    drift = ((w_new - anchor) @ x["k0"]).norm()
+    assert drift < ((plain - anchor) @ x["k0"]).norm()
+    # an anchor equal to W is the plain solve
+    same = solve.direct_update(x["w"], x["c"], x["k_f"], x["v"], None, a=A, b=B, lam=LAM,
+                               k_p=x["k_p"], c_p=C_P, anchor=x["w"])
+    assert torch.allclose(same, plain, atol=1e-12)
+
+
 def test_global_form_removes_sensitive_directions_for_every_key() -> None:
     x = _problem(1)
     q = solve.sensitive_basis(x["m_f"])

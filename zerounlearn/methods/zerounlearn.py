@@ -142,6 +142,7 @@ def layer_update(
     w: torch.Tensor, c: torch.Tensor, keys: KeyState, v: torch.Tensor, m_f: torch.Tensor,
     cfg: ZeroUnlearnHParams, k_hist: torch.Tensor | None = None,
     k_carry: torch.Tensor | None = None, reached: torch.Tensor | None = None,
+    anchor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The new W (d_model, d_ff, W's dtype) of one layer, and the rank of span(M_f).
 
@@ -155,6 +156,8 @@ def layer_update(
     silences them (seen on the tiny GPT-2: a record another edit had silenced came back
     when its own edit projected its output away). Records whose projected target falls
     short of their shift are treated alike (projected_records).
+    anchor (d_model, d_ff): the base weight, whose corpus outputs the additive solve
+    keeps in the share cfg.corpus_anchor; None: w's own only.
     The float64 solve runs where W lives (with a device map, each layer's own device).
     """
     dev = w.device
@@ -173,7 +176,8 @@ def layer_update(
         p, rank = solve.projector(q, cfg.eps), q.shape[1]  # (d_model, d_model)
     if cfg.update == "additive":
         w_new = solve.direct_update(w, c, k_f, v, p, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p,
-                                    gated=cfg.orthogonality != "global", project=project)
+                                    gated=cfg.orthogonality != "global", project=project,
+                                    anchor=anchor, anchor_share=cfg.corpus_anchor)
         return solve.checked_cast(w_new, w), rank
     if p is None:
         d = solve.unconstrained_update(w, c, k_f, v, a=a, b=b, lam=lam, k_p=k_p, c_p=c_p)
@@ -342,8 +346,9 @@ class ZeroUnlearnBase:
         keys, w, v, m_f = self.layer_inputs(lm, state, i, layer)
         k_hist = self.history(state, layer, keys)
         k_carry = self.carried(state, layer)
+        anchor = state.records.corpus_anchor.get(layer)
         w_new, rank = layer_update(w, state.run.stats[layer], keys, v, m_f, state.cfg, k_hist,
-                                   k_carry, state.reached)
+                                   k_carry, state.reached, anchor)
         info = state.run.info
         info.setdefault("rank", []).append(rank)
         info.setdefault("history_keys", []).append(0 if k_hist is None else int(k_hist.shape[1]))
@@ -476,7 +481,8 @@ class ZeroUnlearnBase:
                 "applied; workers: ZEROUNLEARN_EDIT_HISTORY=1)")
         run = EditRun(cfg=cfg, layers=layers, retry_layers=list(cfg.retry_layers or layers),
                       templates=templates, stats=c_by_layer, earlier=earlier or {},
-                      carry=dict(lm.carry or {}), timings=timings)
+                      carry=dict(lm.carry or {}), anchor=dict(lm.base_weights),
+                      timings=timings)
         if cfg.preserve_weight > 0:
             run.protected_sites = self.protected(lm, cfg, recs, requests, layers[0], timings,
                                                  run.info, retain)
@@ -556,7 +562,10 @@ class ZeroUnlearnBase:
                 templates=run.templates if r == 0 else retry_templates,
                 progress=progress if r == 0 else None,
                 anchors=None if lookalikes is None else
-                [anchor_sites(lookalikes[i], edit_requests[i]) for i in pending]))
+                [anchor_sites(lookalikes[i], edit_requests[i]) for i in pending],
+                # later rounds keep the current corpus outputs: the records earlier
+                # rounds settled are not protected otherwise (history_weight 0)
+                corpus_anchor=run.anchor if r == 0 and cfg.corpus_anchor > 0 else {}))
             protected_by_layer.update(round_protected)  # the last round's win
             edited.update(pending)
             for layer in layers:
