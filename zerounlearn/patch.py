@@ -18,6 +18,10 @@ edits of this version must honour. It is the whole version's, not a delta: apply
 REPLACES a LoadedModel's carry for those layers, so materialising a chain leaves the
 newest version's factors.
 
+The first patch applied to a layer of a LoadedModel also leaves that layer's weight from
+before it in `base_weights` (one copy of each edited layer, on the CPU): the base a
+chain's later edits can keep the corpus outputs of (hparam corpus_anchor).
+
 On disk a patch is one safetensors file: tensors "layers.{i}.down_proj.weight" (and
 "layers.{i}.edit_keys" / "layers.{i}.carry" when it has them) and, in the header
 metadata, one JSON document with the method, hyper-parameters, base fingerprint and
