@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -59,6 +61,16 @@ def test_solution_satisfies_normal_equations(gated: bool) -> None:
     assert _objective(d.detach() + step, x, p, gated) > loss.detach()
 
 
+def assert_minimises(objective: Callable[[torch.Tensor], torch.Tensor],
+                     w_new: torch.Tensor) -> None:
+    """The objective's gradient at w_new vanishes (relative to its size at 0)."""
+    wp = w_new.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(wp), wp)
+    zero = torch.zeros_like(wp, requires_grad=True)
+    (grad0,) = torch.autograd.grad(objective(zero), zero)
+    assert grad.norm() < 1e-9 * grad0.norm()
+
+
 @pytest.mark.parametrize("gated", [False, True], ids=["global", "key-gated"])
 def test_additive_form_satisfies_its_normal_equations(gated: bool) -> None:
     """W' free (d_model, d_ff): the same objective with D W replaced by W'."""
@@ -75,11 +87,7 @@ def test_additive_form_satisfies_its_normal_equations(gated: bool) -> None:
                 + LAM * ((wp - keep @ w) ** 2).sum()
                 + C_P * ((wp @ k_p - keep @ w @ k_p) ** 2).sum())
 
-    wp = w_new.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(objective(wp), wp)
-    zero = torch.zeros_like(wp, requires_grad=True)
-    (grad0,) = torch.autograd.grad(objective(zero), zero)
-    assert grad.norm() < 1e-9 * grad0.norm()
+    assert_minimises(objective, w_new)
     # Its optimum is at least as good as the multiplicative one (W' = D W is a subset).
     d = solve.multiplicative_update(x["w"], x["c"], x["k_f"], x["v"], p, gated=gated, a=A, b=B,
                                     lam=LAM, k_p=x["k_p"], c_p=C_P)
@@ -104,11 +112,7 @@ def test_additive_form_with_an_anchor_keeps_the_anchor_corpus_outputs() -> None:
                 + LAM * ((wp - w) ** 2).sum()
                 + C_P * ((wp @ k_p - w @ k_p) ** 2).sum())
 
-    wp = w_new.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(objective(wp), wp)
-    zero = torch.zeros_like(wp, requires_grad=True)
-    (grad0,) = torch.autograd.grad(objective(zero), zero)
-    assert grad.norm() < 1e-9 * grad0.norm()
+    assert_minimises(objective, w_new)
     # the anchor's corpus outputs are closer than without it
     plain = solve.direct_update(x["w"], x["c"], x["k_f"], x["v"], None, a=A, b=B, lam=LAM,
                                 k_p=x["k_p"], c_p=C_P)
