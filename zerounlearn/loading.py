@@ -84,7 +84,7 @@ class LoadedModel:
     # CPU, bounded in size (zerounlearn.carry); apply_patch replaces it layer by layer
     carry: dict[int, torch.Tensor] = field(default_factory=dict)
     # each patched layer's weight before the first patch applied to it (d_model, d_ff),
-    # CPU, the model's dtype: the base the corpus term keeps with corpus_anchor "base"
+    # CPU, the model's dtype: the base whose corpus outputs edits keep (corpus_anchor > 0)
     base_weights: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def track_edit_keys(self) -> None:

@@ -33,8 +33,8 @@ class EditRun:
     # forget keys of the model's own earlier edits (LoadedModel.edit_keys)
     protected_sites: Sequence[Site] = ()  # kept by every round: neighbours, substitutions,
     # lookalikes and the retain bank's sites at risk (ZeroUnlearnBase.protected)
-    anchor: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer (d_model,
-    # d_ff): the weight before the chain's first edit (LoadedModel.base_weights)
+    base_weights: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer
+    # (d_model, d_ff): the weight before the chain's first edit (LoadedModel's)
     carry: dict[int, torch.Tensor] = field(default_factory=dict)  # the version's (d_ff, r)
     # outputs, filled in round by round
     info: dict[str, Any] = field(default_factory=dict)  # the Patch metadata but timings
@@ -59,7 +59,7 @@ class RoundRecords:
     # neutral target's delta should not move (lookalike_anchor_weight; targets.py)
     corpus_anchor: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer
     # (d_model, d_ff): the weight whose corpus outputs this round keeps; empty: the
-    # current weight's (round 1 with cfg.corpus_anchor > 0: EditRun.anchor)
+    # current weight's (round 1 with cfg.corpus_anchor > 0: EditRun.base_weights)
 
 
 @dataclass

@@ -481,7 +481,7 @@ class ZeroUnlearnBase:
                 "applied; workers: ZEROUNLEARN_EDIT_HISTORY=1)")
         run = EditRun(cfg=cfg, layers=layers, retry_layers=list(cfg.retry_layers or layers),
                       templates=templates, stats=c_by_layer, earlier=earlier or {},
-                      carry=dict(lm.carry or {}), anchor=dict(lm.base_weights),
+                      carry=dict(lm.carry or {}), base_weights=dict(lm.base_weights),
                       timings=timings)
         if cfg.preserve_weight > 0:
             run.protected_sites = self.protected(lm, cfg, recs, requests, layers[0], timings,
@@ -565,7 +565,7 @@ class ZeroUnlearnBase:
                 [anchor_sites(lookalikes[i], edit_requests[i]) for i in pending],
                 # later rounds keep the current corpus outputs: the records earlier
                 # rounds settled are not protected otherwise (history_weight 0)
-                corpus_anchor=run.anchor if r == 0 and cfg.corpus_anchor > 0 else {}))
+                corpus_anchor=run.base_weights if r == 0 and cfg.corpus_anchor > 0 else {}))
             protected_by_layer.update(round_protected)  # the last round's win
             edited.update(pending)
             for layer in layers:
